@@ -1,0 +1,1 @@
+//! Fetch, verify and cache real assets.
