@@ -1,0 +1,89 @@
+//! Batched generation with a KV cache: one prefill, then one token per step for every row.
+
+use crate::batch::{Padding, TokenBatch};
+use crate::cache::KvCache;
+use crate::hook::ModelHook;
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::transformer::Llama;
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use std::time::Instant;
+
+/// What to generate and when to stop.
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    /// A row stops after emitting any of these (the EOS token belongs here).
+    pub stop_tokens: Vec<u32>,
+}
+
+/// New tokens per row, plus where the time went.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The generated ids of each row, stop token included when one was emitted.
+    pub tokens: Vec<Vec<u32>>,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+    /// Decode steps run (one token for every row per step).
+    pub decode_steps: usize,
+}
+
+/// Generate continuations for `prompts` (each non-empty) in one batch. Prompts are left-padded
+/// with `pad_id`; a row that stopped keeps being fed its stop token, and its output is cut there.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    pad_id: u32,
+    config: &GenerationConfig,
+    hook: &dyn ModelHook<B>,
+) -> Generation {
+    let device = model.embed_tokens.weight.device();
+    let rows = prompts.len();
+    let mut sampler = Sampler::new(config.sampling.clone());
+    let mut cache = KvCache::new(model.layers.len());
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); rows];
+    let mut done = vec![false; rows];
+    if rows == 0 || config.max_new_tokens == 0 {
+        return Generation { tokens, prefill_seconds: 0.0, decode_seconds: 0.0, decode_steps: 0 };
+    }
+
+    let start = Instant::now();
+    let batch = TokenBatch::<B>::padded(prompts, pad_id, Padding::Left, &device);
+    let hidden = model.forward(batch, &mut cache, hook);
+    let mut next = pick(model, last_position(hidden), &mut sampler);
+    let prefill_seconds = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut steps = 0;
+    loop {
+        for (row, &t) in next.iter().enumerate() {
+            if !done[row] {
+                tokens[row].push(t);
+                done[row] = config.stop_tokens.contains(&t) || tokens[row].len() >= config.max_new_tokens;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let ids = next.iter().map(|&t| t as i64).collect::<Vec<_>>();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, 1]), &device);
+        let hidden = model.forward(TokenBatch::dense(ids), &mut cache, hook);
+        next = pick(model, hidden, &mut sampler);
+        steps += 1;
+    }
+    Generation { tokens, prefill_seconds, decode_seconds: start.elapsed().as_secs_f64(), decode_steps: steps }
+}
+
+/// The hidden state of each row's last slot, `[b, 1, d]` (with left padding, its newest token).
+fn last_position<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    let t = hidden.dims()[1];
+    hidden.narrow(1, t - 1, 1)
+}
+
+/// Sample one token per row from `[b, 1, d]` hidden states.
+fn pick<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, sampler: &mut Sampler) -> Vec<u32> {
+    let logits = model.logits(hidden);
+    let [b, _, vocab] = logits.dims();
+    let values: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
+    (0..b).map(|row| sampler.sample(&values[row * vocab..(row + 1) * vocab])).collect()
+}

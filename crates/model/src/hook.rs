@@ -1,0 +1,82 @@
+//! The extension points tuners plug into, so the model code is never forked per method.
+//!
+//! Three hooks cover the PEFT families this project compares (see the method spec, §4):
+//! - a per-layer, per-row **KV prefix** (IAPT, P-tuning v2), asked for once per layer at prefill;
+//! - **low-rank deltas** added to any frozen projection (LoRA);
+//! - **input embeddings** placed before the tokens (prompt tuning).
+
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+/// The frozen projections a delta can attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 7] = [Self::Q, Self::K, Self::V, Self::O, Self::Gate, Self::Up, Self::Down];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q => "q",
+            Self::K => "k",
+            Self::V => "v",
+            Self::O => "o",
+            Self::Gate => "gate",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// What a layer shows a prefix hook at prefill.
+pub struct LayerInput<'a, B: Backend> {
+    /// Hidden states entering the layer, `[batch, tokens, d]`.
+    pub hidden: &'a Tensor<B, 3>,
+    /// The same states after the layer's frozen input RMSNorm.
+    pub normed: &'a Tensor<B, 3>,
+    /// `[batch, tokens]`, true on instruction tokens (the prompt, never the response or padding).
+    pub instruction: &'a Tensor<B, 2, Bool>,
+}
+
+/// A layer's prefix: extra key/value positions every real token attends to. They sit in the
+/// KV cache after prefill, so decode steps never recompute them.
+pub enum LayerPrefix<B: Backend> {
+    /// Soft tokens in hidden space, `[batch, n, d]`: the model runs them through the frozen
+    /// input norm and K/V projections (IAPT). With `rope`, they take positions `0..n`.
+    Hidden { tokens: Tensor<B, 3>, rope: bool },
+    /// Keys and values directly, `[batch, kv_heads, n, head_dim]` (P-tuning v2); no RoPE.
+    KeyValue { keys: Tensor<B, 4>, values: Tensor<B, 4> },
+}
+
+/// Implemented by every tuner; the bare model uses [`NoHook`]. All methods default to "nothing".
+pub trait ModelHook<B: Backend> {
+    /// Learned embeddings `[batch, n, d]` placed before the input tokens at prefill.
+    fn input_prefix(&self, _batch: usize, _device: &B::Device) -> Option<Tensor<B, 3>> {
+        None
+    }
+    /// How far real tokens' RoPE positions are shifted (a `Hidden` prefix with `rope` takes
+    /// the positions below this). Must agree between training and generation.
+    fn position_offset(&self) -> usize {
+        0
+    }
+    /// The KV prefix of `layer`, asked for once at prefill; never at decode steps.
+    fn layer_prefix(&self, _layer: usize, _input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
+        None
+    }
+    /// A delta added to `projection(x)` of `layer`; `x` is the projection's input `[b, t, in]`.
+    fn projection_delta(&self, _layer: usize, _projection: Projection, _x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        None
+    }
+}
+
+/// The bare model: no tuner.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHook;
+impl<B: Backend> ModelHook<B> for NoHook {}

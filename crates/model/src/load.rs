@@ -1,0 +1,89 @@
+//! Build a [`Llama`] from a checkpoint: GGUF file or HF directory, every tensor accounted for.
+
+use crate::config::LlamaConfig;
+use crate::error::LoadError;
+use crate::transformer::{Attention, DecoderLayer, Llama, Mlp};
+use crate::weights::{HostTensor, WeightMap};
+use burn::module::Param;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use std::path::Path;
+
+/// Read a checkpoint (a `.gguf` file or a HF directory) into its config and weights.
+pub fn read_checkpoint(path: &Path) -> Result<(LlamaConfig, WeightMap), LoadError> {
+    if path.is_dir() {
+        crate::hf::load_llama_hf_dir(path)
+    } else if path.exists() {
+        crate::gguf::load_llama_gguf(path)
+    } else {
+        Err(LoadError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+    }
+}
+
+/// Load a model from a `.gguf` file or HF directory onto `device`.
+pub fn load_llama<B: Backend>(path: &Path, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    let (config, weights) = read_checkpoint(path)?;
+    llama_from_weights(&config, weights, device)
+}
+
+/// Move host weights (HF names and layouts) into a model; fails on a missing, misshapen or
+/// unused tensor, naming it.
+pub fn llama_from_weights<B: Backend>(
+    config: &LlamaConfig,
+    mut weights: WeightMap,
+    device: &B::Device,
+) -> Result<Llama<B>, LoadError> {
+    config.validate().map_err(|reason| LoadError::field(&weights.source, "config", reason))?;
+    let c = config;
+    let (d, kv, qd, ff) = (c.hidden_size, c.kv_dim(), c.num_heads * c.head_dim, c.intermediate_size);
+    let norm = |t: HostTensor| RmsNorm { gamma: param(t, device), epsilon: c.rms_norm_eps };
+
+    let embed_tokens = Embedding { weight: param(weights.take("model.embed_tokens.weight", &[c.vocab_size, d])?, device) };
+    let lm_head = match c.tie_word_embeddings {
+        true => None,
+        false => Some(linear(weights.take("lm_head.weight", &[c.vocab_size, d])?, device)),
+    };
+    let final_norm = norm(weights.take("model.norm.weight", &[d])?);
+    let mut layers = Vec::with_capacity(c.num_layers);
+    for i in 0..c.num_layers {
+        let mut take = |name: &str, shape: &[usize]| weights.take(&format!("model.layers.{i}.{name}.weight"), shape);
+        layers.push(DecoderLayer {
+            input_layernorm: norm(take("input_layernorm", &[d])?),
+            self_attn: Attention {
+                q_proj: linear(take("self_attn.q_proj", &[qd, d])?, device),
+                k_proj: linear(take("self_attn.k_proj", &[kv, d])?, device),
+                v_proj: linear(take("self_attn.v_proj", &[kv, d])?, device),
+                o_proj: linear(take("self_attn.o_proj", &[d, qd])?, device),
+                num_heads: c.num_heads,
+                num_kv_heads: c.num_kv_heads,
+                head_dim: c.head_dim,
+                rope_theta: c.rope_theta,
+            },
+            post_attention_layernorm: norm(take("post_attention_layernorm", &[d])?),
+            mlp: Mlp {
+                gate_proj: linear(take("mlp.gate_proj", &[ff, d])?, device),
+                up_proj: linear(take("mlp.up_proj", &[ff, d])?, device),
+                down_proj: linear(take("mlp.down_proj", &[d, ff])?, device),
+            },
+        });
+    }
+    weights.finish()?;
+    Ok(Llama { embed_tokens, layers, norm: final_norm, lm_head, config: c.clone() })
+}
+
+fn param<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), device))
+}
+
+/// A bias-free linear layer from a HF `[out, in]` matrix; burn stores `[in, out]`.
+fn linear<B: Backend>(t: HostTensor, device: &B::Device) -> Linear<B> {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let mut transposed = vec![0.0f32; t.data.len()];
+    for r in 0..rows {
+        for (c, v) in t.data[r * cols..(r + 1) * cols].iter().enumerate() {
+            transposed[c * rows + r] = *v;
+        }
+    }
+    let weight = HostTensor { shape: vec![cols, rows], data: transposed };
+    Linear { weight: param(weight, device), bias: None }
+}

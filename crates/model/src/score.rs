@@ -1,0 +1,28 @@
+//! Next-token negative log-likelihoods: the quantity training minimises and `iapt score` reports.
+
+use crate::batch::{Padding, TokenBatch};
+use crate::cache::KvCache;
+use crate::hook::ModelHook;
+use crate::transformer::Llama;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor};
+
+/// `-log p(ids[:, i+1] | ids[:, ..=i])` for every position, `[b, t-1]`, from logits `[b, t, v]`.
+pub fn next_token_nll<B: Backend>(logits: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let [b, t, _] = logits.dims();
+    let log_probs = log_softmax(logits.narrow(1, 0, t - 1), 2);
+    let targets = ids.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
+    log_probs.gather(2, targets).reshape([b, t - 1]).neg()
+}
+
+/// Mean next-token NLL (nats) of `ids` under the model, and how many tokens were predicted.
+pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], hook: &dyn ModelHook<B>) -> (f64, usize) {
+    assert!(ids.len() >= 2, "scoring needs at least two tokens");
+    let device = model.embed_tokens.weight.device();
+    let batch = TokenBatch::<B>::padded(&[ids.to_vec()], 0, Padding::Right, &device);
+    let ids_tensor = batch.ids.clone();
+    let hidden = model.forward(batch, &mut KvCache::new(model.layers.len()), hook);
+    let nll = next_token_nll(model.logits(hidden), ids_tensor);
+    let n = ids.len() - 1;
+    (nll.mean().into_scalar().elem::<f64>(), n)
+}

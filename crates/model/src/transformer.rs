@@ -1,0 +1,326 @@
+//! The LLaMA-2-family decoder: RMSNorm, rotary GQA attention, SwiGLU MLP, optional tied head.
+
+use crate::batch::TokenBatch;
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
+use crate::rope::{inverse_frequencies, RopeAngles};
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+/// Score given to masked attention slots. Finite, so a fully masked row (a padding query)
+/// yields a uniform distribution rather than NaN; exp of it underflows to exactly 0 in f32.
+const MASKED: f32 = -1.0e9;
+
+/// A linear layer without bias whose output a tuner may add a delta to.
+fn project<B: Backend>(
+    linear: &Linear<B>,
+    x: Tensor<B, 3>,
+    hook: &dyn ModelHook<B>,
+    layer: usize,
+    projection: Projection,
+) -> Tensor<B, 3> {
+    let base = linear.forward(x.clone());
+    match hook.projection_delta(layer, projection, &x) {
+        Some(delta) => base + delta,
+        None => base,
+    }
+}
+
+/// Grouped-query self-attention with rotary embeddings.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// RoPE base, needed here to rotate prefix keys at their own positions.
+    pub rope_theta: f64,
+}
+
+impl<B: Backend> Attention<B> {
+    fn new(c: &LlamaConfig, device: &B::Device) -> Self {
+        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        Self {
+            q_proj: linear(c.hidden_size, c.num_heads * c.head_dim),
+            k_proj: linear(c.hidden_size, c.kv_dim()),
+            v_proj: linear(c.hidden_size, c.kv_dim()),
+            o_proj: linear(c.num_heads * c.head_dim, c.hidden_size),
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            rope_theta: c.rope_theta,
+        }
+    }
+
+    /// `[b, t, heads*hd]` -> `[b, heads, t, hd]`
+    fn split_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        let [b, t, _] = x.dims();
+        x.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2)
+    }
+
+    /// Keys and values of `normed` (`[b, t, d]`), RoPE applied to keys when `rope` is given.
+    pub fn keys_values(
+        &self,
+        normed: Tensor<B, 3>,
+        rope: Option<&RopeAngles<B>>,
+        hook: &dyn ModelHook<B>,
+        layer: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let k = self.split_heads(project(&self.k_proj, normed.clone(), hook, layer, Projection::K), self.num_kv_heads);
+        let v = self.split_heads(project(&self.v_proj, normed, hook, layer, Projection::V), self.num_kv_heads);
+        (rope.map_or(k.clone(), |r| r.apply(k)), v)
+    }
+
+    /// Attention of the queries in `normed` over all keys/values (`[b, kv, s, hd]`) under
+    /// `mask` (`[b, 1, t, s]`, true = may attend). GQA without repeating K/V: the query heads
+    /// sharing a KV head are folded into the token axis for the two matmuls.
+    pub fn attend(
+        &self,
+        normed: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+        mask: &Tensor<B, 4, Bool>,
+        hook: &dyn ModelHook<B>,
+        layer: usize,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = normed.dims();
+        let s = keys.dims()[2];
+        let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let groups = h / kv;
+        let q = rope.apply(self.split_heads(project(&self.q_proj, normed, hook, layer, Projection::Q), h));
+        // Query head i*groups+g uses KV head i (HF repeat_kv order).
+        let q = q.reshape([b, kv, groups * t, hd]);
+        let scores = q.matmul(keys.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = scores.reshape([b, h, t, s]).mask_fill(mask.clone().bool_not().expand([b, h, t, s]), MASKED);
+        let probs = softmax(scores, 3).reshape([b, kv, groups * t, s]);
+        let out = probs.matmul(values).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        project(&self.o_proj, out, hook, layer, Projection::O)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn new(c: &LlamaConfig, device: &B::Device) -> Self {
+        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        Self {
+            gate_proj: linear(c.hidden_size, c.intermediate_size),
+            up_proj: linear(c.hidden_size, c.intermediate_size),
+            down_proj: linear(c.intermediate_size, c.hidden_size),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, hook: &dyn ModelHook<B>, layer: usize) -> Tensor<B, 3> {
+        let gate = silu(project(&self.gate_proj, x.clone(), hook, layer, Projection::Gate));
+        let up = project(&self.up_proj, x, hook, layer, Projection::Up);
+        project(&self.down_proj, gate * up, hook, layer, Projection::Down)
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+/// Everything about the current step that all layers share.
+struct StepContext<'a, B: Backend> {
+    rope: RopeAngles<B>,
+    /// `[b, t]` validity of the new tokens.
+    valid: Tensor<B, 2, Bool>,
+    instruction: Tensor<B, 2, Bool>,
+    hook: &'a dyn ModelHook<B>,
+    /// Last attention mask built, keyed by the key length it was built for: all layers
+    /// normally share it, and building it is not free for long prompts.
+    mask_memo: Option<(usize, usize, Tensor<B, 4, Bool>)>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn new(c: &LlamaConfig, device: &B::Device) -> Self {
+        let norm = || RmsNormConfig::new(c.hidden_size).with_epsilon(c.rms_norm_eps).init(device);
+        Self {
+            input_layernorm: norm(),
+            self_attn: Attention::new(c, device),
+            post_attention_layernorm: norm(),
+            mlp: Mlp::new(c, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, layer: usize, cache: &mut KvCache<B>, ctx: &mut StepContext<'_, B>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let device = x.device();
+        let normed = self.input_layernorm.forward(x.clone());
+
+        // At prefill (empty layer cache) the tuner may put a prefix in front of the sequence.
+        if cache.layers[layer].is_none() {
+            let input = LayerInput { hidden: &x, normed: &normed, instruction: &ctx.instruction };
+            if let Some(prefix) = ctx.hook.layer_prefix(layer, &input) {
+                let (keys, values) = self.prefix_keys_values(prefix, ctx.hook, layer);
+                let n = keys.dims()[2];
+                cache.append(layer, keys, values, Tensor::<B, 2, Bool>::full([b, n], true, &device));
+            }
+        }
+
+        let (keys, values) = self.self_attn.keys_values(normed.clone(), Some(&ctx.rope), ctx.hook, layer);
+        let all = cache.append(layer, keys, values, ctx.valid.clone());
+        let s = all.keys.dims()[2];
+        let mask = match &ctx.mask_memo {
+            Some((memo_s, memo_t, m)) if *memo_s == s && *memo_t == t => m.clone(),
+            _ => {
+                let m = attention_mask(&all.valid, t);
+                ctx.mask_memo = Some((s, t, m.clone()));
+                m
+            }
+        };
+        let attn = self.self_attn.attend(normed, &ctx.rope, all.keys, all.values, &mask, ctx.hook, layer);
+        let x = x + attn;
+        let mlp = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()), ctx.hook, layer);
+        x + mlp
+    }
+
+    /// Keys/values of a tuner's prefix for this layer.
+    fn prefix_keys_values(&self, prefix: LayerPrefix<B>, hook: &dyn ModelHook<B>, layer: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        match prefix {
+            LayerPrefix::KeyValue { keys, values } => (keys, values),
+            LayerPrefix::Hidden { tokens, rope } => {
+                let [b, n, _] = tokens.dims();
+                let normed = self.input_layernorm.forward(tokens);
+                let angles = rope.then(|| {
+                    let positions = Tensor::<B, 1, Int>::arange(0..n as i64, &normed.device()).reshape([1, n]).expand([b, n]);
+                    let attn = &self.self_attn;
+                    RopeAngles::new(positions, &inverse_frequencies(attn.head_dim, attn.rope_theta))
+                });
+                self.self_attn.keys_values(normed, angles.as_ref(), hook, layer)
+            }
+        }
+    }
+}
+
+/// `[b, 1, t, s]` mask for `t` new queries that occupy the last `t` of `s` key slots:
+/// a query sees valid keys at or before its own slot, and always itself (so no row is empty).
+pub fn attention_mask<B: Backend>(key_valid: &Tensor<B, 2, Bool>, t: usize) -> Tensor<B, 4, Bool> {
+    let [b, s] = key_valid.dims();
+    let device = key_valid.device();
+    let key_slot = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, s]);
+    let query_slot = Tensor::<B, 1, Int>::arange((s - t) as i64..s as i64, &device).reshape([t, 1]);
+    let causal = key_slot.clone().expand([t, s]).lower_equal(query_slot.clone().expand([t, s]));
+    let diagonal = key_slot.expand([t, s]).equal(query_slot.expand([t, s]));
+    let visible = key_valid.clone().reshape([b, 1, 1, s]).expand([b, 1, t, s]);
+    let causal = causal.reshape([1, 1, t, s]).expand([b, 1, t, s]);
+    visible.bool_and(causal).bool_or(diagonal.reshape([1, 1, t, s]).expand([b, 1, t, s]))
+}
+
+/// Initialise every lazily-initialised parameter of `module` now. burn defers random init to
+/// first use, and a clone of a not-yet-initialised parameter draws its own values, so parts
+/// copied between models (tests, tuner set-ups) would silently differ without this.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
+/// The decoder: embeddings, layers, final norm, LM head.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `None` when the head is tied to the embeddings.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+impl<B: Backend> Llama<B> {
+    /// A randomly initialised model of this shape (tests; real weights come from `load`).
+    pub fn random(config: &LlamaConfig, device: &B::Device) -> Self {
+        let model = Self {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
+            layers: (0..config.num_layers).map(|_| DecoderLayer::new(config, device)).collect(),
+            norm: RmsNormConfig::new(config.hidden_size).with_epsilon(config.rms_norm_eps).init(device),
+            lm_head: (!config.tie_word_embeddings)
+                .then(|| LinearConfig::new(config.hidden_size, config.vocab_size).with_bias(false).init(device)),
+            config: config.clone(),
+        };
+        materialize(model)
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Run `batch` through the model, appending to `cache`, and return the final hidden states
+    /// `[b, t, d]` of the new tokens (after the final norm). An empty cache means prefill:
+    /// positions come from the padding mask (left or right padding both work) shifted by the
+    /// hook's offset, and the hook's prefixes enter the cache. Otherwise the tokens continue each
+    /// row from its cached position.
+    pub fn forward(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>) -> Tensor<B, 3> {
+        let config = self.config();
+        let device = batch.ids.device();
+        let [b, _] = batch.ids.dims();
+        let mut x = self.embed_tokens.forward(batch.ids);
+        let mut valid = batch.valid;
+        let mut instruction = batch.instruction.unwrap_or_else(|| valid.clone());
+
+        let positions = match cache.next_position.take() {
+            None => {
+                if let Some(prefix) = hook.input_prefix(b, &device) {
+                    let n = prefix.dims()[1];
+                    x = Tensor::cat(vec![prefix, x], 1);
+                    let ones = Tensor::<B, 2, Bool>::full([b, n], true, &device);
+                    valid = Tensor::cat(vec![ones.clone(), valid], 1);
+                    instruction = Tensor::cat(vec![ones, instruction], 1);
+                }
+                let counted = valid.clone().int().cumsum(1);
+                (counted - 1).clamp_min(0) + hook.position_offset() as i64
+            }
+            Some(next) => {
+                let t = x.dims()[1];
+                let steps = valid.clone().int().cumsum(1) - 1;
+                next.expand([b, t]) + steps.clamp_min(0)
+            }
+        };
+        cache.next_position = Some(positions.clone().narrow(1, positions.dims()[1] - 1, 1) + 1);
+
+        let rope = RopeAngles::new(positions, &inverse_frequencies(config.head_dim, config.rope_theta));
+        let mut ctx = StepContext { rope, valid, instruction, hook, mask_memo: None };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, i, cache, &mut ctx);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Next-token logits `[b, t, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, t, d] = hidden.dims();
+                let table = self.embed_tokens.weight.val(); // [vocab, d]
+                hidden.reshape([b * t, d]).matmul(table.clone().transpose()).reshape([b, t, table.dims()[0]])
+            }
+        }
+    }
+
+}

@@ -1,0 +1,195 @@
+//! Invariants of the tensor implementation on tiny random models, against a naive reference.
+
+mod reference;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
+use iapt_model::{KvCache, Llama, LlamaConfig, NoHook, Padding, TokenBatch};
+use reference::{max_diff, reference_logits, TB};
+use std::cell::Cell;
+
+fn tiny(seed: u64, tied: bool) -> Llama<TB> {
+    <TB as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
+    let mut c = LlamaConfig::tiny();
+    c.tie_word_embeddings = tied;
+    Llama::random(&c, &Default::default())
+}
+
+fn rows_of(t: Tensor<TB, 3>) -> Vec<Vec<Vec<f32>>> {
+    let [b, s, v] = t.dims();
+    let data: Vec<f32> = t.into_data().to_vec().unwrap();
+    (0..b).map(|i| (0..s).map(|j| data[(i * s + j) * v..(i * s + j + 1) * v].to_vec()).collect()).collect()
+}
+
+fn full_logits(model: &Llama<TB>, rows: &[Vec<u32>], side: Padding, hook: &dyn ModelHook<TB>) -> Vec<Vec<Vec<f32>>> {
+    let batch = TokenBatch::padded(rows, 0, side, &Default::default());
+    let hidden = model.forward(batch, &mut KvCache::new(model.layers.len()), hook);
+    rows_of(model.logits(hidden))
+}
+
+const SEQ: [u32; 7] = [5, 17, 42, 3, 88, 61, 9];
+
+#[test]
+fn forward_matches_naive_reference() {
+    for tied in [false, true] {
+        let model = tiny(1, tied);
+        let got = &full_logits(&model, &[SEQ.to_vec()], Padding::Right, &NoHook)[0];
+        let want = reference_logits(&model, &SEQ, &[], 0);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(max_diff(g, w) < 1e-4, "tied={tied}: logits differ by {}", max_diff(g, w));
+        }
+    }
+}
+
+#[test]
+fn cached_decoding_equals_full_recompute() {
+    let model = tiny(2, false);
+    let full = &full_logits(&model, &[SEQ.to_vec()], Padding::Right, &NoHook)[0];
+    let device = Default::default();
+    let mut cache = KvCache::new(model.layers.len());
+    // prefill 3 tokens, then one at a time
+    let prefill = TokenBatch::padded(&[SEQ[..3].to_vec()], 0, Padding::Left, &device);
+    let mut got = rows_of(model.logits(model.forward(prefill, &mut cache, &NoHook))).remove(0);
+    for &t in &SEQ[3..] {
+        let ids = Tensor::<TB, 2, Int>::from_data(TensorData::new(vec![t as i64], [1, 1]), &device);
+        got.extend(rows_of(model.logits(model.forward(TokenBatch::dense(ids), &mut cache, &NoHook))).remove(0));
+    }
+    for (i, (g, f)) in got.iter().zip(full).enumerate() {
+        let d = g.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-4, "position {i}: cached and full logits differ by {d}");
+    }
+}
+
+#[test]
+fn rows_do_not_depend_on_batch_company_or_padding_side() {
+    let model = tiny(3, true);
+    let a = SEQ.to_vec();
+    let b = vec![7u32, 8, 9];
+    let c = vec![60u32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    let alone_a = full_logits(&model, &[a.clone()], Padding::Right, &NoHook).remove(0);
+    let alone_b = full_logits(&model, &[b.clone()], Padding::Right, &NoHook).remove(0);
+    for side in [Padding::Left, Padding::Right] {
+        let batched = full_logits(&model, &[c.clone(), a.clone(), b.clone()], side, &NoHook);
+        for (row, alone) in [(1, &alone_a), (2, &alone_b)] {
+            let len = alone.len();
+            let got = &batched[row];
+            let got = match side {
+                Padding::Left => &got[got.len() - len..],
+                Padding::Right => &got[..len],
+            };
+            for (g, w) in got.iter().zip(alone) {
+                let d = g.iter().zip(w).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+                assert!(d < 1e-4, "{side:?} row {row}: batched differs from alone by {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gqa_equals_multi_head_attention_with_repeated_kv() {
+    let gqa = tiny(4, false);
+    let c = gqa.config().clone();
+    let mut mha_config = c.clone();
+    mha_config.num_kv_heads = c.num_heads;
+    let mut mha = Llama::<TB>::random(&mha_config, &Default::default());
+    mha.embed_tokens = gqa.embed_tokens.clone();
+    mha.norm = gqa.norm.clone();
+    mha.lm_head = gqa.lm_head.clone();
+    let groups = c.num_heads / c.num_kv_heads;
+    // Repeat each KV head's columns `groups` times (burn stores [in, out]).
+    let repeat = |w: Tensor<TB, 2>| {
+        let [d, _] = w.dims();
+        let heads: Vec<_> = (0..c.num_kv_heads)
+            .flat_map(|i| std::iter::repeat_n(w.clone().narrow(1, i * c.head_dim, c.head_dim), groups))
+            .collect();
+        let out = Tensor::cat(heads, 1);
+        assert_eq!(out.dims(), [d, c.num_heads * c.head_dim]);
+        out
+    };
+    for (m, g) in mha.layers.iter_mut().zip(&gqa.layers) {
+        m.input_layernorm = g.input_layernorm.clone();
+        m.post_attention_layernorm = g.post_attention_layernorm.clone();
+        m.mlp = g.mlp.clone();
+        m.self_attn.q_proj = g.self_attn.q_proj.clone();
+        m.self_attn.o_proj = g.self_attn.o_proj.clone();
+        m.self_attn.k_proj.weight = burn::module::Param::from_tensor(repeat(g.self_attn.k_proj.weight.val()));
+        m.self_attn.v_proj.weight = burn::module::Param::from_tensor(repeat(g.self_attn.v_proj.weight.val()));
+    }
+    let a = full_logits(&gqa, &[SEQ.to_vec()], Padding::Right, &NoHook);
+    let b = full_logits(&mha, &[SEQ.to_vec()], Padding::Right, &NoHook);
+    let d = a[0].iter().flatten().zip(b[0].iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(d < 1e-5, "GQA and repeated-KV MHA differ by {d}");
+}
+
+/// A hook giving fixed soft tokens at chosen layers, counting how often it is asked.
+struct FixedSoftTokens {
+    tokens: Vec<Option<Vec<Vec<f32>>>>,
+    calls: Cell<usize>,
+}
+
+impl ModelHook<TB> for FixedSoftTokens {
+    fn position_offset(&self) -> usize {
+        self.tokens.iter().flatten().map(Vec::len).max().unwrap_or(0)
+    }
+    fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, TB>) -> Option<LayerPrefix<TB>> {
+        self.calls.set(self.calls.get() + 1);
+        let soft = self.tokens[layer].as_ref()?;
+        let b = input.hidden.dims()[0];
+        let (n, d) = (soft.len(), soft[0].len());
+        let flat: Vec<f32> = soft.iter().flatten().copied().collect();
+        let t = Tensor::<TB, 2>::from_data(TensorData::new(flat, [n, d]), &input.hidden.device());
+        Some(LayerPrefix::Hidden { tokens: t.unsqueeze::<3>().expand([b, n, d]), rope: true })
+    }
+}
+
+#[test]
+fn kv_prefix_equals_running_soft_tokens_through_the_layer() {
+    let model = tiny(5, true);
+    let d = model.config().hidden_size;
+    let soft: Vec<Vec<f32>> = (0..4).map(|i| (0..d).map(|j| ((i * 31 + j * 7) % 13) as f32 / 6.0 - 1.0).collect()).collect();
+    let hook = FixedSoftTokens { tokens: vec![Some(soft.clone()), Some(soft.iter().rev().cloned().collect())], calls: Cell::new(0) };
+    let got = full_logits(&model, &[SEQ.to_vec()], Padding::Right, &hook).remove(0);
+    let soft64 = |s: &Vec<Vec<f32>>| Some(s.iter().map(|r| r.iter().map(|&v| v as f64).collect()).collect());
+    let want = reference_logits(&model, &SEQ, &[soft64(&soft), soft64(&hook.tokens[1].clone().unwrap())], 4);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(max_diff(g, w) < 1e-4, "prefix shortcut differs from the literal soft-token layer by {}", max_diff(g, w));
+    }
+    // and the prefix matters
+    let bare = reference_logits(&model, &SEQ, &[], 0);
+    assert!(max_diff(&got[3], &bare[3]) > 1e-3);
+}
+
+#[test]
+fn decode_steps_never_ask_for_prefixes_and_match_recompute() {
+    let model = tiny(6, false);
+    let d = model.config().hidden_size;
+    let soft: Vec<Vec<f32>> = (0..4).map(|i| (0..d).map(|j| ((i + j) % 5) as f32 / 5.0).collect()).collect();
+    let hook = FixedSoftTokens { tokens: vec![Some(soft.clone()), Some(soft)], calls: Cell::new(0) };
+    let full = full_logits(&model, &[SEQ.to_vec()], Padding::Right, &hook).remove(0);
+    hook.calls.set(0);
+    let device = Default::default();
+    let mut cache = KvCache::new(2);
+    let prefill = TokenBatch::padded(&[SEQ[..4].to_vec()], 0, Padding::Left, &device);
+    let mut got = rows_of(model.logits(model.forward(prefill, &mut cache, &hook))).remove(0);
+    assert_eq!(hook.calls.get(), 2, "one prefix request per layer at prefill");
+    for &t in &SEQ[4..] {
+        let ids = Tensor::<TB, 2, Int>::from_data(TensorData::new(vec![t as i64], [1, 1]), &device);
+        got.extend(rows_of(model.logits(model.forward(TokenBatch::dense(ids), &mut cache, &hook))).remove(0));
+    }
+    assert_eq!(hook.calls.get(), 2, "decode steps asked the hook for prefixes");
+    let diff = got.iter().flatten().zip(full.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "cached generation with a prefix differs from recompute by {diff}");
+}
+
+#[test]
+fn parameter_count_matches_formula() {
+    for tied in [false, true] {
+        let model = tiny(7, tied);
+        assert_eq!(burn::module::Module::num_params(&model), model.config().num_params());
+    }
+    // SmolLM2-135M: the published 134.5M.
+    let n = LlamaConfig::smollm2_135m().num_params();
+    assert!((134_400_000..134_600_000).contains(&n), "{n}");
+    let n7 = LlamaConfig::llama2_7b().num_params();
+    assert_eq!(n7, 6_738_415_616);
+}
