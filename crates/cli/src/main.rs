@@ -1,1 +1,165 @@
-fn main() {}
+//! `iapt`: fetch models and data, run, score, benchmark, train and evaluate tuners.
+
+mod backend;
+mod bench;
+mod model_source;
+mod text;
+
+use anyhow::Result;
+use backend::BackendKind;
+use clap::{Args, Parser, Subcommand};
+use iapt_model::SamplingConfig;
+
+#[derive(Parser)]
+#[command(name = "iapt", version, about = "Instruction-Aware Prompt Tuning on burn")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every model-running command shares.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A known model name (`smollm2`, fetched on first use) or a `.gguf` file / HF directory.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "ndarray")]
+    backend: BackendKind,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download, verify and cache a model or dataset.
+    Fetch {
+        #[command(subcommand)]
+        what: FetchCommand,
+    },
+    /// Token ids of a text (special tokens in it are parsed).
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        text: String,
+    },
+    /// Mean next-token negative log-likelihood of a text.
+    Score {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        text: String,
+    },
+    /// Generate a continuation (raw prompt, or `--chat` to use the chat template).
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt text; repeat the flag to generate for several prompts in one batch.
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// Render the prompt as a user turn with the checkpoint's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// System message for `--chat` (default: the template's own).
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Pick the most likely token every step (the default unless --temperature > 0).
+        #[arg(long, conflicts_with = "temperature")]
+        greedy: bool,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Benchmarks (JSON output).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FetchCommand {
+    /// Fetch a known model (`smollm2`).
+    Model { name: String },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode tokens/s at several batch sizes.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fetch { what: FetchCommand::Model { name } } => {
+            let path = model_source::resolve_model(&name)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Tokenize { model, text } => {
+            let path = model_source::resolve_model(&model.model)?;
+            let tokenizer = iapt_model::tokenizer::load_tokenizer(&path)?;
+            text::tokenize(&tokenizer, &text, model.json)
+        }
+        Command::Score { model, text } => {
+            let path = model_source::resolve_model(&model.model)?;
+            with_backend!(model.backend, |B, device| {
+                let loaded = text::load::<B>(&path, &device)?;
+                text::score(&loaded, &text, model.json)
+            })
+        }
+        Command::Generate { model, prompt, chat, system, max_new_tokens, greedy, temperature, top_k, top_p, seed } => {
+            let path = model_source::resolve_model(&model.model)?;
+            let temperature = if greedy { 0.0 } else { temperature };
+            let sampling = SamplingConfig { temperature, top_k, top_p, seed };
+            with_backend!(model.backend, |B, device| {
+                let loaded = text::load::<B>(&path, &device)?;
+                let opts = text::GenerateOptions {
+                    prompts: &prompt,
+                    chat,
+                    system: system.as_deref(),
+                    max_new_tokens,
+                    sampling,
+                    as_json: model.json,
+                };
+                text::run_generate(&loaded, opts)
+            })
+        }
+        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats } } => {
+            let path = model_source::resolve_model(&model.model)?;
+            with_backend!(model.backend, |B, device| {
+                let loaded = text::load::<B>(&path, &device)?;
+                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `--backend ndarray|wgpu|cuda`: which burn backend a command runs on.
+
+use clap::ValueEnum;
+
+/// The compute backends this build knows; GPU ones need their cargo feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// CPU, pure Rust (always available).
+    Ndarray,
+    /// Vulkan/Metal/DX12 through wgpu (cargo feature `wgpu`).
+    Wgpu,
+    /// NVIDIA CUDA (cargo feature `cuda`).
+    Cuda,
+}
+
+/// CPU backend.
+pub type NdArray = burn::backend::NdArray<f32>;
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu<f32, i32>;
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda<f32, i32>;
+
+/// Run `$body` with `$B` bound to the chosen backend type and `$device` to its default device.
+/// A macro because the body is generic code instantiated once per compiled-in backend.
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match $kind {
+            $crate::backend::BackendKind::Ndarray => {
+                type $B = $crate::backend::NdArray;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::backend::BackendKind::Wgpu => {
+                type $B = $crate::backend::Wgpu;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::BackendKind::Cuda => {
+                type $B = $crate::backend::Cuda;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(anyhow::anyhow!(
+                "backend {:?} is not compiled into this binary; rebuild with `--features {}`",
+                other,
+                format!("{other:?}").to_lowercase()
+            )),
+        }
+    }};
+}

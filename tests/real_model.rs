@@ -1,0 +1,89 @@
+//! End-to-end checks of the `iapt` binary on the real SmolLM2-135M-Instruct checkpoint.
+//! The checkpoint is fetched once into `$IAPT_HOME` (see `iapt fetch model smollm2`); these tests
+//! are skipped, with a note, unless `IAPT_NETWORK_TESTS=1` (the README's test command sets it).
+
+use serde_json::Value;
+use std::process::Command;
+
+fn enabled() -> bool {
+    let on = std::env::var("IAPT_NETWORK_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("skipped: set IAPT_NETWORK_TESTS=1 to run tests on the real model");
+    }
+    on
+}
+
+/// Run `iapt ARGS --json` and parse its one JSON object.
+fn iapt_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(args).arg("--json").output().expect("run iapt");
+    assert!(out.status.success(), "iapt {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("iapt {args:?}: not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v["ids"].as_array().expect("ids array").iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn chat_answers_the_capital_of_germany() {
+    if !enabled() {
+        return;
+    }
+    let v = iapt_json(&["generate", "--model", "smollm2", "--chat", "--prompt", "What is the capital of Germany?", "--max-new-tokens", "16", "--greedy"]);
+    assert_eq!(v["text"].as_str().unwrap().trim(), "The capital of Germany is Berlin.");
+    assert_eq!(*ids(&v).last().unwrap(), 2, "generation should stop at <|im_end|>");
+}
+
+#[test]
+fn nll_separates_a_sentence_from_its_shuffle() {
+    if !enabled() {
+        return;
+    }
+    let plain = "The capital of France is Paris, and the river that flows through the city is called the Seine.";
+    let shuffled = "river Seine. is the through and The called city France flows the capital of is that Paris, the";
+    let a = iapt_json(&["score", "--model", "smollm2", "--text", plain]);
+    let b = iapt_json(&["score", "--model", "smollm2", "--text", shuffled]);
+    let (na, nb) = (a["mean_nll"].as_f64().unwrap(), b["mean_nll"].as_f64().unwrap());
+    eprintln!("plain {na:.3} ({} tokens), shuffled {nb:.3}", a["n_tokens"]);
+    assert!((1.0..3.5).contains(&na), "plain sentence NLL {na}");
+    assert!(nb > 6.0, "shuffled NLL {nb}");
+    assert_eq!(a["n_tokens"].as_u64().unwrap() as usize + 1, ids(&iapt_json(&["tokenize", "--model", "smollm2", "--text", plain])).len());
+}
+
+#[test]
+fn tokenizer_parses_special_tokens_and_splits_digits() {
+    if !enabled() {
+        return;
+    }
+    let v = iapt_json(&["tokenize", "--model", "smollm2", "--text", "<|im_start|>user\n12345<|im_end|>"]);
+    let ids = ids(&v);
+    assert_eq!(ids[0], 1, "<|im_start|> is id 1");
+    assert_eq!(*ids.last().unwrap(), 2, "<|im_end|> is id 2");
+    // "user", "\n", then five single digits
+    assert_eq!(ids.len(), 1 + 2 + 5 + 1, "{ids:?}");
+}
+
+#[test]
+fn batched_generation_matches_one_prompt_at_a_time() {
+    if !enabled() {
+        return;
+    }
+    let prompts = ["The opposite of hot is", "One, two, three, four,", "Water is made of hydrogen and"];
+    let mut args = vec!["generate", "--model", "smollm2", "--max-new-tokens", "6", "--greedy"];
+    for p in &prompts {
+        args.extend(["--prompt", p]);
+    }
+    let batched = iapt_json(&args);
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = iapt_json(&["generate", "--model", "smollm2", "--max-new-tokens", "6", "--greedy", "--prompt", p]);
+        assert_eq!(ids(&batched["outputs"][i]), ids(&alone), "prompt {p:?}");
+    }
+}
+
+#[test]
+fn a_missing_model_path_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["score", "--model", "/no/such/model.gguf", "--text", "hi there"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
+}
