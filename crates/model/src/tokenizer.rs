@@ -2,7 +2,18 @@
 
 use crate::error::LoadError;
 use serde::{Deserialize, Serialize};
+use crate::gguf::GgufFile;
 use std::path::Path;
+
+/// Load the tokenizer of a checkpoint: a `.gguf` file's metadata, or a HF directory's
+/// `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
+    if path.is_dir() {
+        Tokenizer::from_hf_dir(path)
+    } else {
+        Tokenizer::from_gguf(&GgufFile::open(path)?)
+    }
+}
 
 /// One turn of a conversation, as chat templates expect it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +91,56 @@ impl Tokenizer {
         let template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string);
         Self::from_parts(inner, bos.as_deref(), &eos, pad.as_deref(), template)
             .map_err(|reason| LoadError::field(&cfg_path, "eos_token/bos_token/pad_token", reason))
+    }
+
+    /// Build the tokenizer a GGUF file describes (`tokenizer.ggml.model = gpt2`, byte-level BPE):
+    /// BPE(vocab, merges), pre-tokenizer `[Digits(individual), ByteLevel(no prefix space, regex)]`,
+    /// ByteLevel decoder, and every control/user-defined token added as a special token.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, LoadError> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper};
+        let path = &file.path;
+        let field = |key: &str, reason: &str| LoadError::field(path, key, reason);
+        let model = file.get_str("tokenizer.ggml.model")?.ok_or_else(|| field("tokenizer.ggml.model", "missing"))?;
+        if model != "gpt2" {
+            return Err(field("tokenizer.ggml.model", &format!("`{model}` tokenizers are not supported (only byte-level BPE, `gpt2`)")));
+        }
+        let tokens = file.get_str_array("tokenizer.ggml.tokens")?.ok_or_else(|| field("tokenizer.ggml.tokens", "missing"))?;
+        let merges = file.get_str_array("tokenizer.ggml.merges")?.ok_or_else(|| field("tokenizer.ggml.merges", "missing"))?;
+        let types = file.get_int_array("tokenizer.ggml.token_type")?.unwrap_or_default();
+        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        let merges = merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| field("tokenizer.ggml.merges", &format!("entry {i} `{m}` is not two space-separated tokens"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| field("tokenizer.ggml.merges", &e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(Sequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true)),
+        ])));
+        inner.with_decoder(Some(ByteLevel::default()));
+        // Type 3 = control, 4 = user-defined: matched whole in text, never split by BPE.
+        let special: Vec<tokenizers::AddedToken> = types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .filter_map(|(i, _)| tokens.get(i))
+            .map(|t| tokenizers::AddedToken::from(t.to_string(), true))
+            .collect();
+        inner.add_special_tokens(special);
+        let token = |key: &str| -> Result<Option<&str>, LoadError> {
+            match file.get_u64(key)? {
+                None => Ok(None),
+                Some(id) => tokens.get(id as usize).copied().map(Some).ok_or_else(|| field(key, &format!("id {id} is outside the vocabulary"))),
+            }
+        };
+        let eos = token("tokenizer.ggml.eos_token_id")?.ok_or_else(|| field("tokenizer.ggml.eos_token_id", "missing"))?;
+        let bos = token("tokenizer.ggml.bos_token_id")?;
+        let pad = token("tokenizer.ggml.padding_token_id")?;
+        let template = file.get_str("tokenizer.chat_template")?.map(str::to_string);
+        Self::from_parts(inner, bos, eos, pad, template).map_err(|reason| field("tokenizer.ggml", &reason))
     }
 
     /// Token ids of `text`. Special tokens written in the text (e.g. `<|im_start|>`) are parsed
