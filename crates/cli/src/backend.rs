@@ -5,16 +5,19 @@ use clap::ValueEnum;
 /// The compute backends this build knows; GPU ones need their cargo feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// CPU, pure Rust (always available).
+    /// CPU, pure Rust, ndarray-based: the reference CPU backend the tests run on.
     Ndarray,
+    /// CPU, pure Rust, burn's faster `gemm`-based backend (much quicker at batch-1 decoding).
+    Flex,
     /// Vulkan/Metal/DX12 through wgpu (cargo feature `wgpu`).
     Wgpu,
     /// NVIDIA CUDA (cargo feature `cuda`).
     Cuda,
 }
 
-/// CPU backend.
+/// CPU backends.
 pub type NdArray = burn::backend::NdArray<f32>;
+pub type Flex = burn::backend::Flex<f32, i32>;
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu<f32, i32>;
 #[cfg(feature = "cuda")]
@@ -28,6 +31,11 @@ macro_rules! with_backend {
         match $kind {
             $crate::backend::BackendKind::Ndarray => {
                 type $B = $crate::backend::NdArray;
+                let $device = burn::tensor::Device::<$B>::default();
+                $body
+            }
+            $crate::backend::BackendKind::Flex => {
+                type $B = $crate::backend::Flex;
                 let $device = burn::tensor::Device::<$B>::default();
                 $body
             }

@@ -129,7 +129,7 @@ impl Tokenizer {
             .filter_map(|(i, _)| tokens.get(i))
             .map(|t| tokenizers::AddedToken::from(t.to_string(), true))
             .collect();
-        inner.add_special_tokens(special);
+        inner.add_special_tokens(special).map_err(|e| field("tokenizer.ggml.token_type", &e.to_string()))?;
         let token = |key: &str| -> Result<Option<&str>, LoadError> {
             match file.get_u64(key)? {
                 None => Ok(None),
