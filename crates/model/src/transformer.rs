@@ -281,7 +281,11 @@ impl<B: Backend> Llama<B> {
         let [b, _] = batch.ids.dims();
         let mut x = self.embed_tokens.forward(batch.ids);
         let mut valid = batch.valid;
-        let mut instruction = batch.instruction.unwrap_or_else(|| valid.clone());
+        // Padding is never instruction, whatever the caller's mask says.
+        let mut instruction = match batch.instruction {
+            Some(mask) => mask.bool_and(valid.clone()),
+            None => valid.clone(),
+        };
 
         let positions = match cache.next_position.take() {
             None => {

@@ -1,0 +1,193 @@
+//! One layer's prompt generator (method spec §2):
+//! `X = H W_down + b_down`, `p = pool(X)`, `p' = g(p)`, `P = p' W_up + b_up`.
+
+use crate::pooler::{Pooler, PoolerConfig, PoolerKind};
+use crate::rational::{Activation, ActivationConfig};
+use burn::config::Config;
+use burn::module::{Initializer, Module};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{backend::Backend, Bool, FloatDType, Tensor};
+
+/// The bottleneck pair `d -> m -> d`, shared across layers or owned by one generator.
+#[derive(Config, Debug)]
+pub struct ProjectionsConfig {
+    /// Hidden size `d` of the backbone.
+    pub d_model: usize,
+    /// Bottleneck width `m`.
+    pub bottleneck: usize,
+    /// `None`: W_up and b_up take burn's default `Linear` init (Kaiming-uniform, bound
+    /// 1/sqrt(m)), like W_down. `Some(s)`: W_up ~ N(0, s) and b_up = 0. See `IaptConfig::up_init_std`
+    /// for why a small W_up does not start training near the base model.
+    #[config(default = "None")]
+    pub up_init_std: Option<f64>,
+}
+
+impl ProjectionsConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Projections<B> {
+        let down = LinearConfig::new(self.d_model, self.bottleneck).init(device);
+        let up = match self.up_init_std {
+            None => LinearConfig::new(self.bottleneck, self.d_model).init(device),
+            Some(std) => {
+                let mut up = LinearConfig::new(self.bottleneck, self.d_model)
+                    .with_initializer(Initializer::Normal { mean: 0.0, std })
+                    .init(device);
+                up.bias = Some(Initializer::Zeros.init([self.d_model], device));
+                up
+            }
+        };
+        Projections { down, up }
+    }
+
+    /// `2 d m + m + d`.
+    pub fn num_params(&self) -> usize {
+        2 * self.d_model * self.bottleneck + self.bottleneck + self.d_model
+    }
+}
+
+/// `W_down, b_down` (`d -> m`) and `W_up, b_up` (`m -> d`).
+#[derive(Module, Debug)]
+pub struct Projections<B: Backend> {
+    pub down: Linear<B>,
+    pub up: Linear<B>,
+}
+
+/// One layer's generator.
+#[derive(Config, Debug)]
+pub struct PromptGeneratorConfig {
+    pub d_model: usize,
+    pub bottleneck: usize,
+    /// `l_sp`.
+    pub num_tokens: usize,
+    #[config(default = "PoolerKind::SelfAttn")]
+    pub pooler: PoolerKind,
+    #[config(default = false)]
+    pub pooler_scale: bool,
+    #[config(default = "ActivationConfig::new()")]
+    pub activation: ActivationConfig,
+    /// Give this generator its own projections (else it uses the caller's shared ones).
+    #[config(default = false)]
+    pub own_projections: bool,
+    #[config(default = "None")]
+    pub up_init_std: Option<f64>,
+}
+
+impl PromptGeneratorConfig {
+    fn projections(&self) -> ProjectionsConfig {
+        ProjectionsConfig::new(self.d_model, self.bottleneck).with_up_init_std(self.up_init_std)
+    }
+
+    fn pooler(&self) -> PoolerConfig {
+        PoolerConfig::new(self.bottleneck, self.num_tokens).with_kind(self.pooler).with_scale(self.pooler_scale)
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> PromptGenerator<B> {
+        PromptGenerator {
+            projections: self.own_projections.then(|| self.projections().init(device)),
+            pooler: self.pooler().init(device),
+            activation: self.activation.init(device),
+        }
+    }
+
+    /// Learnable scalars of this generator (its own projections included when it has them).
+    pub fn num_params(&self) -> usize {
+        let own = if self.own_projections { self.projections().num_params() } else { 0 };
+        own + self.pooler().num_params() + self.activation.num_params()
+    }
+
+    /// Parameters of a shared projection pair for generators of this shape.
+    pub fn shared_projections(&self) -> ProjectionsConfig {
+        self.projections()
+    }
+}
+
+/// Reads `[b, n, d]` hidden states and the instruction mask, emits `[b, l_sp, d]` soft tokens.
+#[derive(Module, Debug)]
+pub struct PromptGenerator<B: Backend> {
+    /// This layer's own projections; `None` when they are shared across layers.
+    pub projections: Option<Projections<B>>,
+    pub pooler: Pooler<B>,
+    pub activation: Activation<B>,
+}
+
+impl<B: Backend> PromptGenerator<B> {
+    /// Soft tokens for every row. `shared` is used when this generator has no projections of its
+    /// own. The computation runs in the parameters' dtype (pooler softmax and activation in f32),
+    /// and the result comes back in `hidden`'s dtype.
+    pub fn forward(&self, hidden: Tensor<B, 3>, instruction: Tensor<B, 2, Bool>, shared: Option<&Projections<B>>) -> Tensor<B, 3> {
+        let projections = self
+            .projections
+            .as_ref()
+            .or(shared)
+            .expect("a prompt generator needs its own or shared projections");
+        let dtype = hidden.dtype();
+        let hidden = hidden.cast(FloatDType::from(projections.down.weight.val().dtype()));
+        let x = projections.down.forward(hidden); // [b, n, m]
+        let pooled = self.pooler.forward(x, instruction); // [b, l_sp, m]
+        let activated = self.activation.forward(pooled);
+        projections.up.forward(activated).cast(FloatDType::from(dtype)) // [b, l_sp, d]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rational::ActivationKind;
+    use burn::tensor::{Distribution, TensorData};
+    type TB = burn::backend::NdArray;
+
+    fn host<const D: usize>(t: Tensor<TB, D>) -> Vec<f64> {
+        t.into_data().convert::<f64>().to_vec().unwrap()
+    }
+
+    /// The generator equals the spec's formula written out with plain host arithmetic.
+    #[test]
+    fn forward_equals_the_formula() {
+        let device = Default::default();
+        <TB as Backend>::seed(&device, 3);
+        let (d, m, l, n) = (6, 3, 2, 4);
+        let config = PromptGeneratorConfig::new(d, m, l).with_own_projections(true).with_activation(ActivationConfig::new().with_kind(ActivationKind::Gelu));
+        let generator = config.init::<TB>(&device);
+        let h = Tensor::<TB, 3>::random([1, n, d], Distribution::Normal(0.0, 1.0), &device);
+        let mask = Tensor::<TB, 2, Bool>::from_data(TensorData::new(vec![true, true, true, false], [1, n]), &device);
+        let got = host(generator.forward(h.clone(), mask, None));
+
+        let p = generator.projections.as_ref().unwrap();
+        let (wd, bd, wu, bu) = (host(p.down.weight.val()), host(p.down.bias.as_ref().unwrap().val()), host(p.up.weight.val()), host(p.up.bias.as_ref().unwrap().val()));
+        let wq = host(generator.pooler.queries.as_ref().unwrap().val());
+        let h = host(h);
+        let x: Vec<Vec<f64>> = (0..3).map(|i| (0..m).map(|k| bd[k] + (0..d).map(|j| h[i * d + j] * wd[j * m + k]).sum::<f64>()).collect()).collect();
+        for t in 0..l {
+            let scores: Vec<f64> = x.iter().map(|row| (0..m).map(|k| row[k] * wq[k * l + t]).sum()).collect();
+            let z: f64 = scores.iter().map(|s| s.exp()).sum();
+            let pooled: Vec<f64> = (0..m).map(|k| x.iter().zip(&scores).map(|(row, s)| s.exp() / z * row[k]).sum()).collect();
+            let act: Vec<f64> = pooled.iter().map(|&v| crate::gelu_fit::gelu(v)).collect();
+            for o in 0..d {
+                let want = bu[o] + (0..m).map(|k| act[k] * wu[k * d + o]).sum::<f64>();
+                assert!((got[t * d + o] - want).abs() < 1e-5, "token {t} dim {o}: {} vs {want}", got[t * d + o]);
+            }
+        }
+    }
+
+    #[test]
+    fn parameter_count_matches_the_module() {
+        let device = Default::default();
+        for own in [false, true] {
+            for pooler in [PoolerKind::SelfAttn, PoolerKind::Mean] {
+                let config = PromptGeneratorConfig::new(10, 4, 3).with_own_projections(own).with_pooler(pooler);
+                assert_eq!(Module::num_params(&config.init::<TB>(&device)), config.num_params());
+            }
+        }
+        let shared = ProjectionsConfig::new(10, 4);
+        assert_eq!(Module::num_params(&shared.init::<TB>(&device)), shared.num_params());
+    }
+
+    #[test]
+    fn up_init_std_zero_gives_input_independent_zero_tokens() {
+        let device = Default::default();
+        let config = PromptGeneratorConfig::new(8, 4, 2).with_own_projections(true).with_up_init_std(Some(0.0));
+        let g = config.init::<TB>(&device);
+        let h = Tensor::<TB, 3>::random([2, 3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let mask = Tensor::<TB, 2, Bool>::full([2, 3], true, &device);
+        assert!(host(g.forward(h, mask, None)).iter().all(|&v| v == 0.0));
+    }
+}

@@ -1,0 +1,265 @@
+//! IAPT: a prompt generator before every layer, plugged into the frozen backbone as a per-input
+//! KV prefix through [`ModelHook`] (method spec §2 and §4).
+
+use crate::generator::{Projections, PromptGenerator, PromptGeneratorConfig};
+use crate::pooler::PoolerKind;
+use crate::rational::{ActivationConfig, ActivationKind, RationalConfig};
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Bool, Tensor};
+use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
+use iapt_model::LlamaConfig;
+use serde::{Deserialize, Serialize};
+
+/// Which hidden states the generators read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorInput {
+    /// After the layer's frozen input RMSNorm: unit-scale inputs keep the rational in range.
+    Normed,
+    /// The residual stream as it enters the layer.
+    Raw,
+}
+
+/// RoPE positions of the soft tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefixPositions {
+    /// Soft tokens at `0..l_sp`, real tokens shifted by `l_sp`.
+    #[serde(rename = "shifted")]
+    Shifted,
+    /// Soft-token keys are not rotated; real tokens keep positions `0..`.
+    #[serde(rename = "none")]
+    Unrotated,
+}
+
+/// Every IAPT hyper-parameter; saved verbatim in `adapter_config.json`.
+#[derive(Config, Debug, PartialEq)]
+pub struct IaptConfig {
+    /// Bottleneck width `m` of the generators (`m << d`).
+    pub bottleneck: usize,
+    /// `l_sp`, soft tokens per layer.
+    #[config(default = 4)]
+    pub num_soft_tokens: usize,
+    #[config(default = "ActivationKind::Rational")]
+    pub activation: ActivationKind,
+    /// Degrees of the rational activation (when `activation` is `rational`).
+    #[config(default = "RationalConfig::new()")]
+    pub rational: RationalConfig,
+    #[config(default = "PoolerKind::SelfAttn")]
+    pub pooler: PoolerKind,
+    /// Scale pooler scores by 1/sqrt(m) (off: the paper's form).
+    #[config(default = false)]
+    pub pooler_scale: bool,
+    /// Share W_down, b_down, W_up, b_up across layers (pooler and activation stay per layer).
+    #[config(default = true)]
+    pub share_projections: bool,
+    #[config(default = "GeneratorInput::Normed")]
+    pub generator_input: GeneratorInput,
+    #[config(default = "PrefixPositions::Shifted")]
+    pub prefix_positions: PrefixPositions,
+    /// Init of W_up. `None` (default): burn's `Linear` default, Kaiming-uniform with bound
+    /// 1/sqrt(m), the same as W_down; `Some(s)`: N(0, s) with b_up = 0.
+    ///
+    /// Why not a tiny W_up "to start near the base model": the soft tokens pass through the
+    /// layer's RMSNorm before W_k/W_v, and RMSNorm is scale-invariant, so shrinking P does not
+    /// shrink their keys/values; any prefix takes attention mass from the real tokens from the
+    /// first step (zero tokens give k = v = 0, which still dilutes attention). A tiny P only
+    /// moves it towards the RMSNorm's eps regime, where the norm's Jacobian ~ 1/|P| (1/sqrt(eps)
+    /// ~ 316 at P = 0) blows up the gradients. `Some(0.0)` gives P = 0 exactly at step 0: then
+    /// W_up still gets gradients (dL/dW_up = g(p)^T dL/dP), the rest of the generator none until
+    /// W_up moves — available as an ablation, not the default.
+    #[config(default = "None")]
+    pub up_init_std: Option<f64>,
+}
+
+impl IaptConfig {
+    /// The generator of one layer.
+    pub fn generator(&self, base: &LlamaConfig) -> PromptGeneratorConfig {
+        PromptGeneratorConfig::new(base.hidden_size, self.bottleneck, self.num_soft_tokens)
+            .with_pooler(self.pooler)
+            .with_pooler_scale(self.pooler_scale)
+            .with_activation(ActivationConfig::new().with_kind(self.activation).with_rational(self.rational.clone()))
+            .with_own_projections(!self.share_projections)
+            .with_up_init_std(self.up_init_std)
+    }
+
+    /// Parse a possibly partial JSON object: absent fields take their defaults (burn's derived
+    /// `Deserialize` requires every field), unknown fields are refused by name (typos in config
+    /// files must not pass silently). Only `bottleneck` is required.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let bottleneck = value
+            .get("bottleneck")
+            .ok_or("missing field `bottleneck`")?
+            .as_u64()
+            .ok_or("field `bottleneck` must be a non-negative integer")?;
+        let mut merged = serde_json::to_value(IaptConfig::new(bottleneck as usize)).map_err(|e| e.to_string())?;
+        overlay(&mut merged, value, "")?;
+        let config: IaptConfig = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the values make sense (called by `init` and when loading an adapter).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bottleneck == 0 {
+            return Err("bottleneck must be positive".into());
+        }
+        if self.num_soft_tokens == 0 {
+            return Err("num_soft_tokens must be positive".into());
+        }
+        if self.activation == ActivationKind::Rational && self.rational.numerator_degree == 0 {
+            return Err("rational.numerator_degree must be positive".into());
+        }
+        if let Some(std) = self.up_init_std {
+            if !(std >= 0.0 && std.is_finite()) {
+                return Err(format!("up_init_std must be a finite non-negative number, got {std}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Build the tuner for a backbone of shape `base`. Panics on an invalid config (see
+    /// [`IaptConfig::validate`]).
+    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Iapt<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid IAPT config: {e}");
+        }
+        let generator = self.generator(base);
+        let iapt = Iapt {
+            shared: self.share_projections.then(|| generator.shared_projections().init(device)),
+            layers: (0..base.num_layers).map(|_| generator.init(device)).collect(),
+            config: self.clone(),
+            base: base.clone(),
+        };
+        // Draw every lazy parameter now, so clones of this module are copies, not fresh draws.
+        iapt_model::transformer::materialize(iapt)
+    }
+
+    /// Trainable parameters for a backbone of shape `base`, by formula:
+    /// shared: `(2dm + m + d) + L (m l_sp + r)`; unshared: `L (2dm + m + d + m l_sp + r)`,
+    /// with `r` = rational coefficients (10 for degrees (5, 4); 0 for fixed activations) and the
+    /// `m l_sp` pooler queries only for the self-attention pooler.
+    pub fn num_params(&self, base: &LlamaConfig) -> usize {
+        let generator = self.generator(base);
+        let per_layer = generator.num_params();
+        let shared = if self.share_projections { generator.shared_projections().num_params() } else { 0 };
+        shared + base.num_layers * per_layer
+    }
+}
+
+/// Write `patch`'s fields over `base`'s, recursing into objects; a key `base` lacks is an error.
+fn overlay(base: &mut serde_json::Value, patch: &serde_json::Value, prefix: &str) -> Result<(), String> {
+    let patch = patch.as_object().ok_or_else(|| format!("`{}` must be a JSON object", prefix.trim_end_matches('.')))?;
+    let base = base.as_object_mut().expect("defaults serialise to an object");
+    for (key, value) in patch {
+        let name = format!("{prefix}{key}");
+        match base.get_mut(key) {
+            None => return Err(format!("unknown field `{name}`")),
+            Some(slot) if slot.is_object() && value.is_object() => overlay(slot, value, &format!("{name}."))?,
+            Some(slot) => *slot = value.clone(),
+        }
+    }
+    Ok(())
+}
+
+/// The IAPT tuner: one generator per backbone layer, plus the shared projections.
+#[derive(Module, Debug)]
+pub struct Iapt<B: Backend> {
+    /// W_down, b_down, W_up, b_up shared by all layers (`None` when each layer owns its own).
+    pub shared: Option<Projections<B>>,
+    /// One generator per backbone layer.
+    pub layers: Vec<PromptGenerator<B>>,
+    #[module(skip)]
+    pub config: IaptConfig,
+    /// The backbone shape this tuner was built for.
+    #[module(skip)]
+    pub base: LlamaConfig,
+}
+
+impl<B: Backend> Iapt<B> {
+    /// The soft tokens `[b, l_sp, d]` of `layer` for hidden states `[b, n, d]` (already chosen
+    /// per `generator_input`), reading only rows where `instruction` is true.
+    pub fn soft_tokens(&self, layer: usize, hidden: Tensor<B, 3>, instruction: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let generator = self.layers.get(layer).unwrap_or_else(|| {
+            panic!("IAPT built for {} layers was asked for layer {layer}", self.layers.len())
+        });
+        generator.forward(hidden, instruction, self.shared.as_ref())
+    }
+
+    /// The soft tokens of `layer` from what the model shows the hook.
+    pub fn soft_tokens_for(&self, layer: usize, input: &LayerInput<'_, B>) -> Tensor<B, 3> {
+        let hidden = match self.config.generator_input {
+            GeneratorInput::Normed => input.normed,
+            GeneratorInput::Raw => input.hidden,
+        };
+        self.soft_tokens(layer, hidden.clone(), input.instruction.clone())
+    }
+}
+
+impl<B: Backend> ModelHook<B> for Iapt<B> {
+    fn position_offset(&self) -> usize {
+        match self.config.prefix_positions {
+            PrefixPositions::Shifted => self.config.num_soft_tokens,
+            PrefixPositions::Unrotated => 0,
+        }
+    }
+
+    fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
+        let tokens = self.soft_tokens_for(layer, input);
+        Some(LayerPrefix::Hidden { tokens, rope: self.config.prefix_positions == PrefixPositions::Shifted })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type TB = burn::backend::NdArray;
+
+    #[test]
+    fn config_json_uses_the_documented_names_and_defaults() {
+        let config = IaptConfig::new(32);
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["num_soft_tokens"], 4);
+        assert_eq!(json["activation"], "rational");
+        assert_eq!(json["pooler"], "self_attn");
+        assert_eq!(json["generator_input"], "normed");
+        assert_eq!(json["prefix_positions"], "shifted");
+        assert_eq!(json["share_projections"], true);
+        assert_eq!(json["rational"]["numerator_degree"], 5);
+        let back: IaptConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(back, config);
+        // Missing optional fields take their defaults; an unknown enum value is refused.
+        let parse = |s: &str| IaptConfig::from_json(&serde_json::from_str(s).unwrap());
+        let minimal = parse(r#"{"bottleneck": 8, "prefix_positions": "none", "rational": {"denominator_degree": 3}}"#).unwrap();
+        assert_eq!(minimal, IaptConfig::new(8).with_prefix_positions(PrefixPositions::Unrotated).with_rational(RationalConfig::new().with_denominator_degree(3)));
+        assert!(parse(r#"{"bottleneck": 8, "pooler": "sum"}"#).unwrap_err().contains("sum"));
+        assert!(parse(r#"{"bottleneck": 8, "rational": {"degree": 3}}"#).unwrap_err().contains("rational.degree"));
+        assert!(parse(r#"{"num_soft_tokens": 8}"#).unwrap_err().contains("bottleneck"));
+        assert!(parse(r#"{"bottleneck": 0}"#).is_err());
+    }
+
+    #[test]
+    fn module_parameter_count_matches_the_formula() {
+        let base = LlamaConfig::tiny();
+        for share in [true, false] {
+            for (activation, pooler) in [(ActivationKind::Rational, PoolerKind::SelfAttn), (ActivationKind::Gelu, PoolerKind::Max)] {
+                let config = IaptConfig::new(8).with_share_projections(share).with_activation(activation).with_pooler(pooler);
+                let iapt = config.init::<TB>(&base, &Default::default());
+                assert_eq!(Module::num_params(&iapt), config.num_params(&base), "share={share} {activation:?} {pooler:?}");
+            }
+        }
+        // By hand, tiny (d = 32, L = 2), m = 8, l_sp = 4, rational (5, 4):
+        let shared = 2 * 32 * 8 + 8 + 32 + 2 * (8 * 4 + 10);
+        let unshared = 2 * (2 * 32 * 8 + 8 + 32 + 8 * 4 + 10);
+        assert_eq!(IaptConfig::new(8).num_params(&base), shared);
+        assert_eq!(IaptConfig::new(8).with_share_projections(false).num_params(&base), unshared);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        assert!(IaptConfig::new(0).validate().is_err());
+        assert!(IaptConfig::new(4).with_num_soft_tokens(0).validate().is_err());
+        assert!(IaptConfig::new(4).with_up_init_std(Some(-1.0)).validate().is_err());
+        assert!(IaptConfig::new(4).validate().is_ok());
+    }
+}

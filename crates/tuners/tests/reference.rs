@@ -1,0 +1,220 @@
+//! A naive, loop-based LLaMA forward in f64 written from the architecture's definition, used as an
+//! independent reference for the tensor implementation. Shared by the integration tests.
+//! Copied from `crates/model/tests/reference.rs` and extended: soft tokens may be generated per
+//! layer from the states entering it (IAPT), and an f64 IAPT generator written from the spec.
+#![allow(dead_code)]
+
+use burn::tensor::{backend::Backend, Tensor};
+use iapt_model::Llama;
+use iapt_tuners::gelu_fit::{eval_rational, gelu};
+use iapt_tuners::{ActivationKind, GeneratorInput, Iapt, PoolerKind, PrefixPositions};
+
+pub type TB = burn::backend::NdArray;
+
+/// Row-major host matrix.
+#[derive(Clone)]
+pub struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl Mat {
+    fn from_tensor<B: Backend>(t: Tensor<B, 2>) -> Self {
+        let [rows, cols] = t.dims();
+        let data = t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+        Mat { rows, cols, data }
+    }
+    /// x (len rows) times this `[in, out]` matrix.
+    fn apply(&self, x: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; self.cols];
+        for (i, xi) in x.iter().enumerate() {
+            for (j, yj) in y.iter_mut().enumerate() {
+                *yj += xi * self.data[i * self.cols + j];
+            }
+        }
+        y
+    }
+}
+
+fn vec1<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
+    t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
+}
+
+fn rms_norm(x: &[f64], gamma: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let r = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(gamma).map(|(v, g)| v * r * g).collect()
+}
+
+fn rope(x: &mut [f64], pos: f64, theta: f64) {
+    let hd = x.len();
+    for i in 0..hd / 2 {
+        let freq = 1.0 / theta.powf((2 * i) as f64 / hd as f64);
+        let (s, c) = (pos * freq).sin_cos();
+        let (a, b) = (x[i], x[i + hd / 2]);
+        x[i] = a * c - b * s;
+        x[i + hd / 2] = b * c + a * s;
+    }
+}
+
+/// Logits `[t][vocab]` of one unpadded sequence. `soft[layer]`, when given, are soft tokens
+/// (hidden space) inserted before the sequence at that layer only, at positions 0..n, real
+/// tokens shifted by `offset`; their outputs are dropped after the layer. This is the literal
+/// "run the soft tokens through the layer" definition the KV-prefix shortcut must equal.
+pub fn reference_logits<B: Backend>(model: &Llama<B>, ids: &[u32], soft: &[Option<Vec<Vec<f64>>>], offset: usize) -> Vec<Vec<f64>> {
+    reference_logits_generated(model, ids, offset, true, &|layer, _, _| soft.get(layer).cloned().flatten())
+}
+
+/// Soft tokens of a layer from the states entering it: `(layer, hidden, normed) -> tokens`.
+pub type SoftTokens<'a> = dyn Fn(usize, &[Vec<f64>], &[Vec<f64>]) -> Option<Vec<Vec<f64>>> + 'a;
+
+/// As [`reference_logits`], with each layer's soft tokens computed by `soft` from the real
+/// tokens' hidden states entering that layer (and their input-RMSNormed version). With
+/// `rope_soft` false the soft tokens' keys are not rotated.
+pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], offset: usize, rope_soft: bool, soft: &SoftTokens<'_>) -> Vec<Vec<f64>> {
+    let c = model.config().clone();
+    let embed = Mat::from_tensor(model.embed_tokens.weight.val());
+    let mut xs: Vec<Vec<f64>> = ids.iter().map(|&t| embed.data[t as usize * c.hidden_size..(t as usize + 1) * c.hidden_size].to_vec()).collect();
+    let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+    for (l, layer) in model.layers.iter().enumerate() {
+        let g_in = vec1(layer.input_layernorm.gamma.val());
+        let g_post = vec1(layer.post_attention_layernorm.gamma.val());
+        let a = &layer.self_attn;
+        let (wq, wk, wv, wo) = (Mat::from_tensor(a.q_proj.weight.val()), Mat::from_tensor(a.k_proj.weight.val()), Mat::from_tensor(a.v_proj.weight.val()), Mat::from_tensor(a.o_proj.weight.val()));
+        let m = &layer.mlp;
+        let (wg, wu, wd) = (Mat::from_tensor(m.gate_proj.weight.val()), Mat::from_tensor(m.up_proj.weight.val()), Mat::from_tensor(m.down_proj.weight.val()));
+
+        let normed_real: Vec<Vec<f64>> = xs.iter().map(|x| rms_norm(x, &g_in, c.rms_norm_eps)).collect();
+        let soft_here = soft(l, &xs, &normed_real).unwrap_or_default();
+        let n_soft = soft_here.len();
+        let seq: Vec<Vec<f64>> = soft_here.iter().cloned().chain(xs.iter().cloned()).collect();
+        let positions: Vec<f64> = (0..n_soft).map(|p| p as f64).chain((0..xs.len()).map(|p| (p + offset) as f64)).collect();
+        let normed: Vec<Vec<f64>> = seq.iter().map(|x| rms_norm(x, &g_in, c.rms_norm_eps)).collect();
+        let qs: Vec<Vec<f64>> = normed.iter().map(|x| wq.apply(x)).collect();
+        let ks: Vec<Vec<f64>> = normed.iter().map(|x| wk.apply(x)).collect();
+        let vs: Vec<Vec<f64>> = normed.iter().map(|x| wv.apply(x)).collect();
+        let mut out = Vec::new();
+        for i in n_soft..seq.len() {
+            let mut attn = vec![0.0; h * hd];
+            for head in 0..h {
+                let kv = head / (h / kvh);
+                let mut q = qs[i][head * hd..(head + 1) * hd].to_vec();
+                rope(&mut q, positions[i], c.rope_theta);
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        let mut k = ks[j][kv * hd..(kv + 1) * hd].to_vec();
+                        if j >= n_soft || rope_soft {
+                            rope(&mut k, positions[j], c.rope_theta);
+                        }
+                        q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                for (j, e) in exps.iter().enumerate() {
+                    for d in 0..hd {
+                        attn[head * hd + d] += e / total * vs[j][kv * hd + d];
+                    }
+                }
+            }
+            let o = wo.apply(&attn);
+            let x1: Vec<f64> = seq[i].iter().zip(&o).map(|(a, b)| a + b).collect();
+            let n2 = rms_norm(&x1, &g_post, c.rms_norm_eps);
+            let gate = wg.apply(&n2);
+            let up = wu.apply(&n2);
+            let act: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = wd.apply(&act);
+            out.push(x1.iter().zip(&down).map(|(a, b)| a + b).collect::<Vec<f64>>());
+        }
+        xs = out;
+    }
+    let g = vec1(model.norm.gamma.val());
+    let head = match &model.lm_head {
+        Some(l) => Mat::from_tensor(l.weight.val()),
+        None => {
+            // tied: logits = h . embed[v]
+            let mut t = Mat { rows: c.hidden_size, cols: c.vocab_size, data: vec![0.0; c.hidden_size * c.vocab_size] };
+            for v in 0..c.vocab_size {
+                for d in 0..c.hidden_size {
+                    t.data[d * c.vocab_size + v] = embed.data[v * c.hidden_size + d];
+                }
+            }
+            t
+        }
+    };
+    xs.iter().map(|x| head.apply(&rms_norm(x, &g, c.rms_norm_eps))).collect()
+}
+
+/// Max absolute difference.
+pub fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+}
+
+/// One layer's IAPT generator in f64, written from the spec (§2) with the tuner's parameters:
+/// the soft tokens `[l_sp][d]` from the real tokens' `states` (hidden or normed, per config),
+/// reading only rows where `instruction` is true.
+pub fn iapt_soft_tokens<B: Backend>(iapt: &Iapt<B>, layer: usize, states: &[Vec<f64>], instruction: &[bool]) -> Vec<Vec<f64>> {
+    let config = &iapt.config;
+    let generator = &iapt.layers[layer];
+    let projections = generator.projections.as_ref().or(iapt.shared.as_ref()).unwrap();
+    let down = Mat::from_tensor(projections.down.weight.val());
+    let down_b = vec1(projections.down.bias.as_ref().unwrap().val());
+    let up = Mat::from_tensor(projections.up.weight.val());
+    let up_b = vec1(projections.up.bias.as_ref().unwrap().val());
+    let (m, l) = (down.cols, config.num_soft_tokens);
+    // X = H W_down + b_down, instruction rows only.
+    let xs: Vec<Vec<f64>> = states.iter().zip(instruction).filter(|(_, &keep)| keep).map(|(h, _)| down.apply(h).iter().zip(&down_b).map(|(a, b)| a + b).collect()).collect();
+    let pooled: Vec<Vec<f64>> = if xs.is_empty() {
+        vec![vec![0.0; m]; l]
+    } else {
+        match config.pooler {
+            PoolerKind::SelfAttn => {
+                let wq = Mat::from_tensor(generator.pooler.queries.as_ref().unwrap().val());
+                let scale = if config.pooler_scale { 1.0 / (m as f64).sqrt() } else { 1.0 };
+                (0..l)
+                    .map(|t| {
+                        let scores: Vec<f64> = xs.iter().map(|x| scale * (0..m).map(|k| x[k] * wq.data[k * l + t]).sum::<f64>()).collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                        (0..m).map(|k| xs.iter().zip(&scores).map(|(x, s)| (s - max).exp() / z * x[k]).sum()).collect()
+                    })
+                    .collect()
+            }
+            PoolerKind::Mean => vec![(0..m).map(|k| xs.iter().map(|x| x[k]).sum::<f64>() / xs.len() as f64).collect(); l],
+            PoolerKind::Max => vec![(0..m).map(|k| xs.iter().map(|x| x[k]).fold(f64::MIN, f64::max)).collect(); l],
+            PoolerKind::Last => vec![xs.last().unwrap().clone(); l],
+        }
+    };
+    let activation = &generator.activation;
+    let g = |v: f64| match config.activation {
+        ActivationKind::Rational => {
+            let r = activation.rational.as_ref().unwrap();
+            eval_rational(&vec1(r.numerator.val()), &vec1(r.denominator.val()), v)
+        }
+        ActivationKind::Gelu => gelu(v),
+        ActivationKind::Relu => v.max(0.0),
+        ActivationKind::Identity => v,
+    };
+    pooled.iter().map(|p| {
+        let act: Vec<f64> = p.iter().map(|&v| g(v)).collect();
+        up.apply(&act).iter().zip(&up_b).map(|(a, b)| a + b).collect()
+    }).collect()
+}
+
+/// Logits of one unpadded sequence with IAPT active, entirely in f64: per layer, the generator
+/// reads the states entering the layer (the first `n_instruction` tokens) and its soft tokens
+/// run through the full frozen layer in front of the sequence.
+pub fn reference_iapt_logits<B: Backend>(model: &Llama<B>, iapt: &Iapt<B>, ids: &[u32], n_instruction: usize) -> Vec<Vec<f64>> {
+    let instruction: Vec<bool> = (0..ids.len()).map(|i| i < n_instruction).collect();
+    let shifted = iapt.config.prefix_positions == PrefixPositions::Shifted;
+    let offset = if shifted { iapt.config.num_soft_tokens } else { 0 };
+    reference_logits_generated(model, ids, offset, shifted, &|layer, hidden, normed| {
+        let states = match iapt.config.generator_input {
+            GeneratorInput::Normed => normed,
+            GeneratorInput::Raw => hidden,
+        };
+        Some(iapt_soft_tokens(iapt, layer, states, &instruction))
+    })
+}
