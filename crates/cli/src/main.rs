@@ -78,6 +78,9 @@ enum Command {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// An adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+        #[arg(long)]
+        adapter: Option<std::path::PathBuf>,
     },
     /// Benchmarks (JSON output).
     Bench {
@@ -106,6 +109,10 @@ enum BenchCommand {
         batch: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Also measure with a freshly initialised IAPT generator of this bottleneck (default
+        /// config otherwise) to report its prefill and decode overhead.
+        #[arg(long)]
+        iapt_bottleneck: Option<usize>,
     },
 }
 
@@ -135,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
                 text::score(&loaded, &text, model.json)
             })
         }
-        Command::Generate { model, prompt, chat, system, max_new_tokens, greedy, temperature, top_k, top_p, seed } => {
+        Command::Generate { model, prompt, chat, system, max_new_tokens, greedy, temperature, top_k, top_p, seed, adapter } => {
             let path = model_source::resolve_model(&model.model)?;
             let temperature = if greedy { 0.0 } else { temperature };
             let sampling = SamplingConfig { temperature, top_k, top_p, seed };
@@ -149,14 +156,18 @@ fn run(cli: Cli) -> Result<()> {
                     sampling,
                     as_json: model.json,
                 };
-                text::run_generate(&loaded, opts)
+                match &adapter {
+                    Some(dir) => text::run_generate(&loaded, opts, &text::load_adapter(&loaded, dir, &device)?),
+                    None => text::run_generate(&loaded, opts, &iapt_model::NoHook),
+                }
             })
         }
-        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats } } => {
+        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats, iapt_bottleneck } } => {
             let path = model_source::resolve_model(&model.model)?;
             with_backend!(model.backend, |B, device| {
                 let loaded = text::load::<B>(&path, &device)?;
-                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats)?;
+                let iapt = iapt_bottleneck.map(|m| iapt_tuners::IaptConfig::new(m).init::<B>(loaded.model.config(), &device));
+                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats, iapt.as_ref())?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             })

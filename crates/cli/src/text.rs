@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, Result};
 use burn::tensor::backend::Backend;
-use iapt_model::{generate, ChatMessage, GenerationConfig, Llama, NoHook, SamplingConfig, Tokenizer};
+use iapt_model::{generate, ChatMessage, GenerationConfig, Llama, ModelHook, NoHook, SamplingConfig, Tokenizer};
 use serde_json::json;
 use std::path::Path;
 
@@ -10,6 +10,14 @@ use std::path::Path;
 pub struct LoadedModel<B: Backend> {
     pub model: Llama<B>,
     pub tokenizer: Tokenizer,
+}
+
+/// An IAPT adapter for `loaded`, read from `dir`; prints the parameter count to stderr.
+pub fn load_adapter<B: Backend>(loaded: &LoadedModel<B>, dir: &Path, device: &B::Device) -> Result<iapt_tuners::Iapt<B>> {
+    let iapt = iapt_tuners::load_iapt::<B>(dir, loaded.model.config(), device)?;
+    let count = iapt_tuners::ParamCount::new(burn::module::Module::num_params(&iapt), loaded.model.config().num_params());
+    eprintln!("adapter {}: {count}", dir.display());
+    Ok(iapt)
 }
 
 /// Load model and tokenizer from a resolved checkpoint path.
@@ -75,7 +83,7 @@ pub fn prompt_ids(tokenizer: &Tokenizer, prompt: &str, chat: bool, system: Optio
 }
 
 /// Generate for one or more prompts in one batch.
-pub fn run_generate<B: Backend>(loaded: &LoadedModel<B>, opts: GenerateOptions<'_>) -> Result<()> {
+pub fn run_generate<B: Backend>(loaded: &LoadedModel<B>, opts: GenerateOptions<'_>, hook: &dyn ModelHook<B>) -> Result<()> {
     let tok = &loaded.tokenizer;
     let prompts = opts
         .prompts
@@ -83,7 +91,7 @@ pub fn run_generate<B: Backend>(loaded: &LoadedModel<B>, opts: GenerateOptions<'
         .map(|p| prompt_ids(tok, p, opts.chat, opts.system))
         .collect::<Result<Vec<_>>>()?;
     let config = GenerationConfig { max_new_tokens: opts.max_new_tokens, sampling: opts.sampling, stop_tokens: vec![tok.eos_id()] };
-    let out = generate(&loaded.model, &prompts, tok.pad_id(), &config, &NoHook);
+    let out = generate(&loaded.model, &prompts, tok.pad_id(), &config, hook);
     let texts = out
         .tokens
         .iter()
