@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod data_cmd;
 mod model_source;
 mod text;
 
@@ -82,6 +83,11 @@ enum Command {
         #[arg(long)]
         adapter: Option<std::path::PathBuf>,
     },
+    /// Inspect task data.
+    Data {
+        #[command(subcommand)]
+        what: DataCommand,
+    },
     /// Benchmarks (JSON output).
     Bench {
         #[command(subcommand)]
@@ -93,6 +99,23 @@ enum Command {
 enum FetchCommand {
     /// Fetch a known model (`smollm2`).
     Model { name: String },
+    /// Fetch a built-in task (`multiemo`, `strategyqa`, ...) or a source (`bigbench:<task>`, `gsm8k`).
+    Data { name: String },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Encoded examples with instruction/response masks visible, split sizes and label counts.
+    Show {
+        name: String,
+        #[arg(long, default_value = "train")]
+        split: String,
+        #[arg(long, default_value_t = 3)]
+        n: usize,
+        /// Model whose tokenizer and chat template encode the examples.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +152,11 @@ fn run(cli: Cli) -> Result<()> {
             let path = model_source::resolve_model(&name)?;
             println!("{}", path.display());
             Ok(())
+        }
+        Command::Fetch { what: FetchCommand::Data { name } } => data_cmd::fetch(&name),
+        Command::Data { what: DataCommand::Show { name, split, n, model } } => {
+            let tokenizer = iapt_model::tokenizer::load_tokenizer(&model_source::resolve_model(&model)?)?;
+            data_cmd::show(&name, &tokenizer, &split, n)
         }
         Command::Tokenize { model, text } => {
             let path = model_source::resolve_model(&model.model)?;

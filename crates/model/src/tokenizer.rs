@@ -10,6 +10,8 @@ use std::path::Path;
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
     if path.is_dir() {
         Tokenizer::from_hf_dir(path)
+    } else if path.file_name().is_some_and(|n| n == "tokenizer.json") {
+        Tokenizer::from_hf_dir(path.parent().unwrap_or(Path::new(".")))
     } else {
         Tokenizer::from_gguf(&GgufFile::open(path)?)
     }
@@ -108,7 +110,29 @@ impl Tokenizer {
         let tokens = file.get_str_array("tokenizer.ggml.tokens")?.ok_or_else(|| field("tokenizer.ggml.tokens", "missing"))?;
         let merges = file.get_str_array("tokenizer.ggml.merges")?.ok_or_else(|| field("tokenizer.ggml.merges", "missing"))?;
         let types = file.get_int_array("tokenizer.ggml.token_type")?.unwrap_or_default();
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
+        if !types.is_empty() && types.len() != tokens.len() {
+            return Err(field(
+                "tokenizer.ggml.token_type",
+                &format!("has {} entries for {} tokens", types.len(), tokens.len()),
+            ));
+        }
+        // `smollm`: every digit on its own, then the GPT-2 byte-level regex; `gpt-2`: the regex
+        // alone. Older files have no `pre` key; they are read the SmolLM way.
+        let split_digits = match file.get_str("tokenizer.ggml.pre")? {
+            None | Some("smollm") => true,
+            Some("gpt-2") | Some("gpt2") => false,
+            Some(other) => {
+                return Err(field(
+                    "tokenizer.ggml.pre",
+                    &format!("pre-tokenizer `{other}` is not supported (supported: smollm, gpt-2)"),
+                ))
+            }
+        };
+        // A token listed twice keeps its first id (later duplicates are unreachable anyway).
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (i, t) in tokens.iter().enumerate() {
+            vocab.entry(t.to_string()).or_insert(i as u32);
+        }
         let merges = merges
             .iter()
             .enumerate()
@@ -116,10 +140,12 @@ impl Tokenizer {
             .collect::<Result<Vec<_>, _>>()?;
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| field("tokenizer.ggml.merges", &e.to_string()))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(Sequence::new(vec![
-            PreTokenizerWrapper::Digits(Digits::new(true)),
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true)),
-        ])));
+        let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, true));
+        inner.with_pre_tokenizer(Some(if split_digits {
+            Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level])
+        } else {
+            Sequence::new(vec![byte_level])
+        }));
         inner.with_decoder(Some(ByteLevel::default()));
         // Type 3 = control, 4 = user-defined: matched whole in text, never split by BPE.
         let special: Vec<tokenizers::AddedToken> = types

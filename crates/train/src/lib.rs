@@ -1,1 +1,35 @@
-//! iapt-train
+//! Training of a tuner on a frozen LLaMA backbone, on burn-train 0.21.
+//!
+//! Data path: [`LmExample`]s (a burn `Dataset`) → [`LmBatch`] ([`LmBatcher`]) → [`TunedLm`]
+//! (frozen backbone + tuner, response-only next-token loss) → burn-train's `SupervisedTraining`
+//! with [`GroupedAdamW`](optim::GroupedAdamW) and [`WarmupLinearDecay`] → tuner-only checkpoints
+//! per epoch → [`TrainReport`]. Start at [`train`].
+//!
+//! A tuner plugs in by implementing burn's `Module` (its parameters are what is trained), the
+//! model crate's `ModelHook` (how it changes the forward pass) and [`TrainableTuner`] (which of
+//! its parameters get the small learning rate).
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod loader;
+pub mod metric;
+pub mod model;
+pub mod monitor;
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+pub mod stopping;
+pub mod train;
+
+pub use batch::{LmBatch, LmBatcher, LmExample};
+pub use config::TrainConfig;
+pub use model::{LmOutput, TrainableTuner, TunedLm};
+pub use monitor::EpochLosses;
+pub use progress::Dashboard;
+pub use schedule::WarmupLinearDecay;
+#[cfg(feature = "ddp")]
+pub use train::train_ddp;
+pub use train::{train, train_on_devices, StopReason, TrainError, TrainReport, Trained};
