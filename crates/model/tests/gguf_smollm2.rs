@@ -96,3 +96,40 @@ fn smollm2_gguf_tokenizer_and_chat_template() {
          <|im_start|>user\nWhat is the capital of Germany?<|im_end|>\n<|im_start|>assistant\n"
     );
 }
+
+/// Dequantised values and the Q/K un-permutation against the reference numpy implementation in
+/// the `gguf` Python package (`gguf.quants.dequantize`, then
+/// `w.reshape(n_head, hd/2, 2, cols).swapaxes(1, 2)` for Q/K), run on the same file.
+#[test]
+fn smollm2_gguf_values_match_the_reference_dequantiser() {
+    let Some(path) = gguf_path() else { return };
+    let (_, mut w) = gguf::load_llama_gguf(&path).unwrap();
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs().max(1.0);
+    // (name, shape, sum, sum of |x|)
+    let sums: [(&str, [usize; 2], f64, f64); 5] = [
+        ("model.embed_tokens.weight", [49152, 576], -15353.04449415207, 2802153.619805813),
+        ("model.layers.0.self_attn.q_proj.weight", [576, 576], 59.22322082519531, 63395.39872741699),
+        ("model.layers.0.self_attn.k_proj.weight", [192, 576], 26.937057495117188, 29794.78126525879),
+        ("model.layers.7.mlp.down_proj.weight", [576, 1536], -198.9853515625, 131425.78338623047),
+        ("model.layers.29.self_attn.v_proj.weight", [192, 576], -23.565185546875, 24516.71484375),
+    ];
+    let mut taken = std::collections::BTreeMap::new();
+    for (name, shape, sum, abs_sum) in sums {
+        let t = w.take(name, &shape).unwrap();
+        let s: f64 = t.data.iter().map(|&v| v as f64).sum();
+        let a: f64 = t.data.iter().map(|&v| (v as f64).abs()).sum();
+        assert!(close(s, sum, 1e-9) && close(a, abs_sum, 1e-9), "{name}: sum {s} (want {sum}), |sum| {a} (want {abs_sum})");
+        taken.insert(name, t);
+    }
+    let row = |name: &str, r: usize| {
+        let t = &taken[name];
+        t.data[r * t.shape[1]..r * t.shape[1] + 4].iter().map(|&v| v as f64).collect::<Vec<f64>>()
+    };
+    let q = "model.layers.0.self_attn.q_proj.weight";
+    let k = "model.layers.0.self_attn.k_proj.weight";
+    assert_eq!(row(q, 1), [-0.1591796875, 0.39794921875, -0.0198974609375, -1.2734375]);
+    assert_eq!(row(q, 33), [-0.06280517578125, 0.1446533203125, 0.00634765625, -0.4085693359375]);
+    assert_eq!(row(k, 32), [0.056640625, 0.056640625, -0.126953125, 0.1484375]);
+    assert_eq!(row(k, 127), [-0.249755859375, 0.23876953125, 0.11663818359375, -0.0054931640625]);
+    assert_eq!(row("model.embed_tokens.weight", 19556), [-0.0512237548828125, 0.0398406982421875, 0.0, 0.0853729248046875]);
+}
