@@ -87,3 +87,56 @@ fn a_missing_model_path_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/model.gguf"), "{err}");
 }
+
+/// `iapt train` end to end on real data, kept tiny: zero-shot eval, one epoch on 8 examples,
+/// adapter saved, tuned eval; `iapt eval --adapter RUN` reproduces the tuned accuracy; running
+/// the same command again resumes from the checkpoint instead of training again.
+#[test]
+fn train_then_eval_then_resume_on_real_data() {
+    if !enabled() {
+        return;
+    }
+    let run = std::env::temp_dir().join(format!("iapt-e2e-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let run_s = run.to_str().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/quickstart.toml");
+    let sets = [
+        "data.max_train_examples=8",
+        "data.max_dev_examples=4",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "eval.max_examples=6",
+        "train.dashboard=\"off\"",
+    ];
+    let train = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_iapt"));
+        cmd.args(["train", "--config", config, "--run-dir", run_s]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().expect("run iapt train");
+        assert!(out.status.success(), "iapt train failed: {}", String::from_utf8_lossy(&out.stderr));
+        let results: Value = serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
+        (results, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (results, _) = train();
+    for key in ["zero_shot_accuracy", "tuned_accuracy", "majority_accuracy", "train_tokens_per_second"] {
+        assert!(results[key].as_f64().is_some(), "results.json lacks {key}: {results}");
+    }
+    assert_eq!(results["examples"], 6);
+    assert_eq!(results["trainable_params"], 82_348);
+    for file in ["config.toml", "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "report.json"] {
+        assert!(run.join(file).is_file(), "{file} missing from the run directory");
+    }
+
+    let eval = iapt_json(&["eval", "--adapter", run_s, "--split", "test", "--set", "eval.max_examples=6"]);
+    assert_eq!(eval["accuracy"], results["tuned_accuracy"], "eval --adapter disagrees with the run's own evaluation");
+    assert_eq!(eval["method"], "rank");
+
+    let (again, log) = train();
+    assert!(log.contains("resumed") || again["epochs"] == results["epochs"], "second run did not resume: {log}");
+    assert_eq!(again["tuned_accuracy"], results["tuned_accuracy"]);
+    let report: Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["resumed_from_epoch"], 1, "the second run should continue from epoch 1's checkpoint");
+    let _ = std::fs::remove_dir_all(&run);
+}

@@ -3,7 +3,8 @@
 use clap::ValueEnum;
 
 /// The compute backends this build knows; GPU ones need their cargo feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// CPU, pure Rust, ndarray-based: the reference CPU backend the tests run on.
     Ndarray,
@@ -59,4 +60,37 @@ macro_rules! with_backend {
             )),
         }
     }};
+}
+
+/// The first `n` devices of a backend, for multi-device training.
+pub trait DeviceList: burn::tensor::backend::Backend {
+    fn device_list(n: usize) -> Vec<Self::Device>;
+}
+
+/// The CPU backends have one device; "several" are the same CPU, which still exercises the
+/// multi-device code path (each gets its own worker thread).
+impl DeviceList for NdArray {
+    fn device_list(n: usize) -> Vec<Self::Device> {
+        vec![Default::default(); n]
+    }
+}
+
+impl DeviceList for Flex {
+    fn device_list(n: usize) -> Vec<Self::Device> {
+        vec![Default::default(); n]
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl DeviceList for Wgpu {
+    fn device_list(n: usize) -> Vec<Self::Device> {
+        (0..n).map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceList for Cuda {
+    fn device_list(n: usize) -> Vec<Self::Device> {
+        (0..n).map(burn::backend::cuda::CudaDevice::new).collect()
+    }
 }

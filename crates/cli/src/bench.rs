@@ -71,3 +71,88 @@ pub fn bench_generate<B: Backend>(
     }
     Ok(json!({ "bench": "generate", "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "results": results }))
 }
+
+/// `iapt bench train`: IAPT training throughput on the real backbone, split into forward,
+/// backward and optimiser time, next to an inference-only forward of the same batch.
+///
+/// Every step is one batch of `batch` sequences of `prompt_len` instruction tokens and
+/// `response_len` response tokens (a classification-style example); one warm-up step first.
+pub fn bench_train<B: Backend>(
+    model_path: &std::path::Path,
+    device: &B::Device,
+    config: &iapt_tuners::IaptConfig,
+    batch: usize,
+    prompt_len: usize,
+    response_len: usize,
+    steps: usize,
+) -> Result<Value> {
+    use burn::backend::Autodiff;
+    use burn::module::{AutodiffModule, Module};
+    use burn::optim::{GradientsParams, Optimizer};
+    use burn::tensor::ElementConversion;
+    use iapt_train::{monitor::StepMonitor, optim::GroupedAdamWConfig, LmBatch, LmExample, TunedLm};
+    use std::time::Instant;
+
+    let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, device)?;
+    let base = backbone.config().clone();
+    let tuner = config.init::<Autodiff<B>>(&base, device);
+    let trainable = tuner.num_params();
+    let mut model = TunedLm::new(backbone, tuner);
+    let mut optimizer = GroupedAdamWConfig { max_grad_norm: Some(1.0), small_lr_ratio: 1.0 / 30.0, ..Default::default() }
+        .init::<Autodiff<B>, TunedLm<Autodiff<B>, iapt_tuners::Iapt<Autodiff<B>>>>(StepMonitor::default());
+    let len = prompt_len + response_len;
+    let batch_of = |salt: usize| -> LmBatch<Autodiff<B>> {
+        let examples: Vec<LmExample> = prompts(base.vocab_size, batch, len, salt)
+            .into_iter()
+            .map(|ids| LmExample::new(ids, prompt_len).expect("prompt and response are non-empty"))
+            .collect();
+        LmBatch::from_examples(&examples, 0, device)
+    };
+
+    let (mut forward, mut backward, mut step, mut inference) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..=steps {
+        let start = Instant::now();
+        let output = model.forward_loss(batch_of(i));
+        let _loss: f64 = output.loss.clone().into_scalar().elem(); // waits for the forward pass
+        let t_forward = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let grads = GradientsParams::from_grads(output.loss.backward(), &model);
+        let t_backward = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        model = optimizer.step(1e-4, model, grads);
+        B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?; // GPU backends queue work
+        let t_step = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let valid = model.valid();
+        let eval_batch = batch_of(i + 10_000);
+        let inner_batch = LmBatch { ids: eval_batch.ids.inner(), valid: eval_batch.valid.inner(), instruction: eval_batch.instruction.inner(), loss_mask: eval_batch.loss_mask.inner() };
+        let _eval: f64 = valid.forward_loss(inner_batch).loss.into_scalar().elem();
+        let t_inference = start.elapsed().as_secs_f64();
+        if i > 0 {
+            forward += t_forward;
+            backward += t_backward;
+            step += t_step;
+            inference += t_inference;
+        }
+    }
+    let n = steps.max(1) as f64;
+    let total = forward + backward + step;
+    let tokens = (batch * len * steps) as f64;
+    Ok(json!({
+        "bench": "train",
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "tuner": "iapt",
+        "trainable_params": trainable,
+        "batch": batch,
+        "prompt_tokens": prompt_len,
+        "response_tokens": response_len,
+        "steps": steps,
+        "train_tokens_per_s": tokens / total,
+        "ms_per_step": 1000.0 * total / n,
+        "forward_ms": 1000.0 * forward / n,
+        "backward_ms": 1000.0 * backward / n,
+        "optimizer_ms": 1000.0 * step / n,
+        "inference_forward_ms": 1000.0 * inference / n,
+        "inference_tokens_per_s": tokens / inference,
+    }))
+}

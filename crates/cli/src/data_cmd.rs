@@ -28,6 +28,10 @@ pub fn fetch(name: &str) -> Result<()> {
 /// Print `n` encoded examples of a split with their masks, plus split sizes and label counts.
 pub fn show(name: &str, tokenizer: &Tokenizer, split: &str, n: usize) -> Result<()> {
     let split: Split = split.parse().map_err(|e| anyhow!("--split {split}: {e}"))?;
-    print!("{}", iapt_data::show_task(name, tokenizer, split, n, EncodeConfig::default())?);
+    let data = crate::run_config::DataSection { task: name.to_string(), ..Default::default() };
+    let spec = crate::experiment::task_spec(&data)?;
+    let task = iapt_data::load_task(&spec)?;
+    let encoder = iapt_data::Encoder::new(tokenizer, &spec, EncodeConfig::default());
+    print!("{}", iapt_data::show(&task, &encoder, split, n)?);
     Ok(())
 }

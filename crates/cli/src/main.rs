@@ -3,7 +3,10 @@
 mod backend;
 mod bench;
 mod data_cmd;
+mod evaluate;
+mod experiment;
 mod model_source;
+mod run_config;
 mod text;
 
 use anyhow::Result;
@@ -83,6 +86,57 @@ enum Command {
         #[arg(long)]
         adapter: Option<std::path::PathBuf>,
     },
+    /// Train a tuner on a task (zero-shot accuracy first, tuned accuracy after), with
+    /// burn-train's dashboard; everything lands in the run directory.
+    Train {
+        /// A run config (`configs/*.toml`); without one, every default.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Override a config key, e.g. `--set train.epochs=2` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Run directory (overrides `run.dir`).
+        #[arg(long)]
+        run_dir: Option<std::path::PathBuf>,
+        /// Compute backend (overrides `model.backend`).
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+        /// Devices to train on in parallel (overrides `model.devices`).
+        #[arg(long)]
+        devices: Option<usize>,
+    },
+    /// Print the resolved run config (defaults filled in, overrides applied) as TOML.
+    Config {
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Accuracy on a task split: the backbone alone, or with `--adapter` (a run or adapter dir).
+    Eval {
+        /// A run directory from `iapt train` (its config is reused) or an adapter directory.
+        #[arg(long)]
+        adapter: Option<std::path::PathBuf>,
+        /// Task (default: the run's, else `multiemo`).
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long, value_enum)]
+        method: Option<run_config::EvalMethod>,
+        /// A run config to take model/data/eval settings from (default: the run's own).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Model (overrides `model.name`).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect task data.
     Data {
         #[command(subcommand)]
@@ -137,6 +191,32 @@ enum BenchCommand {
         #[arg(long)]
         iapt_bottleneck: Option<usize>,
     },
+    /// Data pipeline throughput: rendering, tokenizing and batching a task's examples.
+    Data {
+        /// A built-in task or a task file.
+        name: String,
+        /// Examples to encode (the task's examples, cycled).
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        /// Model whose tokenizer and chat template encode the examples.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+    },
+    /// IAPT training throughput (forward, backward, optimiser) vs an inference-only forward.
+    Train {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 2)]
+        response_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        bottleneck: usize,
+    },
 }
 
 fn main() {
@@ -157,6 +237,43 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data { what: DataCommand::Show { name, split, n, model } } => {
             let tokenizer = iapt_model::tokenizer::load_tokenizer(&model_source::resolve_model(&model)?)?;
             data_cmd::show(&name, &tokenizer, &split, n)
+        }
+        Command::Train { config, sets, run_dir, backend, devices } => {
+            let mut config = run_config::RunConfig::load(config.as_deref(), &sets)?;
+            if let Some(dir) = run_dir {
+                config.run.dir = dir;
+            }
+            if let Some(backend) = backend {
+                config.model.backend = backend;
+            }
+            if let Some(devices) = devices {
+                config.model.devices = devices;
+            }
+            config.validate()?;
+            let path = model_source::resolve_model(&config.model.name)?;
+            let n = config.model.devices;
+            with_backend!(config.model.backend, |B, device| {
+                let devices = if n > 1 { <B as backend::DeviceList>::device_list(n) } else { Vec::new() };
+                experiment::train::<B>(&config, &path, device, devices)
+            })
+        }
+        Command::Config { config, sets } => {
+            print!("{}", run_config::RunConfig::load(config.as_deref(), &sets)?.to_toml());
+            Ok(())
+        }
+        Command::Eval { adapter, task, split, method, config, sets, model, backend, json } => {
+            let config_path = config.or_else(|| adapter.as_deref().and_then(experiment::run_config_of));
+            let mut config = run_config::RunConfig::load(config_path.as_deref(), &sets)?;
+            if let Some(model) = model {
+                config.model.name = model;
+            }
+            if let Some(backend) = backend {
+                config.model.backend = backend;
+            }
+            let split = split.parse().map_err(|e| anyhow::anyhow!("--split {split}: {e}"))?;
+            let path = model_source::resolve_model(&config.model.name)?;
+            let args = experiment::EvalArgs { adapter, task, split, method, json };
+            with_backend!(config.model.backend, |B, device| experiment::eval::<B>(&config, &path, &args, device))
         }
         Command::Tokenize { model, text } => {
             let path = model_source::resolve_model(&model.model)?;
@@ -188,6 +305,22 @@ fn run(cli: Cli) -> Result<()> {
                     Some(dir) => text::run_generate(&loaded, opts, &text::load_adapter(&loaded, dir, &device)?),
                     None => text::run_generate(&loaded, opts, &iapt_model::NoHook),
                 }
+            })
+        }
+        Command::Bench { what: BenchCommand::Data { name, n, model } } => {
+            let tokenizer = iapt_model::tokenizer::load_tokenizer(&model_source::resolve_model(&model)?)?;
+            let spec = experiment::task_spec(&run_config::DataSection { task: name, ..Default::default() })?;
+            let report = iapt_data::bench_encode::<backend::NdArray>(&spec, &tokenizer, n, &Default::default())?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Train { model, batch, prompt_tokens, response_tokens, steps, bottleneck } } => {
+            let path = model_source::resolve_model(&model.model)?;
+            let config = iapt_tuners::IaptConfig::new(bottleneck);
+            with_backend!(model.backend, |B, device| {
+                let report = bench::bench_train::<B>(&path, &device, &config, batch, prompt_tokens, response_tokens, steps)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
             })
         }
         Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats, iapt_bottleneck } } => {

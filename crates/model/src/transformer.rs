@@ -22,7 +22,11 @@ fn project<B: Backend>(
     layer: usize,
     projection: Projection,
 ) -> Tensor<B, 3> {
-    let base = linear.forward(x.clone());
+    // One [b*t, d_in] x [d_in, d_out] product rather than b batched ones: CPU backends pack
+    // the weight once per product, and one tall product also blocks better.
+    let [b, t, d] = x.dims();
+    let base = linear.forward(x.clone().reshape([b * t, d]));
+    let base = base.clone().reshape([b, t, base.dims()[1]]);
     match hook.projection_delta(layer, projection, &x) {
         Some(delta) => base + delta,
         None => base,
@@ -318,7 +322,12 @@ impl<B: Backend> Llama<B> {
     /// Next-token logits `[b, t, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => {
+                let [b, t, d] = hidden.dims();
+                let logits = head.forward(hidden.reshape([b * t, d]));
+                let vocab = logits.dims()[1];
+                logits.reshape([b, t, vocab])
+            }
             None => {
                 let [b, t, d] = hidden.dims();
                 let table = self.embed_tokens.weight.val(); // [vocab, d]

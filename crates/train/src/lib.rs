@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod interrupt;
 pub mod loader;
 pub mod metric;
 pub mod model;
@@ -26,7 +27,7 @@ pub mod train;
 
 pub use batch::{LmBatch, LmBatcher, LmExample};
 pub use config::TrainConfig;
-pub use model::{LmOutput, TrainableTuner, TunedLm};
+pub use model::{response_log_probs, LmOutput, TrainableTuner, TunedLm};
 pub use monitor::EpochLosses;
 pub use progress::Dashboard;
 pub use schedule::WarmupLinearDecay;

@@ -6,22 +6,11 @@ use crate::monitor::StepMonitor;
 use burn::module::{AutodiffModule, Module, ModuleDisplay, ParamId};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, ElementConversion, Tensor, Transaction};
+use burn::tensor::{Bool, ElementConversion, Int, Tensor, Transaction};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use iapt_model::{KvCache, Llama, ModelHook};
 
-/// What a tuner tells the trainer about its parameters beyond being a [`Module`].
-///
-/// Every tuner trained here implements it; the defaults describe a tuner with one parameter group.
-pub trait TrainableTuner {
-    /// Parameters trained with the small learning rate (`TrainConfig::rational_lr`) and no
-    /// weight decay — IAPT's rational-activation coefficients. Ids as in the tuner's current
-    /// parameters (they are asked for at every optimiser step, so ids restored from a
-    /// checkpoint are always the ones in use).
-    fn small_lr_params(&self) -> Vec<ParamId> {
-        Vec::new()
-    }
-}
+pub use iapt_tuners::TrainableTuner;
 
 /// Frozen backbone + trainable tuner.
 ///
@@ -53,36 +42,47 @@ impl<B: Backend, T: Module<B> + ModelHook<B>> TunedLm<B, T> {
         self
     }
 
-    /// Forward pass and response-only loss of `batch` (see [`crate::batch`] for the masks).
-    ///
-    /// Only the positions that predict a response token go through the LM head: for a 49k
-    /// vocabulary the `[batch, tokens, vocab]` logits of every position would dominate memory,
-    /// while prompts are usually much longer than responses.
+    /// Forward pass and response-only loss of `batch` (see [`crate::batch`] for the masks and
+    /// [`response_log_probs`] for what is computed).
     pub fn forward_loss(&self, batch: LmBatch<B>) -> LmOutput<B> {
-        let [b, t] = batch.ids.dims();
-        assert!(t >= 2, "sequences need at least two tokens");
-        let tokens = batch.tokens();
-        let hidden = self.backbone.forward(tokens, &mut KvCache::new(self.backbone.layers.len()), &self.tuner);
-        // An input prefix (prompt tuning) adds positions in front: keep the real tokens only.
-        let [_, total, d] = hidden.dims();
-        let hidden = hidden.narrow(1, total - t, t);
-
-        // Position i predicts token i + 1, so the rows we need are where loss_mask[:, 1..] holds.
-        let predicts = batch.loss_mask.narrow(1, 1, t - 1).reshape([b * (t - 1)]);
-        let rows = predicts.argwhere();
-        let n = rows.dims()[0];
-        assert!(n > 0, "batch has no response tokens to train on");
-        let rows = rows.reshape([n]);
-        let hidden = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), d]).select(0, rows.clone());
-        let targets = batch.ids.narrow(1, 1, t - 1).reshape([b * (t - 1)]).select(0, rows);
-
-        let logits = self.backbone.logits(hidden.reshape([1, n, d]));
-        let vocab = logits.dims()[2];
-        let log_probs = log_softmax(logits.reshape([n, vocab]), 1);
+        let (log_probs, targets) = response_log_probs(&self.backbone, &self.tuner, &batch);
+        let [n, _] = log_probs.dims();
         let token_nll = log_probs.clone().gather(1, targets.clone().reshape([n, 1])).reshape([n]).neg();
         let correct = log_probs.argmax(1).reshape([n]).equal(targets);
         LmOutput { loss: token_nll.clone().mean(), token_nll: token_nll.detach(), correct }
     }
+}
+
+/// Log-probabilities `[n, vocab]` of the `n` response tokens of `batch` (row by row, left to
+/// right: the order of [`LmBatch::loss_mask`]'s true cells), and those tokens `[n]`.
+///
+/// Only the positions that predict a response token go through the LM head: for a 49k
+/// vocabulary the `[batch, tokens, vocab]` logits of every position would dominate memory and
+/// time, while prompts are usually much longer than responses.
+pub fn response_log_probs<B: Backend>(
+    backbone: &Llama<B>,
+    hook: &dyn ModelHook<B>,
+    batch: &LmBatch<B>,
+) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+    let [b, t] = batch.ids.dims();
+    assert!(t >= 2, "sequences need at least two tokens");
+    let hidden = backbone.forward(batch.tokens(), &mut KvCache::new(backbone.layers.len()), hook);
+    // An input prefix (prompt tuning) adds positions in front: keep the real tokens only.
+    let [_, total, d] = hidden.dims();
+    let hidden = hidden.narrow(1, total - t, t);
+
+    // Position i predicts token i + 1, so the rows we need are where loss_mask[:, 1..] holds.
+    let predicts = batch.loss_mask.clone().narrow(1, 1, t - 1).reshape([b * (t - 1)]);
+    let rows = predicts.argwhere();
+    let n = rows.dims()[0];
+    assert!(n > 0, "batch has no response tokens to score");
+    let rows = rows.reshape([n]);
+    let hidden = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), d]).select(0, rows.clone());
+    let targets = batch.ids.clone().narrow(1, 1, t - 1).reshape([b * (t - 1)]).select(0, rows);
+
+    let logits = backbone.logits(hidden.reshape([1, n, d]));
+    let vocab = logits.dims()[2];
+    (log_softmax(logits.reshape([n, vocab]), 1), targets)
 }
 
 impl<B: Backend, T: TrainableTuner> TrainableTuner for TunedLm<B, T> {

@@ -13,6 +13,7 @@
 use crate::batch::{LmBatcher, LmExample};
 use crate::checkpoint::{self, CheckpointPolicy, CheckpointRecorder, CHECKPOINT_DIR};
 use crate::config::TrainConfig;
+use crate::interrupt::CtrlCWatch;
 use crate::loader::EpochLoader;
 use crate::metric::{PerplexityMetric, TokenAccuracyMetric};
 use crate::model::{TrainableTuner, TunedLm};
@@ -367,7 +368,9 @@ where
     training = training.with_training_strategy(strategy.into());
 
     let learner = Learner::new(model, optimizer, schedule);
+    let ctrl_c = CtrlCWatch::start(interrupter.clone());
     let result = training.launch(learner);
+    drop(ctrl_c);
     drop(result.renderer); // leaves the TUI's alternate screen before anything is printed
     let mut model = result.model;
 

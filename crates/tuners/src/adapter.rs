@@ -3,7 +3,12 @@
 //! shape) and `adapter_model.safetensors` (f32 tensors named by module path, e.g.
 //! `layers.3.pooler.queries`, `shared.down.weight`). Files are written atomically.
 
-use crate::iapt::{Iapt, IaptConfig};
+use crate::iapt::Iapt;
+use crate::lora::Lora;
+use crate::prefix_tuning::PrefixTuning;
+use crate::prompt_tuning::PromptTuning;
+pub use crate::tuner::TunerConfig;
+use crate::tuner::Tuner;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
 use iapt_model::{HostTensor, LlamaConfig};
@@ -67,22 +72,6 @@ impl BaseModel {
     }
 }
 
-/// The tuner-specific part of an adapter config; the JSON `"tuner"` tag selects the variant.
-/// Prompt tuning, P-tuning v2 and LoRA add variants here and share everything else.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TunerConfig {
-    Iapt(IaptConfig),
-}
-
-impl TunerConfig {
-    /// The `"tuner"` tag.
-    pub fn name(&self) -> &'static str {
-        match self {
-            TunerConfig::Iapt(_) => "iapt",
-        }
-    }
-}
-
 /// Contents of `adapter_config.json`:
 /// `{"format_version": 1, "tuner": "iapt", "config": {...}, "base_model": {"name": ..., "config": {...}}}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,13 +82,10 @@ pub struct AdapterConfig {
 
 impl AdapterConfig {
     pub fn to_json(&self) -> serde_json::Value {
-        let config = match &self.tuner {
-            TunerConfig::Iapt(c) => serde_json::to_value(c).expect("IaptConfig serialises"),
-        };
         serde_json::json!({
             "format_version": FORMAT_VERSION,
             "tuner": self.tuner.name(),
-            "config": config,
+            "config": self.tuner.to_json(),
             "base_model": self.base_model,
         })
     }
@@ -113,10 +99,8 @@ impl AdapterConfig {
         }
         let tag = value.get("tuner").and_then(|v| v.as_str()).ok_or_else(|| bad("missing or invalid `tuner` tag".into()))?;
         let config = value.get("config").ok_or_else(|| bad("missing `config`".into()))?;
-        let tuner = match tag {
-            "iapt" => TunerConfig::Iapt(IaptConfig::from_json(config).map_err(|e| bad(format!("config: {e}")))?),
-            other => return Err(bad(format!("unknown tuner `{other}`"))),
-        };
+        let known = TunerConfig::KINDS.contains(&tag);
+        let tuner = TunerConfig::from_json(tag, config).map_err(|e| bad(if known { format!("config: {e}") } else { e }))?;
         let base = value.get("base_model").ok_or_else(|| bad("missing `base_model`".into()))?;
         let base_model: BaseModel = serde_json::from_value(base.clone()).map_err(|e| bad(format!("base_model: {e}")))?;
         Ok(Self { tuner, base_model })
@@ -142,25 +126,94 @@ impl AdapterConfig {
     }
 }
 
-/// Save an IAPT adapter into `dir` (created if needed). `base_name` identifies the backbone
-/// (a name or path); its shape comes from the tuner itself.
+/// Save `tuner` into `dir` (created if needed). `base_name` identifies the backbone (a name or
+/// path); its shape comes from the tuner itself.
+pub fn save_tuner<B: Backend>(dir: &Path, tuner: &Tuner<B>, base_name: &str) -> Result<(), AdapterError> {
+    save_parts(dir, &tuner_tensors(tuner), tuner.config(), tuner.base(), base_name)
+}
+
+/// Save an IAPT adapter; the same files as [`save_tuner`] on `Tuner::Iapt`.
 pub fn save_iapt<B: Backend>(dir: &Path, iapt: &Iapt<B>, base_name: &str) -> Result<(), AdapterError> {
+    save_parts(dir, &module_tensors(iapt), TunerConfig::Iapt(iapt.config.clone()), &iapt.base, base_name)
+}
+
+fn save_parts(dir: &Path, tensors: &BTreeMap<String, HostTensor>, tuner: TunerConfig, base: &LlamaConfig, base_name: &str) -> Result<(), AdapterError> {
     std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io { path: dir.to_path_buf(), source })?;
-    write_safetensors(&dir.join(WEIGHTS_FILE), &module_tensors(iapt))?;
-    let config = AdapterConfig { tuner: TunerConfig::Iapt(iapt.config.clone()), base_model: BaseModel { name: base_name.to_string(), config: iapt.base.clone() } };
+    write_safetensors(&dir.join(WEIGHTS_FILE), tensors)?;
+    let config = AdapterConfig { tuner, base_model: BaseModel { name: base_name.to_string(), config: base.clone() } };
     config.write(dir)
 }
 
-/// Load the IAPT adapter in `dir` for a backbone of shape `base`: refuses another tuner, another
-/// base shape, and missing, extra or misshapen tensors.
+/// Load the adapter in `dir`, whatever its tuner, for a backbone of shape `base`: refuses
+/// another base shape, and missing, extra or misshapen tensors.
+pub fn load_tuner<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<Tuner<B>, AdapterError> {
+    load_checked(dir, base, device, None)
+}
+
+/// Load the IAPT adapter in `dir`; an adapter of another tuner is refused (`WrongTuner`).
 pub fn load_iapt<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<Iapt<B>, AdapterError> {
+    match load_checked(dir, base, device, Some("iapt"))? {
+        Tuner::Iapt(t) => Ok(t),
+        _ => unreachable!("the tag was checked"),
+    }
+}
+
+/// Load the prompt-tuning adapter in `dir`; an adapter of another tuner is refused.
+pub fn load_prompt_tuning<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<PromptTuning<B>, AdapterError> {
+    match load_checked(dir, base, device, Some("prompt_tuning"))? {
+        Tuner::PromptTuning(t) => Ok(t),
+        _ => unreachable!("the tag was checked"),
+    }
+}
+
+/// Load the P-tuning v2 adapter in `dir`; an adapter of another tuner is refused.
+pub fn load_prefix_tuning<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<PrefixTuning<B>, AdapterError> {
+    match load_checked(dir, base, device, Some("p_tuning_v2"))? {
+        Tuner::PrefixTuning(t) => Ok(t),
+        _ => unreachable!("the tag was checked"),
+    }
+}
+
+/// Load the LoRA adapter in `dir`; an adapter of another tuner is refused.
+pub fn load_lora<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<Lora<B>, AdapterError> {
+    match load_checked(dir, base, device, Some("lora"))? {
+        Tuner::Lora(t) => Ok(t),
+        _ => unreachable!("the tag was checked"),
+    }
+}
+
+/// Read the config, check the tuner tag (when `expected`) and the base shape, then the weights.
+fn load_checked<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device, expected: Option<&str>) -> Result<Tuner<B>, AdapterError> {
     let config = AdapterConfig::read(dir)?;
     let config_path = dir.join(CONFIG_FILE);
-    let TunerConfig::Iapt(iapt_config) = &config.tuner;
+    if let Some(expected) = expected.filter(|&e| e != config.tuner.name()) {
+        return Err(AdapterError::WrongTuner { path: config_path, found: config.tuner.name().into(), expected: expected.into() });
+    }
     config.check_base(base, &config_path)?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let tensors = read_safetensors(&weights_path)?;
-    load_module_tensors(iapt_config.init::<B>(base, device), tensors, &weights_path)
+    load_tuner_tensors(config.tuner.init::<B>(base, device), tensors, &weights_path)
+}
+
+/// The variant's tensors by its own module paths (burn's enum visitor would prefix the variant
+/// name; files stay independent of the enum).
+pub fn tuner_tensors<B: Backend>(tuner: &Tuner<B>) -> BTreeMap<String, HostTensor> {
+    match tuner {
+        Tuner::Iapt(t) => module_tensors(t),
+        Tuner::PromptTuning(t) => module_tensors(t),
+        Tuner::PrefixTuning(t) => module_tensors(t),
+        Tuner::Lora(t) => module_tensors(t),
+    }
+}
+
+/// [`load_module_tensors`] on the variant, by its own module paths.
+pub fn load_tuner_tensors<B: Backend>(tuner: Tuner<B>, tensors: BTreeMap<String, HostTensor>, path: &Path) -> Result<Tuner<B>, AdapterError> {
+    Ok(match tuner {
+        Tuner::Iapt(t) => Tuner::Iapt(load_module_tensors(t, tensors, path)?),
+        Tuner::PromptTuning(t) => Tuner::PromptTuning(load_module_tensors(t, tensors, path)?),
+        Tuner::PrefixTuning(t) => Tuner::PrefixTuning(load_module_tensors(t, tensors, path)?),
+        Tuner::Lora(t) => Tuner::Lora(load_module_tensors(t, tensors, path)?),
+    })
 }
 
 /// Every float parameter of `module` as an f32 host tensor, keyed by its module path.
@@ -328,6 +381,7 @@ impl fmt::Display for ParamCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iapt::IaptConfig;
     type TB = burn::backend::NdArray;
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -362,8 +416,8 @@ mod tests {
         let path = Path::new("x/adapter_config.json");
         assert_eq!(AdapterConfig::from_json(&json, path).unwrap(), config);
         let mut other = json.clone();
-        other["tuner"] = "lora".into();
-        assert!(AdapterConfig::from_json(&other, path).unwrap_err().to_string().contains("unknown tuner `lora`"));
+        other["tuner"] = "lora2".into();
+        assert!(AdapterConfig::from_json(&other, path).unwrap_err().to_string().contains("unknown tuner `lora2`"));
         let mut other = json;
         other["format_version"] = 9.into();
         assert!(AdapterConfig::from_json(&other, path).unwrap_err().to_string().contains("format_version 9"));

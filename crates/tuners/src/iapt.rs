@@ -1,11 +1,13 @@
 //! IAPT: a prompt generator before every layer, plugged into the frozen backbone as a per-input
 //! KV prefix through [`ModelHook`] (method spec §2 and §4).
 
+use crate::config_json::with_defaults;
 use crate::generator::{Projections, PromptGenerator, PromptGeneratorConfig};
 use crate::pooler::PoolerKind;
 use crate::rational::{ActivationConfig, ActivationKind, RationalConfig};
+use crate::tuner::TrainableTuner;
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Bool, Tensor};
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::LlamaConfig;
@@ -92,9 +94,7 @@ impl IaptConfig {
             .ok_or("missing field `bottleneck`")?
             .as_u64()
             .ok_or("field `bottleneck` must be a non-negative integer")?;
-        let mut merged = serde_json::to_value(IaptConfig::new(bottleneck as usize)).map_err(|e| e.to_string())?;
-        overlay(&mut merged, value, "")?;
-        let config: IaptConfig = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        let config = with_defaults(&IaptConfig::new(bottleneck as usize), value)?;
         config.validate()?;
         Ok(config)
     }
@@ -147,21 +147,6 @@ impl IaptConfig {
     }
 }
 
-/// Write `patch`'s fields over `base`'s, recursing into objects; a key `base` lacks is an error.
-fn overlay(base: &mut serde_json::Value, patch: &serde_json::Value, prefix: &str) -> Result<(), String> {
-    let patch = patch.as_object().ok_or_else(|| format!("`{}` must be a JSON object", prefix.trim_end_matches('.')))?;
-    let base = base.as_object_mut().expect("defaults serialise to an object");
-    for (key, value) in patch {
-        let name = format!("{prefix}{key}");
-        match base.get_mut(key) {
-            None => return Err(format!("unknown field `{name}`")),
-            Some(slot) if slot.is_object() && value.is_object() => overlay(slot, value, &format!("{name}."))?,
-            Some(slot) => *slot = value.clone(),
-        }
-    }
-    Ok(())
-}
-
 /// The IAPT tuner: one generator per backbone layer, plus the shared projections.
 #[derive(Module, Debug)]
 pub struct Iapt<B: Backend> {
@@ -193,6 +178,18 @@ impl<B: Backend> Iapt<B> {
             GeneratorInput::Raw => input.hidden,
         };
         self.soft_tokens(layer, hidden.clone(), input.instruction.clone())
+    }
+}
+
+impl<B: Backend> TrainableTuner for Iapt<B> {
+    /// Every layer's rational coefficients (spec §3/§5: their own small learning rate, no
+    /// weight decay).
+    fn small_lr_params(&self) -> Vec<ParamId> {
+        self.layers
+            .iter()
+            .filter_map(|g| g.activation.rational.as_ref())
+            .flat_map(|r| [r.numerator.id, r.denominator.id])
+            .collect()
     }
 }
 
@@ -253,6 +250,18 @@ mod tests {
         let unshared = 2 * (2 * 32 * 8 + 8 + 32 + 8 * 4 + 10);
         assert_eq!(IaptConfig::new(8).num_params(&base), shared);
         assert_eq!(IaptConfig::new(8).with_share_projections(false).num_params(&base), unshared);
+    }
+
+    #[test]
+    fn small_lr_group_is_exactly_the_rational_coefficients() {
+        let base = LlamaConfig::tiny();
+        let iapt = IaptConfig::new(8).init::<TB>(&base, &Default::default());
+        let ids = iapt.small_lr_params();
+        assert_eq!(ids.len(), 2 * base.num_layers);
+        let coefficient_count: usize = iapt.layers.iter().map(|g| Module::num_params(&g.activation)).sum();
+        assert_eq!(coefficient_count, 10 * base.num_layers);
+        let gelu = IaptConfig::new(8).with_activation(ActivationKind::Gelu).init::<TB>(&base, &Default::default());
+        assert!(gelu.small_lr_params().is_empty());
     }
 
     #[test]

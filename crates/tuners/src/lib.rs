@@ -3,18 +3,34 @@
 //! IAPT (arXiv 2405.18203): per layer, a small prompt generator reads the instruction's hidden
 //! states and emits `l_sp` soft tokens that become a per-input KV prefix (method spec §2–4).
 //! One concept per module: the activation ([`rational`], fitted by [`gelu_fit`]), the pooling
-//! ([`pooler`]), one layer's generator ([`generator`]), the whole tuner and its hook ([`iapt`]),
-//! and the adapter files shared by every tuner ([`adapter`]).
+//! ([`pooler`]), one layer's generator ([`generator`]), the whole tuner and its hook ([`iapt`]).
+//!
+//! The baselines it is compared with use the same hooks: [`prompt_tuning`] (input embeddings),
+//! [`prefix_tuning`] (P-tuning v2: learned per-layer keys/values) and [`lora`] (low-rank
+//! projection deltas). [`tuner`] holds what they share (parameter groups, the runtime-selected
+//! [`Tuner`] and its [`TunerConfig`]); [`adapter`] the adapter files, one layout for all;
+//! [`config_json`] the partial-JSON config parsing.
 
 pub mod adapter;
+pub mod config_json;
 pub mod gelu_fit;
 pub mod generator;
 pub mod iapt;
+pub mod lora;
 pub mod pooler;
+pub mod prefix_tuning;
+pub mod prompt_tuning;
 pub mod rational;
+pub mod tuner;
 
-pub use adapter::{load_iapt, save_iapt, AdapterConfig, AdapterError, BaseModel, ParamCount, TunerConfig};
+pub use adapter::{
+    load_iapt, load_lora, load_prefix_tuning, load_prompt_tuning, load_tuner, save_iapt, save_tuner, AdapterConfig, AdapterError, BaseModel, ParamCount,
+};
 pub use generator::{Projections, ProjectionsConfig, PromptGenerator, PromptGeneratorConfig};
 pub use iapt::{GeneratorInput, Iapt, IaptConfig, PrefixPositions};
+pub use lora::{merge_lora, Lora, LoraConfig, LoraLayer, LoraPair};
 pub use pooler::{Pooler, PoolerConfig, PoolerKind};
+pub use prefix_tuning::{PrefixEncoder, PrefixTuning, PrefixTuningConfig};
+pub use prompt_tuning::{PromptInit, PromptTuning, PromptTuningConfig};
 pub use rational::{Activation, ActivationConfig, ActivationKind, Rational, RationalConfig};
+pub use tuner::{TrainableTuner, Tuner, TunerConfig};

@@ -1,0 +1,281 @@
+//! Task accuracy of the backbone, with or without a tuner: rank classification over the label
+//! verbalisations, or greedy generation judged by the task's exact-match rule (GSM8K: the final
+//! number).
+
+use crate::run_config::EvalMethod;
+use anyhow::{anyhow, Result};
+use burn::tensor::backend::Backend;
+use iapt_data::{Answer, EncodedExample};
+use iapt_model::{generate, GenerationConfig, Llama, ModelHook, SamplingConfig, Tokenizer};
+use iapt_train::{response_log_probs, LmBatch, LmExample};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// One evaluated example.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub id: String,
+    /// The chosen label's answer text, or the generated text.
+    pub prediction: String,
+    pub correct: bool,
+    /// Rank classification: the log-likelihood of every choice's response tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub choice_log_likelihoods: Option<Vec<f64>>,
+}
+
+/// The accuracy of one model on one split.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub task: String,
+    pub split: String,
+    /// `rank` or `generate` (never `auto`).
+    pub method: EvalMethod,
+    /// The adapter evaluated; `None` = the bare backbone (zero-shot).
+    pub adapter: Option<String>,
+    pub examples: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Classification: the split's most frequent label and the accuracy of always answering it.
+    pub majority_label: Option<String>,
+    pub majority_accuracy: Option<f64>,
+    pub seconds: f64,
+    #[serde(skip)]
+    pub predictions: Vec<Prediction>,
+}
+
+impl EvalReport {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let who = self.adapter.as_deref().map_or("zero-shot".to_string(), |a| format!("adapter {a}"));
+        let majority = match (&self.majority_label, self.majority_accuracy) {
+            (Some(label), Some(acc)) => format!(", majority class `{label}` {:.1}%", 100.0 * acc),
+            _ => String::new(),
+        };
+        format!(
+            "{} {} ({who}, {:?}): accuracy {:.1}% ({}/{}){majority} [{:.0}s]",
+            self.task,
+            self.split,
+            self.method,
+            100.0 * self.accuracy,
+            self.correct,
+            self.examples,
+            self.seconds
+        )
+        .replace("Rank", "rank")
+        .replace("Generate", "generate")
+    }
+}
+
+/// `auto` resolved for a set of examples: rank when they are classification examples.
+pub fn resolve_method(method: EvalMethod, examples: &[EncodedExample]) -> Result<EvalMethod> {
+    let classification = examples.iter().all(|e| matches!(e.answer, Answer::Class { .. }));
+    match method {
+        EvalMethod::Auto if classification => Ok(EvalMethod::Rank),
+        EvalMethod::Auto => Ok(EvalMethod::Generate),
+        EvalMethod::Rank if !classification => Err(anyhow!("rank evaluation needs a classification task")),
+        other => Ok(other),
+    }
+}
+
+/// What [`evaluate`] needs besides the model.
+pub struct EvalRequest<'a> {
+    pub task: &'a str,
+    pub split: &'a str,
+    pub method: EvalMethod,
+    pub adapter: Option<String>,
+    pub batch_size: usize,
+    pub max_new_tokens: usize,
+}
+
+/// Evaluate `model` (+ `hook`) on `examples`.
+pub fn evaluate<B: Backend>(
+    model: &Llama<B>,
+    hook: &dyn ModelHook<B>,
+    tokenizer: &Tokenizer,
+    examples: &[EncodedExample],
+    request: EvalRequest<'_>,
+) -> Result<EvalReport> {
+    if examples.is_empty() {
+        return Err(anyhow!("{} {}: no examples to evaluate", request.task, request.split));
+    }
+    let method = resolve_method(request.method, examples)?;
+    let start = Instant::now();
+    let predictions = match method {
+        EvalMethod::Rank => rank_classify(model, hook, tokenizer.pad_id(), examples, request.batch_size),
+        _ => generate_answers(model, hook, tokenizer, examples, request.batch_size, request.max_new_tokens)?,
+    };
+    let correct = predictions.iter().filter(|p| p.correct).count();
+    let (majority_label, majority_accuracy) = majority(examples);
+    Ok(EvalReport {
+        task: request.task.to_string(),
+        split: request.split.to_string(),
+        method,
+        adapter: request.adapter,
+        examples: examples.len(),
+        correct,
+        accuracy: correct as f64 / examples.len() as f64,
+        majority_label,
+        majority_accuracy,
+        seconds: start.elapsed().as_secs_f64(),
+        predictions,
+    })
+}
+
+/// The most frequent label and its share (ties: the first label name in order).
+fn majority(examples: &[EncodedExample]) -> (Option<String>, Option<f64>) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in examples {
+        if let Some(label) = e.answer.label_name() {
+            *counts.entry(label).or_default() += 1;
+        }
+    }
+    let best = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+    match best {
+        Some((label, &n)) => (Some(label.to_string()), Some(n as f64 / examples.len() as f64)),
+        None => (None, None),
+    }
+}
+
+/// Score `prompt ++ choice ++ EOS` for every choice and pick the most likely; sequences are
+/// batched shortest first to keep padding low.
+fn rank_classify<B: Backend>(
+    model: &Llama<B>,
+    hook: &dyn ModelHook<B>,
+    pad_id: u32,
+    examples: &[EncodedExample],
+    batch_size: usize,
+) -> Vec<Prediction> {
+    let device = model.embed_tokens.weight.device();
+    let mut sequences: Vec<(usize, usize, LmExample)> = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
+        for (c, seq) in e.choice_sequences().into_iter().enumerate() {
+            let example = LmExample::new(seq.ids, seq.prompt_len).expect("encoded examples have a prompt and a response");
+            sequences.push((i, c, example));
+        }
+    }
+    sequences.sort_by_key(|(_, _, s)| s.ids.len());
+
+    let mut scores: Vec<Vec<f64>> = examples.iter().map(|e| vec![0.0; e.choice_ids.len()]).collect();
+    for chunk in sequences.chunks(batch_size.max(1)) {
+        let batch_examples: Vec<LmExample> = chunk.iter().map(|(_, _, s)| s.clone()).collect();
+        let batch = LmBatch::<B>::from_examples(&batch_examples, pad_id, &device);
+        let (log_probs, targets) = response_log_probs(model, hook, &batch);
+        let n = targets.dims()[0];
+        let token_log_probs = log_probs.gather(1, targets.reshape([n, 1])).reshape([n]);
+        let values = token_log_probs.into_data().convert::<f32>().to_vec::<f32>().expect("float data");
+        // Response tokens come row by row, each row's in order.
+        let mut offset = 0;
+        for (example, choice, seq) in chunk {
+            let len = seq.response_len();
+            scores[*example][*choice] = values[offset..offset + len].iter().map(|&v| v as f64).sum();
+            offset += len;
+        }
+    }
+
+    examples
+        .iter()
+        .zip(scores)
+        .map(|(e, s)| {
+            let best = (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap_or(0);
+            let (label, choices) = match &e.answer {
+                Answer::Class { label, choices, .. } => (*label, choices),
+                Answer::Text(_) => unreachable!("rank evaluation is only resolved for classification"),
+            };
+            Prediction { id: e.id.clone(), prediction: choices[best].clone(), correct: best == label, choice_log_likelihoods: Some(s) }
+        })
+        .collect()
+}
+
+/// Greedy generation for every prompt (batched, shortest first), judged by the answer's rule.
+fn generate_answers<B: Backend>(
+    model: &Llama<B>,
+    hook: &dyn ModelHook<B>,
+    tokenizer: &Tokenizer,
+    examples: &[EncodedExample],
+    batch_size: usize,
+    max_new_tokens: usize,
+) -> Result<Vec<Prediction>> {
+    let config = GenerationConfig { max_new_tokens, sampling: SamplingConfig::default() /* greedy */, stop_tokens: vec![tokenizer.eos_id()] };
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].prompt_len);
+    let mut predictions: Vec<Option<Prediction>> = vec![None; examples.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| examples[i].prompt().to_vec()).collect();
+        let out = generate(model, &prompts, tokenizer.pad_id(), &config, hook);
+        for (&i, ids) in chunk.iter().zip(&out.tokens) {
+            let text = tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding: {e}"))?;
+            let correct = examples[i].answer.is_correct(&text);
+            predictions[i] = Some(Prediction { id: examples[i].id.clone(), prediction: text, correct, choice_log_likelihoods: None });
+        }
+    }
+    Ok(predictions.into_iter().map(|p| p.expect("every example predicted")).collect())
+}
+
+/// Write `report` (`<stem>.json`) and its predictions (`<stem>.predictions.jsonl`) into `dir`.
+pub fn save_report(report: &EvalReport, dir: &std::path::Path, stem: &str) -> Result<()> {
+    let json = serde_json::to_vec_pretty(report)?;
+    iapt_tuners::adapter::write_atomically(&dir.join(format!("{stem}.json")), &json)?;
+    let mut lines = Vec::new();
+    for p in &report.predictions {
+        lines.extend(serde_json::to_vec(p)?);
+        lines.push(b'\n');
+    }
+    iapt_tuners::adapter::write_atomically(&dir.join(format!("{stem}.predictions.jsonl")), &lines)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use iapt_model::{KvCache, LlamaConfig, NoHook, TokenBatch};
+
+    fn class_example(prompt: Vec<u32>, label: usize, choice_ids: Vec<Vec<u32>>) -> EncodedExample {
+        let mut ids = prompt.clone();
+        ids.extend(&choice_ids[label]);
+        EncodedExample {
+            id: format!("e{label}{}", prompt.len()),
+            ids,
+            prompt_len: prompt.len(),
+            truncated: 0,
+            answer: Answer::Class { label, names: vec!["a".into(), "b".into()], choices: vec!["A".into(), "B".into()] },
+            choice_ids,
+        }
+    }
+
+    /// Rank scores equal a naive per-sequence sum of next-token log-probabilities from the full
+    /// logits, whatever the batching and padding.
+    #[test]
+    fn rank_scores_match_a_naive_recomputation() {
+        let device = Default::default();
+        let model = Llama::<NdArray>::random(&LlamaConfig::tiny(), &device);
+        let examples = vec![
+            class_example(vec![5, 6, 7], 0, vec![vec![9, 2], vec![10, 11, 2]]),
+            class_example(vec![12, 13, 14, 15, 16], 1, vec![vec![9, 2], vec![10, 11, 2]]),
+        ];
+        let predictions = rank_classify(&model, &NoHook, 0, &examples, 3);
+        for (e, p) in examples.iter().zip(&predictions) {
+            let scores = p.choice_log_likelihoods.as_ref().unwrap();
+            for (c, seq) in e.choice_sequences().iter().enumerate() {
+                let batch = TokenBatch::<NdArray>::padded(&[seq.ids.clone()], 0, iapt_model::Padding::Right, &device);
+                let ids = batch.ids.clone();
+                let hidden = model.forward(batch, &mut KvCache::new(2), &NoHook);
+                let nll = iapt_model::score::next_token_nll(model.logits(hidden), ids).to_data().to_vec::<f32>().unwrap();
+                let expected: f64 = -nll[seq.prompt_len - 1..].iter().map(|&v| v as f64).sum::<f64>();
+                assert!((scores[c] - expected).abs() < 1e-4, "{} vs {expected}", scores[c]);
+            }
+            let best = if scores[0] >= scores[1] { 0 } else { 1 };
+            assert_eq!(p.correct, matches!(e.answer, Answer::Class { label, .. } if label == best));
+        }
+    }
+
+    #[test]
+    fn majority_is_the_most_frequent_label() {
+        let c = vec![vec![9, 2], vec![10, 2]];
+        let examples = vec![class_example(vec![1], 1, c.clone()), class_example(vec![2], 1, c.clone()), class_example(vec![3], 0, c)];
+        let (label, acc) = majority(&examples);
+        assert_eq!(label.as_deref(), Some("b"));
+        assert!((acc.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    }
+}

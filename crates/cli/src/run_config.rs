@@ -1,0 +1,342 @@
+//! The configuration of `iapt train` / `iapt eval`: one TOML file with the sections `[model]`,
+//! `[tuner]`, `[data]`, `[train]`, `[eval]` and `[run]`. Every key is optional; its default and
+//! meaning are written out in `configs/defaults.toml` (a test keeps that file equal to
+//! [`RunConfig::default`]). `--set section.key=value` overrides any key after the file is read,
+//! and the fully resolved config (tuner defaults filled in) is saved as `<run dir>/config.toml`.
+
+use crate::backend::BackendKind;
+use anyhow::{anyhow, bail, Context, Result};
+use iapt_data::{Split, Truncation};
+use iapt_train::TrainConfig;
+use iapt_tuners::IaptConfig;
+use serde::{Deserialize, Serialize};
+
+use std::path::{Path, PathBuf};
+
+/// Name of the resolved config inside a run directory.
+pub const RESOLVED_CONFIG: &str = "config.toml";
+
+/// A whole run: what to train, on what, how, and how to evaluate it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub tuner: TunerSection,
+    pub data: DataSection,
+    pub train: TrainConfig,
+    pub eval: EvalSection,
+    pub run: RunSection,
+}
+
+/// `[model]`: the frozen backbone and where it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A known model name (fetched on first use) or a GGUF file / HF directory.
+    pub name: String,
+    /// Compute backend (`--backend` overrides it).
+    pub backend: BackendKind,
+    /// Devices to train on in parallel (burn-train's multi-device strategy).
+    pub devices: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { name: "smollm2".into(), backend: BackendKind::Ndarray, devices: 1 }
+    }
+}
+
+/// `[tuner]`: `kind` plus that tuner's own hyper-parameters (for `iapt`: every field of
+/// [`IaptConfig`]; absent ones take its defaults, unknown ones are errors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunerSection {
+    #[serde(default = "default_tuner_kind")]
+    pub kind: String,
+    #[serde(flatten)]
+    pub options: toml::Table,
+}
+
+fn default_tuner_kind() -> String {
+    "iapt".into()
+}
+
+impl Default for TunerSection {
+    fn default() -> Self {
+        let mut section = Self { kind: default_tuner_kind(), options: toml::Table::new() };
+        section.options.insert("bottleneck".into(), toml::Value::Integer(DEFAULT_BOTTLENECK as i64));
+        section.resolve().expect("the default tuner config is valid")
+    }
+}
+
+/// IAPT's bottleneck `m` when the config gives none (d/9 for SmolLM2's d = 576).
+const DEFAULT_BOTTLENECK: usize = 64;
+
+impl TunerSection {
+    /// The IAPT config these options describe.
+    pub fn iapt(&self) -> Result<IaptConfig> {
+        if self.kind != "iapt" {
+            bail!("tuner.kind: unknown tuner `{}` (known: iapt)", self.kind);
+        }
+        let mut json = serde_json::to_value(&self.options).context("tuner: not representable as JSON")?;
+        if let Some(object) = json.as_object_mut() {
+            object.entry("bottleneck").or_insert(DEFAULT_BOTTLENECK.into());
+        }
+        IaptConfig::from_json(&json).map_err(|e| anyhow!("tuner: {e}"))
+    }
+
+    /// The same section with every default written out.
+    pub fn resolve(&self) -> Result<Self> {
+        let json = serde_json::to_value(self.iapt()?).expect("IaptConfig serialises");
+        let options = json_to_toml(json).and_then(|v| v.as_table().cloned()).expect("an object");
+        Ok(Self { kind: self.kind.clone(), options })
+    }
+}
+
+/// TOML has no null: absent means "default", so nulls (unset options) are dropped.
+fn json_to_toml(value: serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match value {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        J::String(s) => toml::Value::String(s),
+        J::Array(items) => toml::Value::Array(items.into_iter().filter_map(json_to_toml).collect()),
+        J::Object(map) => toml::Value::Table(map.into_iter().filter_map(|(k, v)| Some((k, json_to_toml(v)?))).collect()),
+    })
+}
+
+/// `[data]`: the task and how its examples become token sequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// A built-in task name (`multiemo`, `strategyqa`, `sports_understanding`,
+    /// `presuppositions_as_nli`, `gsm8k`) or a task file (`.json`/`.toml` holding a task spec).
+    pub task: String,
+    /// Replace the task's system message. `""` keeps chat prompts short with templates that
+    /// otherwise insert a long default system message (SmolLM2's). Absent: the task's own.
+    pub system: Option<String>,
+    /// Longest example (prompt + response + EOS), in tokens.
+    pub max_len: usize,
+    /// Longer examples: `drop` them or `truncate_left` their prompt.
+    pub truncation: Truncation,
+    /// Train on at most this many examples (the first ones of the seeded split); 0 = all.
+    pub max_train_examples: usize,
+    /// Validate on at most this many dev examples; 0 = all.
+    pub max_dev_examples: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            task: "multiemo".into(),
+            system: None,
+            max_len: 256,
+            truncation: Truncation::Drop,
+            max_train_examples: 0,
+            max_dev_examples: 0,
+        }
+    }
+}
+
+/// How answers are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMethod {
+    /// `rank` for classification tasks, `generate` for generation tasks.
+    Auto,
+    /// Pick the choice whose response (verbalised label + EOS) has the highest log-likelihood.
+    Rank,
+    /// Greedy generation, then exact match (GSM8K: the final number).
+    Generate,
+}
+
+/// `[eval]`: what is measured after training (and before it, zero-shot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// The split reported after training.
+    pub split: Split,
+    pub method: EvalMethod,
+    /// Sequences per forward pass.
+    pub batch_size: usize,
+    /// Generation budget per answer (`generate` method).
+    pub max_new_tokens: usize,
+    /// Also evaluate the bare backbone (no tuner) first, so the gain is visible.
+    pub zero_shot: bool,
+    /// Evaluate at most this many examples; 0 = all.
+    pub max_examples: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self { split: Split::Test, method: EvalMethod::Auto, batch_size: 16, max_new_tokens: 256, zero_shot: true, max_examples: 0 }
+    }
+}
+
+/// `[run]`: where results go and the tuner's initialisation seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// Checkpoints, logs, the adapter and the results go here (`--run-dir` overrides it).
+    pub dir: PathBuf,
+    /// Seed of the tuner's parameter initialisation.
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("runs/iapt"), seed: 0 }
+    }
+}
+
+impl RunConfig {
+    /// Read `path` (if any), apply the `--set key=value` overrides in order, fill in the tuner's
+    /// defaults and check every value. Errors name the file, line and key, or the `--set` key.
+    pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Self> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                // Parse into the struct first: that error carries the line and the key.
+                toml::from_str::<RunConfig>(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                text.parse::<toml::Table>().map_err(|e| anyhow!("{}: {e}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for set in sets {
+            let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set {set}: expected key=value"))?;
+            apply_override(&mut table, key.trim(), value.trim()).map_err(|e| anyhow!("--set {set}: {e}"))?;
+            // Check after each override so the error names the key that broke it.
+            toml::Value::Table(table.clone()).try_into::<RunConfig>().map_err(|e| anyhow!("--set {set}: {}", e.message()))?;
+        }
+        let mut config: RunConfig = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{}", e.message()))?;
+        config.tuner = config.tuner.resolve()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate().map_err(|e| anyhow!("train: {e}"))?;
+        if self.model.devices == 0 {
+            bail!("model.devices must be at least 1");
+        }
+        if self.data.max_len < 2 {
+            bail!("data.max_len must be at least 2");
+        }
+        if self.eval.batch_size == 0 {
+            bail!("eval.batch_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML (what `<run dir>/config.toml` holds).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a run config serialises to TOML")
+    }
+
+    /// Write the resolved config into `dir`, atomically.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(RESOLVED_CONFIG);
+        iapt_tuners::adapter::write_atomically(&path, self.to_toml().as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Set `a.b.c = value` in `table`. The value is read as TOML (`1e-3`, `true`, `"x"`,
+/// `[1, 2]`); anything that is not a TOML value is taken as a bare string (`task=strategyqa`).
+fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("`{key}` is not a dotted key like train.learning_rate");
+    }
+    let value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = parts.split_last().expect("at least one part");
+    let mut slot = table;
+    for (i, part) in parents.iter().enumerate() {
+        let entry = slot.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        slot = entry.as_table_mut().ok_or_else(|| anyhow!("`{}` is not a section", parts[..=i].join(".")))?;
+    }
+    slot.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, sets: &[&str]) -> Result<RunConfig> {
+        let dir = std::env::temp_dir().join(format!("iapt-run-config-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        RunConfig::load(Some(&path), &sets)
+    }
+
+    #[test]
+    fn documented_defaults_file_equals_the_code_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/defaults.toml");
+        let config = RunConfig::load(Some(&path), &[]).unwrap();
+        assert_eq!(config, RunConfig::default());
+        // ...and every key of the resolved config is written out in it (documented).
+        let documented = std::fs::read_to_string(&path).unwrap().parse::<toml::Table>().unwrap();
+        let resolved = RunConfig::default().to_toml().parse::<toml::Table>().unwrap();
+        assert_eq!(keys(&documented, ""), keys(&resolved, ""));
+    }
+
+    fn keys(table: &toml::Table, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in table {
+            let name = format!("{prefix}{k}");
+            match v.as_table() {
+                Some(t) => out.extend(keys(t, &format!("{name}."))),
+                None => out.push(name),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn overrides_apply_in_order_and_round_trip() {
+        let config = load(
+            "[train]\nepochs = 2\n[tuner]\nbottleneck = 16\n",
+            &["train.learning_rate=1e-3", "data.task=strategyqa", "tuner.pooler=\"mean\"", "data.system=", "train.epochs=3"],
+        )
+        .unwrap();
+        assert_eq!((config.train.epochs, config.train.learning_rate), (3, 1e-3));
+        assert_eq!(config.data.task, "strategyqa");
+        assert_eq!(config.data.system.as_deref(), Some(""));
+        let iapt = config.tuner.iapt().unwrap();
+        assert_eq!((iapt.bottleneck, iapt.pooler), (16, iapt_tuners::PoolerKind::Mean));
+        let back: RunConfig = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let err = load("[train]\nepochs = 2\nlearnin_rate = 1\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("learnin_rate") && err.contains("line 3") && err.contains("c.toml"), "{err}");
+        let err = load("", &["train.learnin_rate=1"]).unwrap_err().to_string();
+        assert!(err.contains("learnin_rate"), "{err}");
+        let err = load("", &["train.epochs=many"]).unwrap_err().to_string();
+        assert!(err.contains("train.epochs=many"), "{err}");
+        let err = load("", &["tuner.poolr=mean"]).unwrap_err().to_string();
+        assert!(err.contains("poolr"), "{err}");
+        let err = load("", &["tuner.pooler=sum"]).unwrap_err().to_string();
+        assert!(err.contains("sum"), "{err}");
+        let err = load("", &["train.learning_rate=-1"]).unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+        let err = load("", &["epochs"]).unwrap_err().to_string();
+        assert!(err.contains("key=value"), "{err}");
+        let err = load("", &["tuner.kind=lora2"]).unwrap_err().to_string();
+        assert!(err.contains("lora2"), "{err}");
+    }
+}

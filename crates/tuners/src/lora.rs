@@ -1,0 +1,273 @@
+//! LoRA (Hu et al., 2021): a low-rank delta `scale · dropout(x) A B` added to chosen frozen
+//! projections through [`ModelHook::projection_delta`], with `scale = alpha / rank`. Unmerged,
+//! it costs two extra thin matmuls per adapted projection at every step, decode included — the
+//! cost IAPT avoids; [`merge_lora`] folds it into the weights for deployment.
+
+use crate::config_json::with_defaults;
+use crate::tuner::TrainableTuner;
+use burn::config::Config;
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::{backend::Backend, FloatDType, Tensor};
+use iapt_model::hook::{ModelHook, Projection};
+use iapt_model::transformer::DecoderLayer;
+use iapt_model::{Llama, LlamaConfig};
+
+/// LoRA's hyper-parameters; saved verbatim in `adapter_config.json`.
+#[derive(Config, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank `r` of every delta.
+    #[config(default = 8)]
+    pub rank: usize,
+    /// The delta is scaled by `alpha / rank`, so changing the rank does not rescale the update.
+    #[config(default = 16.0)]
+    pub alpha: f64,
+    /// Dropout on the delta's input. burn's dropout is active only on autodiff backends, i.e.
+    /// in training; inference never drops.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Projections that get a delta, in every layer (`q k v o gate up down`).
+    #[config(default = "vec![Projection::Q, Projection::V]")]
+    pub targets: Vec<Projection>,
+}
+
+impl LoraConfig {
+    /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let config = with_defaults(&Self::new(), value)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rank == 0 {
+            return Err("rank must be positive".into());
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("alpha must be a finite positive number, got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.targets.is_empty() {
+            return Err("targets must name at least one projection".into());
+        }
+        for (i, target) in self.targets.iter().enumerate() {
+            if self.targets[..i].contains(target) {
+                return Err(format!("targets lists `{}` twice", target.name()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// `L Σ_targets r (in + out)`.
+    pub fn num_params(&self, base: &LlamaConfig) -> usize {
+        let per_layer: usize = self.targets.iter().map(|&p| {
+            let (i, o) = projection_shape(base, p);
+            self.rank * (i + o)
+        }).sum();
+        base.num_layers * per_layer
+    }
+
+    /// Build the tuner: `A` Kaiming-uniform with bound `1/sqrt(in)` (as HF PEFT), `B = 0`, so the
+    /// tuned model starts exactly at the base model. Panics on an invalid config.
+    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Lora<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid LoRA config: {e}");
+        }
+        let pair = |p: Projection| {
+            self.targets.contains(&p).then(|| {
+                let (i, o) = projection_shape(base, p);
+                let a = Initializer::KaimingUniform { gain: 1.0 / 3f64.sqrt(), fan_out_only: false };
+                LoraPair {
+                    lora_a: a.init_with([i, self.rank], Some(i), Some(self.rank), device),
+                    lora_b: Initializer::Zeros.init([self.rank, o], device),
+                }
+            })
+        };
+        let layer = || LoraLayer {
+            q: pair(Projection::Q),
+            k: pair(Projection::K),
+            v: pair(Projection::V),
+            o: pair(Projection::O),
+            gate: pair(Projection::Gate),
+            up: pair(Projection::Up),
+            down: pair(Projection::Down),
+        };
+        let lora = Lora {
+            layers: (0..base.num_layers).map(|_| layer()).collect(),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            config: self.clone(),
+            base: base.clone(),
+        };
+        iapt_model::transformer::materialize(lora)
+    }
+}
+
+/// `(in, out)` features of `projection` in a backbone of shape `base`.
+pub fn projection_shape(base: &LlamaConfig, projection: Projection) -> (usize, usize) {
+    let d = base.hidden_size;
+    let q = base.num_heads * base.head_dim;
+    match projection {
+        Projection::Q => (d, q),
+        Projection::K | Projection::V => (d, base.kv_dim()),
+        Projection::O => (q, d),
+        Projection::Gate | Projection::Up => (d, base.intermediate_size),
+        Projection::Down => (base.intermediate_size, d),
+    }
+}
+
+/// One projection's factors, laid out like burn's `Linear` (`x W` with `W: [in, out]`).
+#[derive(Module, Debug)]
+pub struct LoraPair<B: Backend> {
+    /// `[in, r]`
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[r, out]`
+    pub lora_b: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> LoraPair<B> {
+    /// `A B`, `[in, out]`.
+    pub fn product(&self) -> Tensor<B, 2> {
+        self.lora_a.val().matmul(self.lora_b.val())
+    }
+}
+
+/// One layer's deltas; `None` for projections that are not targets.
+#[derive(Module, Debug)]
+pub struct LoraLayer<B: Backend> {
+    pub q: Option<LoraPair<B>>,
+    pub k: Option<LoraPair<B>>,
+    pub v: Option<LoraPair<B>>,
+    pub o: Option<LoraPair<B>>,
+    pub gate: Option<LoraPair<B>>,
+    pub up: Option<LoraPair<B>>,
+    pub down: Option<LoraPair<B>>,
+}
+
+impl<B: Backend> LoraLayer<B> {
+    pub fn get(&self, projection: Projection) -> Option<&LoraPair<B>> {
+        match projection {
+            Projection::Q => self.q.as_ref(),
+            Projection::K => self.k.as_ref(),
+            Projection::V => self.v.as_ref(),
+            Projection::O => self.o.as_ref(),
+            Projection::Gate => self.gate.as_ref(),
+            Projection::Up => self.up.as_ref(),
+            Projection::Down => self.down.as_ref(),
+        }
+    }
+}
+
+/// Every layer's deltas.
+#[derive(Module, Debug)]
+pub struct Lora<B: Backend> {
+    pub layers: Vec<LoraLayer<B>>,
+    pub dropout: Dropout,
+    #[module(skip)]
+    pub config: LoraConfig,
+    /// The backbone shape this tuner was built for.
+    #[module(skip)]
+    pub base: LlamaConfig,
+}
+
+impl<B: Backend> Lora<B> {
+    fn pair(&self, layer: usize, projection: Projection) -> Option<&LoraPair<B>> {
+        let deltas = self.layers.get(layer).unwrap_or_else(|| panic!("LoRA built for {} layers was asked for layer {layer}", self.layers.len()));
+        deltas.get(projection)
+    }
+}
+
+impl<B: Backend> TrainableTuner for Lora<B> {}
+
+impl<B: Backend> ModelHook<B> for Lora<B> {
+    /// `scale · dropout(x) A B`, computed in the factors' dtype and returned in `x`'s.
+    fn projection_delta(&self, layer: usize, projection: Projection, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        let pair = self.pair(layer, projection)?;
+        let [b, t, i] = x.dims();
+        let dtype = x.dtype();
+        let a = pair.lora_a.val();
+        let x = self.dropout.forward(x.clone().cast(FloatDType::from(a.dtype()))).reshape([b * t, i]);
+        let delta = x.matmul(a).matmul(pair.lora_b.val()) * self.config.scale();
+        let out = delta.dims()[1];
+        Some(delta.reshape([b, t, out]).cast(FloatDType::from(dtype)))
+    }
+}
+
+/// A copy of `model` with every delta folded in (`W + scale · A B`), to run without the hook at
+/// the base model's cost. The merged weights are constants: they keep the backbone's
+/// `require_grad` state and carry no gradient path to the LoRA factors.
+pub fn merge_lora<B: Backend>(model: &Llama<B>, lora: &Lora<B>) -> Llama<B> {
+    assert_eq!(model.layers.len(), lora.layers.len(), "LoRA and backbone differ in layer count");
+    let mut merged = model.clone();
+    for (layer, deltas) in merged.layers.iter_mut().zip(&lora.layers) {
+        for projection in Projection::ALL {
+            if let Some(pair) = deltas.get(projection) {
+                let linear = linear_mut(layer, projection);
+                let delta = pair.product().detach() * lora.config.scale();
+                linear.weight = linear.weight.clone().map(|w| {
+                    let tracked = w.is_require_grad();
+                    let dtype = FloatDType::from(w.dtype());
+                    (w.detach() + delta.cast(dtype)).set_require_grad(tracked)
+                });
+            }
+        }
+    }
+    merged
+}
+
+/// The frozen `Linear` behind `projection` in `layer`.
+fn linear_mut<B: Backend>(layer: &mut DecoderLayer<B>, projection: Projection) -> &mut Linear<B> {
+    match projection {
+        Projection::Q => &mut layer.self_attn.q_proj,
+        Projection::K => &mut layer.self_attn.k_proj,
+        Projection::V => &mut layer.self_attn.v_proj,
+        Projection::O => &mut layer.self_attn.o_proj,
+        Projection::Gate => &mut layer.mlp.gate_proj,
+        Projection::Up => &mut layer.mlp.up_proj,
+        Projection::Down => &mut layer.mlp.down_proj,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type TB = burn::backend::NdArray;
+
+    #[test]
+    fn json_defaults_and_refusals() {
+        let parse = |s: &str| LoraConfig::from_json(&serde_json::from_str(s).unwrap());
+        let defaults = parse("{}").unwrap();
+        assert_eq!(defaults, LoraConfig::new());
+        assert_eq!((defaults.rank, defaults.alpha, defaults.dropout, defaults.targets.clone()), (8, 16.0, 0.0, vec![Projection::Q, Projection::V]));
+        assert_eq!(serde_json::to_value(&defaults).unwrap()["targets"], serde_json::json!(["q", "v"]));
+        let all = parse(r#"{"targets": ["q", "k", "v", "o", "gate", "up", "down"], "rank": 2}"#).unwrap();
+        assert_eq!(all.targets, Projection::ALL.to_vec());
+        assert!(parse(r#"{"targets": ["qkv"]}"#).unwrap_err().contains("targets"));
+        assert!(parse(r#"{"targets": []}"#).unwrap_err().contains("targets"));
+        assert!(parse(r#"{"targets": ["q", "q"]}"#).unwrap_err().contains("targets"));
+        assert!(parse(r#"{"rank": 0}"#).unwrap_err().contains("rank"));
+        assert!(parse(r#"{"alpha": -1}"#).unwrap_err().contains("alpha"));
+        assert!(parse(r#"{"dropout": 1.0}"#).unwrap_err().contains("dropout"));
+        assert!(parse(r#"{"r": 4}"#).unwrap_err().contains("`r`"));
+    }
+
+    #[test]
+    fn a_is_kaiming_uniform_and_b_is_zero() {
+        let base = LlamaConfig::tiny();
+        let lora = LoraConfig::new().with_rank(4).with_targets(vec![Projection::Down]).init::<TB>(&base, &Default::default());
+        let pair = lora.layers[0].down.as_ref().unwrap();
+        assert_eq!(pair.lora_a.dims(), [base.intermediate_size, 4]);
+        assert_eq!(pair.lora_b.dims(), [4, base.hidden_size]);
+        let a: Vec<f32> = pair.lora_a.val().into_data().to_vec().unwrap();
+        let bound = 1.0 / (base.intermediate_size as f32).sqrt();
+        assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
+        assert!(pair.lora_b.val().into_data().to_vec::<f32>().unwrap().iter().all(|&v| v == 0.0));
+        assert!(lora.layers[1].q.is_none() && lora.layers[1].down.is_some());
+    }
+}

@@ -1,0 +1,210 @@
+//! P-tuning v2 (Liu et al., 2022), i.e. deep prefix tuning: every layer gets `n` learned key and
+//! value positions that every real token attends to, handed to the model as a
+//! [`LayerPrefix::KeyValue`]. The model asks for them once per layer at prefill and keeps them in
+//! the KV cache, so decode steps recompute nothing — the same cost profile as IAPT, except that
+//! the prefix does not depend on the input.
+//!
+//! Positions: the learned keys are not rotated, and real tokens keep positions `0..` (no offset).
+//! This loses nothing against shifting the real tokens by `n` (what HF PEFT ends up doing):
+//! RoPE gives `R(p + n) q · k = R(p) q · R(n)^T k`, so a shift only rotates every learned key by
+//! a fixed orthogonal map, which the free keys (or the MLP's last linear map) absorb.
+
+use crate::config_json::with_defaults;
+use crate::tuner::TrainableTuner;
+use burn::config::Config;
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::tanh;
+use burn::tensor::{backend::Backend, FloatDType, Tensor};
+use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
+use iapt_model::LlamaConfig;
+
+/// P-tuning v2's hyper-parameters; saved verbatim in `adapter_config.json`.
+#[derive(Config, Debug, PartialEq)]
+pub struct PrefixTuningConfig {
+    /// Prefix positions per layer.
+    #[config(default = 16)]
+    pub num_tokens: usize,
+    /// Width `h` of the reparameterisation MLP `E [n, d] -> Linear(d, h) -> tanh ->
+    /// Linear(h, L 2 kv_dim)` (Li & Liang's trick to stabilise training). `None`: the keys and
+    /// values are parameters themselves (P-tuning v2's default).
+    #[config(default = "None")]
+    pub reparam_hidden: Option<usize>,
+}
+
+impl PrefixTuningConfig {
+    /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let config = with_defaults(&Self::new(), value)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_tokens == 0 {
+            return Err("num_tokens must be positive".into());
+        }
+        if self.reparam_hidden == Some(0) {
+            return Err("reparam_hidden must be positive (or absent for no reparameterisation)".into());
+        }
+        Ok(())
+    }
+
+    /// Direct: `2 L n kv_dim`. Reparameterised: `n d + (d h + h) + (h + 1) 2 L kv_dim`.
+    pub fn num_params(&self, base: &LlamaConfig) -> usize {
+        let prefix = 2 * base.num_layers * base.kv_dim();
+        match self.reparam_hidden {
+            None => self.num_tokens * prefix,
+            Some(h) => self.num_tokens * base.hidden_size + base.hidden_size * h + h + (h + 1) * prefix,
+        }
+    }
+
+    /// Build the tuner for a backbone of shape `base`. Direct keys/values and the MLP's input
+    /// embeddings start as `N(0, 1)` (HF PEFT's prefix encoder: an `nn.Embedding`); the MLP's
+    /// linear maps take burn's default init. Panics on an invalid config.
+    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> PrefixTuning<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid prefix tuning config: {e}");
+        }
+        let (n, d, layers) = (self.num_tokens, base.hidden_size, base.num_layers);
+        let unit = Initializer::Normal { mean: 0.0, std: 1.0 };
+        let direct = || unit.init([layers, base.num_kv_heads, n, base.head_dim], device);
+        let (keys, values, encoder) = match self.reparam_hidden {
+            None => (Some(direct()), Some(direct()), None),
+            Some(h) => {
+                let encoder = PrefixEncoder {
+                    embedding: unit.init([n, d], device),
+                    hidden: LinearConfig::new(d, h).init(device),
+                    out: LinearConfig::new(h, 2 * layers * base.kv_dim()).init(device),
+                };
+                (None, None, Some(encoder))
+            }
+        };
+        let tuner = PrefixTuning { keys, values, encoder, config: self.clone(), base: base.clone() };
+        iapt_model::transformer::materialize(tuner)
+    }
+}
+
+/// The reparameterisation MLP. Its output row `i` holds, layer after layer, that layer's key
+/// then value for prefix position `i`: `[k_0 | v_0 | k_1 | v_1 | ...]`, each `kv_dim` wide.
+#[derive(Module, Debug)]
+pub struct PrefixEncoder<B: Backend> {
+    /// `[n, d]`
+    pub embedding: Param<Tensor<B, 2>>,
+    /// `d -> h`
+    pub hidden: Linear<B>,
+    /// `h -> L 2 kv_dim`
+    pub out: Linear<B>,
+}
+
+impl<B: Backend> PrefixEncoder<B> {
+    /// `[n, 2 kv_dim]`: one layer's keys and values. Only that layer's columns of the last map
+    /// are multiplied, so asking for every layer costs one MLP pass, not `L`.
+    fn layer_output(&self, layer: usize, kv_dim: usize) -> Tensor<B, 2> {
+        let hidden = tanh(self.hidden.forward(self.embedding.val()));
+        let width = 2 * kv_dim;
+        let weight = self.out.weight.val().narrow(1, layer * width, width);
+        let out = hidden.matmul(weight);
+        match &self.out.bias {
+            Some(bias) => out + bias.val().narrow(0, layer * width, width).unsqueeze(),
+            None => out,
+        }
+    }
+}
+
+/// Per-layer learned keys and values, stored directly or produced by the MLP.
+#[derive(Module, Debug)]
+pub struct PrefixTuning<B: Backend> {
+    /// `[L, kv_heads, n, head_dim]`; `None` when reparameterised.
+    pub keys: Option<Param<Tensor<B, 4>>>,
+    /// `[L, kv_heads, n, head_dim]`; `None` when reparameterised.
+    pub values: Option<Param<Tensor<B, 4>>>,
+    /// The MLP; `None` in the direct form.
+    pub encoder: Option<PrefixEncoder<B>>,
+    #[module(skip)]
+    pub config: PrefixTuningConfig,
+    /// The backbone shape this tuner was built for.
+    #[module(skip)]
+    pub base: LlamaConfig,
+}
+
+impl<B: Backend> PrefixTuning<B> {
+    /// Keys and values `[kv_heads, n, head_dim]` of `layer`.
+    pub fn layer_keys_values(&self, layer: usize) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let layers = self.base.num_layers;
+        assert!(layer < layers, "prefix tuning built for {layers} layers was asked for layer {layer}");
+        let (kv_heads, head_dim, n) = (self.base.num_kv_heads, self.base.head_dim, self.config.num_tokens);
+        if let Some(encoder) = &self.encoder {
+            let kv_dim = kv_heads * head_dim;
+            let out = encoder.layer_output(layer, kv_dim);
+            let split = |t: Tensor<B, 2>| t.reshape([n, kv_heads, head_dim]).swap_dims(0, 1);
+            return (split(out.clone().narrow(1, 0, kv_dim)), split(out.narrow(1, kv_dim, kv_dim)));
+        }
+        let pick = |p: &Option<Param<Tensor<B, 4>>>| {
+            p.as_ref().expect("direct prefix tuning has keys and values").val().narrow(0, layer, 1).reshape([kv_heads, n, head_dim])
+        };
+        (pick(&self.keys), pick(&self.values))
+    }
+
+    /// The same prefixes in the direct form (the MLP evaluated once and dropped): for export or
+    /// inference once training is over. A direct-form tuner is returned as a copy.
+    pub fn fold_reparameterization(&self) -> PrefixTuning<B> {
+        let layers = 0..self.base.num_layers;
+        let (keys, values): (Vec<_>, Vec<_>) = layers.map(|l| self.layer_keys_values(l)).unzip();
+        let param = |t: Vec<Tensor<B, 3>>| Some(Param::from_tensor(Tensor::stack::<4>(t, 0).detach()));
+        PrefixTuning {
+            keys: param(keys),
+            values: param(values),
+            encoder: None,
+            config: self.config.clone().with_reparam_hidden(None),
+            base: self.base.clone(),
+        }
+    }
+}
+
+impl<B: Backend> TrainableTuner for PrefixTuning<B> {}
+
+impl<B: Backend> ModelHook<B> for PrefixTuning<B> {
+    fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
+        let batch = input.hidden.dims()[0];
+        let dtype = FloatDType::from(input.hidden.dtype());
+        let (keys, values) = self.layer_keys_values(layer);
+        let rows = |t: Tensor<B, 3>| {
+            let [h, n, hd] = t.dims();
+            t.reshape([1, h, n, hd]).expand([batch, h, n, hd]).cast(dtype)
+        };
+        Some(LayerPrefix::KeyValue { keys: rows(keys), values: rows(values) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    type TB = burn::backend::NdArray;
+
+    #[test]
+    fn json_defaults_and_refusals() {
+        let parse = |s: &str| PrefixTuningConfig::from_json(&serde_json::from_str(s).unwrap());
+        assert_eq!(parse("{}").unwrap(), PrefixTuningConfig::new());
+        assert_eq!(parse(r#"{"reparam_hidden": 64}"#).unwrap(), PrefixTuningConfig::new().with_reparam_hidden(Some(64)));
+        assert!(parse(r#"{"reparam_hidden": 0}"#).unwrap_err().contains("reparam_hidden"));
+        assert!(parse(r#"{"num_tokens": -1}"#).unwrap_err().contains("num_tokens"));
+        assert!(parse(r#"{"prefix_projection": true}"#).unwrap_err().contains("prefix_projection"));
+    }
+
+    #[test]
+    fn encoder_layers_are_column_blocks_of_one_mlp_pass() {
+        let base = LlamaConfig::tiny();
+        let tuner = PrefixTuningConfig::new().with_num_tokens(3).with_reparam_hidden(Some(5)).init::<TB>(&base, &Default::default());
+        let encoder = tuner.encoder.as_ref().unwrap();
+        let full = encoder.out.forward(tanh(encoder.hidden.forward(encoder.embedding.val()))); // [n, L 2 kv]
+        let kv = base.kv_dim();
+        for layer in 0..base.num_layers {
+            let (k, v) = tuner.layer_keys_values(layer);
+            let want_k = full.clone().narrow(1, 2 * kv * layer, kv).reshape([3, base.num_kv_heads, base.head_dim]).swap_dims(0, 1);
+            let want_v = full.clone().narrow(1, 2 * kv * layer + kv, kv).reshape([3, base.num_kv_heads, base.head_dim]).swap_dims(0, 1);
+            k.into_data().assert_approx_eq::<f32>(&want_k.into_data(), burn::tensor::Tolerance::absolute(1e-6));
+            v.into_data().assert_approx_eq::<f32>(&want_v.into_data(), burn::tensor::Tolerance::absolute(1e-6));
+        }
+    }
+}
