@@ -16,6 +16,18 @@ pub enum BackendKind {
     Cuda,
 }
 
+impl BackendKind {
+    /// The name `--backend` and configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
 /// CPU backends.
 pub type NdArray = burn::backend::NdArray<f32>;
 pub type Flex = burn::backend::Flex<f32, i32>;

@@ -15,15 +15,16 @@ fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec<Vec<u32>> 
 }
 
 /// Measure prefill tokens/s and decode tokens/s; one warm-up run per batch size first.
-/// With `iapt`, each batch size is also run with the generator active, interleaved with the bare
-/// runs so machine noise hits both alike, and the decode ratio is reported.
+/// With a `tuned` hook (a named adapter: `iapt`, `lora`, ...), each batch size is also run with
+/// it, interleaved with the bare runs so machine noise hits both alike, and the decode-speed and
+/// prefill-time ratios to the bare model are reported.
 pub fn bench_generate<B: Backend>(
     loaded: &LoadedModel<B>,
     prompt_len: usize,
     new_tokens: usize,
     batches: &[usize],
     repeats: usize,
-    iapt: Option<&iapt_tuners::Iapt<B>>,
+    tuned: Option<(&str, &dyn ModelHook<B>)>,
 ) -> Result<Value> {
     let vocab = loaded.model.config().vocab_size;
     // No stop tokens: every run decodes exactly `new_tokens` steps.
@@ -31,9 +32,7 @@ pub fn bench_generate<B: Backend>(
     let mut results = Vec::new();
     for &batch in batches {
         let mut hooks: Vec<(&str, &dyn ModelHook<B>)> = vec![("bare", &NoHook)];
-        if let Some(iapt) = iapt {
-            hooks.push(("iapt", iapt));
-        }
+        hooks.extend(tuned);
         let mut row = serde_json::Map::new();
         row.insert("batch".into(), json!(batch));
         row.insert("prompt_tokens".into(), json!(prompt_len));
@@ -64,8 +63,8 @@ pub fn bench_generate<B: Backend>(
         }
         if totals.len() == 2 {
             let rate = |t: &(f64, f64, usize)| t.2 as f64 / t.1;
-            row.insert("iapt_decode_speed_vs_bare".into(), json!(rate(&totals[1]) / rate(&totals[0])));
-            row.insert("iapt_prefill_time_vs_bare".into(), json!(totals[1].0 / totals[0].0));
+            row.insert("tuned_decode_speed_vs_bare".into(), json!(rate(&totals[1]) / rate(&totals[0])));
+            row.insert("tuned_prefill_time_vs_bare".into(), json!(totals[1].0 / totals[0].0));
         }
         results.push(Value::Object(row));
     }

@@ -19,6 +19,8 @@ use std::time::Instant;
 
 /// Where the adapter goes inside a run directory.
 pub const ADAPTER_DIR: &str = "adapter";
+/// The summary of a finished `iapt train`, inside its run directory.
+pub const RESULTS_FILE: &str = "results.json";
 
 /// A task encoded for one tokenizer.
 pub struct PreparedTask {
@@ -59,12 +61,16 @@ pub fn task_spec(data: &DataSection) -> Result<TaskSpec> {
     Ok(spec)
 }
 
-/// Load, split and encode the task; report what was dropped or cut.
-pub fn prepare_task(data: &DataSection, tokenizer: &Tokenizer) -> Result<PreparedTask> {
+/// Load and split the task, and encode the `splits` asked for (the others stay empty);
+/// report what was dropped or cut.
+pub fn prepare_task(data: &DataSection, tokenizer: &Tokenizer, splits: &[Split]) -> Result<PreparedTask> {
     let spec = task_spec(data)?;
     let task = iapt_data::load_task(&spec)?;
     let encoder = Encoder::new(tokenizer, &spec, EncodeConfig { max_len: data.max_len, truncation: data.truncation, add_bos: false });
     let encode = |split: Split, limit: usize| -> Result<Vec<EncodedExample>> {
+        if !splits.contains(&split) {
+            return Ok(Vec::new());
+        }
         let (mut examples, stats) = encoder.encode_all(task.split(split))?;
         if stats.dropped > 0 || stats.truncated > 0 {
             eprintln!(
@@ -115,6 +121,20 @@ fn evaluate_and_save<B: Backend>(
     Ok(report)
 }
 
+/// The accuracy saved in `<dir>/<stem>.json` by an earlier evaluation, if there is one.
+fn saved_accuracy(dir: &Path, stem: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(format!("{stem}.json"))).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("accuracy")?.as_f64()
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in bytes; `None` where unavailable.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// `iapt train`: zero-shot eval (optional), train, save the adapter, evaluate the tuned model.
 pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Device, devices: Vec<B::Device>) -> Result<()> {
     let run_dir = config.run.dir.clone();
@@ -123,30 +143,39 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     eprintln!("run directory {} (resolved config: {})", run_dir.display(), saved.display());
 
     let tokenizer = iapt_model::tokenizer::load_tokenizer(model_path)?;
-    let task = prepare_task(&config.data, &tokenizer)?;
+    let split = config.eval.split;
+    let mut splits = vec![Split::Train, Split::Dev, split];
+    splits.dedup();
+    let task = prepare_task(&config.data, &tokenizer, &splits)?;
     eprintln!(
-        "task {}: train {} / dev {} / test {} examples",
+        "task {}: train {} / dev {} / {} {} examples",
         task.spec.name,
         task.train.len(),
         task.dev.len(),
-        task.test.len()
+        split.name(),
+        task.split(split).len()
     );
     let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, &device)?;
     let base = backbone.config().clone();
-    let split = config.eval.split;
 
-    let zero_shot = if config.eval.zero_shot {
-        let stem = format!("zero_shot-{}-{}", task.spec.name, split.name());
-        Some(evaluate_and_save(&backbone.valid(), &NoHook, &tokenizer, &task, config, split, None, &run_dir, &stem)?)
-    } else {
-        None
+    let zero_shot_stem = format!("zero_shot-{}-{}", task.spec.name, split.name());
+    let zero_shot = match (config.eval.zero_shot, saved_accuracy(&run_dir, &zero_shot_stem)) {
+        (false, _) => None,
+        (true, Some(accuracy)) => {
+            eprintln!("zero-shot accuracy {:.1}% (from {zero_shot_stem}.json of an earlier session)", 100.0 * accuracy);
+            Some(accuracy)
+        }
+        (true, None) => {
+            let report = evaluate_and_save(&backbone.valid(), &NoHook, &tokenizer, &task, config, split, None, &run_dir, &zero_shot_stem)?;
+            Some(report.accuracy)
+        }
     };
 
-    let iapt_config = config.tuner.iapt()?;
+    let tuner_config = config.tuner.config()?;
     <Autodiff<B> as Backend>::seed(&device, config.run.seed);
-    let tuner = iapt_config.init::<Autodiff<B>>(&base, &device);
+    let tuner = tuner_config.init_from_backbone(&backbone);
     let count = ParamCount::new(tuner.num_params(), base.num_params());
-    eprintln!("IAPT ({} soft tokens/layer, bottleneck {}): {count}", iapt_config.num_soft_tokens, iapt_config.bottleneck);
+    eprintln!("tuner {}: {count}", tuner_config.name());
 
     let train_examples = lm_examples(&task.train)?;
     let dev_examples = lm_examples(&task.dev)?;
@@ -168,27 +197,25 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     let epochs_this_session = report.epochs.len() - report.resumed_from_epoch.unwrap_or(0);
 
     let adapter_dir = run_dir.join(ADAPTER_DIR);
-    iapt_tuners::save_iapt(&adapter_dir, &trained.model.tuner, &config.model.name)?;
+    iapt_tuners::save_tuner(&adapter_dir, &trained.model.tuner, &config.model.name)?;
     eprintln!("adapter saved to {} (epoch {:?})", adapter_dir.display(), report.returned_epoch);
 
-    let stem = format!("eval-{}-{}", task.spec.name, split.name());
-    let tuned = evaluate_and_save(
-        &trained.model.backbone,
-        &trained.model.tuner,
-        &tokenizer,
-        &task,
-        config,
-        split,
-        Some(adapter_dir.display().to_string()),
-        &run_dir,
-        &stem,
-    )?;
+    let (backbone, tuner) = (&trained.model.backbone, &trained.model.tuner);
+    let adapter = Some(adapter_dir.display().to_string());
+    let eval_split = |split: Split| {
+        let stem = format!("eval-{}-{}", task.spec.name, split.name());
+        evaluate_and_save(backbone, tuner, &tokenizer, &task, config, split, adapter.clone(), &run_dir, &stem)
+    };
+    let dev = if config.eval.dev && split != Split::Dev && !task.dev.is_empty() { Some(eval_split(Split::Dev)?) } else { None };
+    let tuned = eval_split(split)?;
 
     let results = json!({
         "task": task.spec.name,
+        "tuner": tuner_config.name(),
         "split": split.name(),
-        "zero_shot_accuracy": zero_shot.as_ref().map(|r| r.accuracy),
+        "zero_shot_accuracy": zero_shot,
         "tuned_accuracy": tuned.accuracy,
+        "dev_accuracy": dev.as_ref().map(|r| r.accuracy),
         "majority_label": tuned.majority_label,
         "majority_accuracy": tuned.majority_accuracy,
         "examples": tuned.examples,
@@ -199,12 +226,25 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
         "best_dev_loss": report.best_dev_loss,
         "stop": report.stop,
         "train_seconds": train_seconds,
+        "train_batches": report.batch_losses.len(),
+        // Wall time of this session's training (per-epoch validation included) per batch.
+        "seconds_per_batch": train_seconds / report.batch_losses.len().max(1) as f64,
         "train_tokens_per_second": (train_tokens * epochs_this_session) as f64 / train_seconds,
-        "backend": format!("{:?}", config.model.backend).to_lowercase(),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "backend": config.model.backend.name(),
     });
-    iapt_tuners::adapter::write_atomically(&run_dir.join("results.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
+    iapt_tuners::adapter::write_atomically(&run_dir.join(RESULTS_FILE), serde_json::to_string_pretty(&results)?.as_bytes())?;
     println!("{}", serde_json::to_string_pretty(&results)?);
     Ok(())
+}
+
+/// The adapter directory `path` names: itself, or a run directory's `adapter/`.
+pub fn adapter_dir(path: &Path) -> Result<PathBuf> {
+    let dir = if path.join(ADAPTER_DIR).is_dir() { path.join(ADAPTER_DIR) } else { path.to_path_buf() };
+    if !dir.join(iapt_tuners::adapter::CONFIG_FILE).is_file() {
+        bail!("--adapter {}: neither an adapter directory nor a run directory with `{ADAPTER_DIR}/`", path.display());
+    }
+    Ok(dir)
 }
 
 /// What `iapt eval` was asked.
@@ -233,7 +273,7 @@ pub fn eval<B: Backend>(config: &RunConfig, model_path: &Path, args: &EvalArgs, 
         config.eval.method = method;
     }
     let tokenizer = iapt_model::tokenizer::load_tokenizer(model_path)?;
-    let task = prepare_task(&config.data, &tokenizer)?;
+    let task = prepare_task(&config.data, &tokenizer, &[args.split])?;
     let backbone = iapt_model::load_llama::<B>(model_path, &device)?;
     let (report, out_dir) = match &args.adapter {
         None => {
@@ -241,11 +281,8 @@ pub fn eval<B: Backend>(config: &RunConfig, model_path: &Path, args: &EvalArgs, 
             (evaluate(&backbone, &NoHook, &tokenizer, limit(task.split(args.split), &config), request)?, None)
         }
         Some(path) => {
-            let adapter_dir = if path.join(ADAPTER_DIR).is_dir() { path.join(ADAPTER_DIR) } else { path.clone() };
-            if !adapter_dir.join("adapter_config.json").is_file() {
-                bail!("--adapter {}: neither an adapter directory nor a run directory with `{ADAPTER_DIR}/`", path.display());
-            }
-            let tuner = iapt_tuners::load_iapt::<B>(&adapter_dir, backbone.config(), &device)?;
+            let adapter_dir = adapter_dir(path)?;
+            let tuner = iapt_tuners::load_tuner::<B>(&adapter_dir, backbone.config(), &device)?;
             let request = eval_request(&config, &task, args.split, Some(adapter_dir.display().to_string()));
             let report = evaluate(&backbone, &tuner, &tokenizer, limit(task.split(args.split), &config), request)?;
             (report, run_config_of(path).map(|_| path.clone()))

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod compare;
 mod data_cmd;
 mod evaluate;
 mod experiment;
@@ -105,6 +106,22 @@ enum Command {
         #[arg(long)]
         devices: Option<usize>,
     },
+    /// Train and evaluate several tuners on one task with the same data, seeds and budget, and
+    /// write one comparison table (markdown + JSON). Finished runs are reused when run again.
+    Compare {
+        /// A comparison file (`configs/compare-*.toml`).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Override a key of every method's run config, e.g. `--set train.epochs=1` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output directory (overrides `compare.out_dir`).
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+        /// Only print the planned runs' resolved tuners and parameter counts.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the resolved run config (defaults filled in, overrides applied) as TOML.
     Config {
         #[arg(long)]
@@ -188,8 +205,11 @@ enum BenchCommand {
         repeats: usize,
         /// Also measure with a freshly initialised IAPT generator of this bottleneck (default
         /// config otherwise) to report its prefill and decode overhead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "adapter")]
         iapt_bottleneck: Option<usize>,
+        /// Also measure with this adapter (any tuner; an adapter or run directory).
+        #[arg(long)]
+        adapter: Option<std::path::PathBuf>,
     },
     /// Data pipeline throughput: rendering, tokenizing and batching a task's examples.
     Data {
@@ -257,6 +277,16 @@ fn run(cli: Cli) -> Result<()> {
                 experiment::train::<B>(&config, &path, device, devices)
             })
         }
+        Command::Compare { config, sets, out_dir, dry_run } => {
+            let (compare, runs) = compare::plan(&config, &sets, out_dir.as_deref())?;
+            if dry_run {
+                for run in &runs {
+                    println!("{} seed {}: {} -> {}", run.method, run.seed, toml::to_string(&run.config.tuner)?.replace('\n', " "), run.config.run.dir.display());
+                }
+                return Ok(());
+            }
+            compare::run(&compare, &runs)
+        }
         Command::Config { config, sets } => {
             print!("{}", run_config::RunConfig::load(config.as_deref(), &sets)?.to_toml());
             Ok(())
@@ -302,7 +332,7 @@ fn run(cli: Cli) -> Result<()> {
                     as_json: model.json,
                 };
                 match &adapter {
-                    Some(dir) => text::run_generate(&loaded, opts, &text::load_adapter(&loaded, dir, &device)?),
+                    Some(dir) => text::run_generate(&loaded, opts, &text::load_adapter(&loaded, &experiment::adapter_dir(dir)?, &device)?),
                     None => text::run_generate(&loaded, opts, &iapt_model::NoHook),
                 }
             })
@@ -323,12 +353,17 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats, iapt_bottleneck } } => {
+        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats, iapt_bottleneck, adapter } } => {
             let path = model_source::resolve_model(&model.model)?;
             with_backend!(model.backend, |B, device| {
                 let loaded = text::load::<B>(&path, &device)?;
-                let iapt = iapt_bottleneck.map(|m| iapt_tuners::IaptConfig::new(m).init::<B>(loaded.model.config(), &device));
-                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats, iapt.as_ref())?;
+                let tuner = match (&adapter, iapt_bottleneck) {
+                    (Some(dir), _) => Some(text::load_adapter(&loaded, &experiment::adapter_dir(dir)?, &device)?),
+                    (None, Some(m)) => Some(iapt_tuners::Tuner::Iapt(iapt_tuners::IaptConfig::new(m).init::<B>(loaded.model.config(), &device))),
+                    (None, None) => None,
+                };
+                let tuned = tuner.as_ref().map(|t| (t.name(), t as &dyn iapt_model::ModelHook<B>));
+                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats, tuned)?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             })

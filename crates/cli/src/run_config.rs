@@ -8,7 +8,7 @@ use crate::backend::BackendKind;
 use anyhow::{anyhow, bail, Context, Result};
 use iapt_data::{Split, Truncation};
 use iapt_train::TrainConfig;
-use iapt_tuners::IaptConfig;
+use iapt_tuners::TunerConfig;
 use serde::{Deserialize, Serialize};
 
 use std::path::{Path, PathBuf};
@@ -46,8 +46,9 @@ impl Default for ModelSection {
     }
 }
 
-/// `[tuner]`: `kind` plus that tuner's own hyper-parameters (for `iapt`: every field of
-/// [`IaptConfig`]; absent ones take its defaults, unknown ones are errors).
+/// `[tuner]`: `kind` (`iapt`, `prompt_tuning`, `p_tuning_v2`, `lora`) plus that tuner's own
+/// hyper-parameters (for `iapt`: every field of `IaptConfig`); absent ones take the tuner's
+/// defaults, unknown ones are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TunerSection {
     #[serde(default = "default_tuner_kind")]
@@ -62,9 +63,7 @@ fn default_tuner_kind() -> String {
 
 impl Default for TunerSection {
     fn default() -> Self {
-        let mut section = Self { kind: default_tuner_kind(), options: toml::Table::new() };
-        section.options.insert("bottleneck".into(), toml::Value::Integer(DEFAULT_BOTTLENECK as i64));
-        section.resolve().expect("the default tuner config is valid")
+        Self { kind: default_tuner_kind(), options: toml::Table::new() }.resolve().expect("the default tuner config is valid")
     }
 }
 
@@ -72,23 +71,32 @@ impl Default for TunerSection {
 const DEFAULT_BOTTLENECK: usize = 64;
 
 impl TunerSection {
-    /// The IAPT config these options describe.
-    pub fn iapt(&self) -> Result<IaptConfig> {
-        if self.kind != "iapt" {
-            bail!("tuner.kind: unknown tuner `{}` (known: iapt)", self.kind);
-        }
+    /// The tuner config these options describe.
+    pub fn config(&self) -> Result<TunerConfig> {
         let mut json = serde_json::to_value(&self.options).context("tuner: not representable as JSON")?;
-        if let Some(object) = json.as_object_mut() {
+        if let (Some(object), "iapt") = (json.as_object_mut(), self.kind.as_str()) {
             object.entry("bottleneck").or_insert(DEFAULT_BOTTLENECK.into());
         }
-        IaptConfig::from_json(&json).map_err(|e| anyhow!("tuner: {e}"))
+        let config = TunerConfig::from_json(&self.kind, &json).map_err(|e| {
+            if e.starts_with("unknown tuner") {
+                anyhow!("tuner.kind: {e}")
+            } else {
+                anyhow!("tuner ({}): {e}", self.kind)
+            }
+        })?;
+        config.validate().map_err(|e| anyhow!("tuner ({}): {e}", self.kind))?;
+        Ok(config)
+    }
+
+    /// The section of `config`, every option written out.
+    pub fn of(config: &TunerConfig) -> Self {
+        let options = json_to_toml(config.to_json()).and_then(|v| v.as_table().cloned()).expect("an object");
+        Self { kind: config.name().to_string(), options }
     }
 
     /// The same section with every default written out.
     pub fn resolve(&self) -> Result<Self> {
-        let json = serde_json::to_value(self.iapt()?).expect("IaptConfig serialises");
-        let options = json_to_toml(json).and_then(|v| v.as_table().cloned()).expect("an object");
-        Ok(Self { kind: self.kind.clone(), options })
+        Ok(Self::of(&self.config()?))
     }
 }
 
@@ -166,13 +174,15 @@ pub struct EvalSection {
     pub max_new_tokens: usize,
     /// Also evaluate the bare backbone (no tuner) first, so the gain is visible.
     pub zero_shot: bool,
+    /// After training, also report the tuned accuracy on the dev split (as `iapt compare` does).
+    pub dev: bool,
     /// Evaluate at most this many examples; 0 = all.
     pub max_examples: usize,
 }
 
 impl Default for EvalSection {
     fn default() -> Self {
-        Self { split: Split::Test, method: EvalMethod::Auto, batch_size: 16, max_new_tokens: 256, zero_shot: true, max_examples: 0 }
+        Self { split: Split::Test, method: EvalMethod::Auto, batch_size: 16, max_new_tokens: 256, zero_shot: true, dev: false, max_examples: 0 }
     }
 }
 
@@ -196,7 +206,7 @@ impl RunConfig {
     /// Read `path` (if any), apply the `--set key=value` overrides in order, fill in the tuner's
     /// defaults and check every value. Errors name the file, line and key, or the `--set` key.
     pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Self> {
-        let mut table = match path {
+        let table = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
                 // Parse into the struct first: that error carries the line and the key.
@@ -205,6 +215,11 @@ impl RunConfig {
             }
             None => toml::Table::new(),
         };
+        Self::from_table(table, sets)
+    }
+
+    /// [`RunConfig::load`] for a config already read into a TOML table.
+    pub fn from_table(mut table: toml::Table, sets: &[String]) -> Result<Self> {
         for set in sets {
             let (key, value) = set.split_once('=').ok_or_else(|| anyhow!("--set {set}: expected key=value"))?;
             apply_override(&mut table, key.trim(), value.trim()).map_err(|e| anyhow!("--set {set}: {e}"))?;
@@ -314,7 +329,10 @@ mod tests {
         assert_eq!((config.train.epochs, config.train.learning_rate), (3, 1e-3));
         assert_eq!(config.data.task, "strategyqa");
         assert_eq!(config.data.system.as_deref(), Some(""));
-        let iapt = config.tuner.iapt().unwrap();
+        let iapt = match config.tuner.config().unwrap() {
+            TunerConfig::Iapt(iapt) => iapt,
+            other => panic!("expected IAPT, got {other:?}"),
+        };
         assert_eq!((iapt.bottleneck, iapt.pooler), (16, iapt_tuners::PoolerKind::Mean));
         let back: RunConfig = toml::from_str(&config.to_toml()).unwrap();
         assert_eq!(back, config);
@@ -337,6 +355,29 @@ mod tests {
         let err = load("", &["epochs"]).unwrap_err().to_string();
         assert!(err.contains("key=value"), "{err}");
         let err = load("", &["tuner.kind=lora2"]).unwrap_err().to_string();
-        assert!(err.contains("lora2"), "{err}");
+        assert!(err.contains("tuner.kind") && err.contains("lora2"), "{err}");
+        // IAPT's defaults are not carried over to another kind: its keys are unknown there.
+        let err = load("[tuner]\nkind = \"lora\"\nbottleneck = 8\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("bottleneck") && err.contains("lora"), "{err}");
+        let err = load("[tuner]\nkind = \"lora\"\nrank = 0\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("rank"), "{err}");
+    }
+
+    #[test]
+    fn every_tuner_kind_resolves_with_its_defaults() {
+        for kind in TunerConfig::KINDS {
+            let config = load(&format!("[tuner]\nkind = \"{kind}\"\n"), &[]).unwrap();
+            let tuner = config.tuner.config().unwrap();
+            assert_eq!(tuner.name(), kind);
+            // The resolved section writes every option out, and reads back to the same tuner.
+            assert_eq!(config.tuner, TunerSection::of(&tuner));
+            let back: RunConfig = toml::from_str(&config.to_toml()).unwrap();
+            assert_eq!(back.tuner.config().unwrap(), tuner);
+        }
+        let lora = load("[tuner]\nkind = \"lora\"\nrank = 4\ntargets = [\"q\", \"up\"]\n", &[]).unwrap();
+        match lora.tuner.config().unwrap() {
+            TunerConfig::Lora(c) => assert_eq!((c.rank, c.alpha, c.targets.len()), (4, 16.0, 2)),
+            other => panic!("expected LoRA, got {other:?}"),
+        }
     }
 }

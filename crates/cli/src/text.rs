@@ -13,11 +13,11 @@ pub struct LoadedModel<B: Backend> {
 }
 
 /// An IAPT adapter for `loaded`, read from `dir`; prints the parameter count to stderr.
-pub fn load_adapter<B: Backend>(loaded: &LoadedModel<B>, dir: &Path, device: &B::Device) -> Result<iapt_tuners::Iapt<B>> {
-    let iapt = iapt_tuners::load_iapt::<B>(dir, loaded.model.config(), device)?;
-    let count = iapt_tuners::ParamCount::new(burn::module::Module::num_params(&iapt), loaded.model.config().num_params());
-    eprintln!("adapter {}: {count}", dir.display());
-    Ok(iapt)
+pub fn load_adapter<B: Backend>(loaded: &LoadedModel<B>, dir: &Path, device: &B::Device) -> Result<iapt_tuners::Tuner<B>> {
+    let tuner = iapt_tuners::load_tuner::<B>(dir, loaded.model.config(), device)?;
+    let count = iapt_tuners::ParamCount::new(burn::module::Module::num_params(&tuner), loaded.model.config().num_params());
+    eprintln!("adapter {} ({}): {count}", dir.display(), tuner.name());
+    Ok(tuner)
 }
 
 /// Load model and tokenizer from a resolved checkpoint path.

@@ -1,0 +1,439 @@
+//! `iapt compare`: several tuners trained and evaluated on one task with the same data, seeds and
+//! budget, then one table (markdown + JSON) of what each costs and reaches.
+//!
+//! Every (method, seed) run is an ordinary `iapt train` run in its own directory
+//! (`<out_dir>/<method>/seed-<s>`), started as a child process: the peak memory it reports is its
+//! own, a crash leaves the finished runs intact, and running `iapt compare` again reuses every
+//! run that already wrote its results (and resumes an interrupted one from its checkpoint).
+
+use crate::experiment::{adapter_dir, RESULTS_FILE};
+use crate::run_config::{RunConfig, TunerSection, RESOLVED_CONFIG};
+use anyhow::{anyhow, bail, Context, Result};
+use iapt_model::LlamaConfig;
+use iapt_tuners::TunerConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A comparison file: `[compare]`, the run config every method starts from (`[base]`, the
+/// sections of `configs/defaults.toml`), and the methods (`[[methods]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareFile {
+    #[serde(default)]
+    compare: CompareSection,
+    #[serde(default)]
+    #[allow(dead_code)] // parsed only to check it (with line numbers); applied as a table
+    base: RunConfig,
+    methods: Vec<MethodEntry>,
+}
+
+/// `[compare]`: what is shared by every method.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompareSection {
+    /// Runs go to `<out_dir>/<method>/seed-<s>`, the tables to `<out_dir>/comparison.{md,json}`.
+    pub out_dir: PathBuf,
+    /// One run per method and seed (the tuner's initialisation and the data order).
+    pub seeds: Vec<u64>,
+    /// Size each method's main knob (IAPT bottleneck, prompt / prefix tokens, LoRA rank) so its
+    /// trainable parameter count comes as close as possible to this; 0 = as configured.
+    pub param_budget: usize,
+    /// Decode throughput with each adapter, at batch 1: tokens generated per repeat; 0 = skip.
+    pub decode_tokens: usize,
+    pub decode_repeats: usize,
+}
+
+impl Default for CompareSection {
+    fn default() -> Self {
+        Self { out_dir: PathBuf::from("runs/compare"), seeds: vec![0], param_budget: 0, decode_tokens: 16, decode_repeats: 2 }
+    }
+}
+
+/// `[[methods]]`: a name (its directory and table row), the `[methods.tuner]` section, and
+/// `sets`: overrides of the base config for this method only (e.g. its learning rate).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MethodEntry {
+    name: String,
+    tuner: TunerSection,
+    #[serde(default)]
+    sets: Vec<String>,
+}
+
+/// One planned run.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    pub method: String,
+    pub seed: u64,
+    pub config: RunConfig,
+}
+
+/// Read a comparison file and resolve every run's config (`cli_sets` override the base config
+/// of every method). Errors name the file and line, or the method and key.
+pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>) -> Result<(CompareSection, Vec<PlannedRun>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: CompareFile = toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut table: toml::Table = text.parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let base = match table.remove("base") {
+        Some(toml::Value::Table(base)) => base,
+        _ => toml::Table::new(),
+    };
+    let mut compare = file.compare;
+    if let Some(dir) = out_dir {
+        compare.out_dir = dir.to_path_buf();
+    }
+    if compare.seeds.is_empty() {
+        bail!("{}: compare.seeds is empty", path.display());
+    }
+    if file.methods.is_empty() {
+        bail!("{}: no [[methods]]", path.display());
+    }
+    for (i, method) in file.methods.iter().enumerate() {
+        let valid = !method.name.is_empty() && method.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            bail!("{}: methods[{i}].name `{}`: use letters, digits, `-`, `_` or `.` (it names a directory)", path.display(), method.name);
+        }
+        if file.methods[..i].iter().any(|m| m.name == method.name) {
+            bail!("{}: methods[{i}].name `{}` is used twice", path.display(), method.name);
+        }
+    }
+
+    let mut backbone: Option<LlamaConfig> = None;
+    let mut runs = Vec::new();
+    for method in &file.methods {
+        for (s, &seed) in compare.seeds.iter().enumerate() {
+            let mut run_table = base.clone();
+            run_table.insert("tuner".into(), toml::Value::try_from(&method.tuner).expect("a tuner section is TOML"));
+            let dir = compare.out_dir.join(&method.name).join(format!("seed-{seed}"));
+            let mut sets: Vec<String> = method.sets.iter().chain(cli_sets).cloned().collect();
+            sets.extend([
+                format!("run.dir={}", toml::Value::String(dir.display().to_string())),
+                format!("run.seed={seed}"),
+                format!("train.seed={seed}"),
+                "eval.dev=true".to_string(),
+                // The backbone alone does not depend on the method or seed: measured once.
+                format!("eval.zero_shot={}", runs.is_empty() && s == 0),
+            ]);
+            let mut config = RunConfig::from_table(run_table, &sets).map_err(|e| anyhow!("{}: method `{}`: {e:#}", path.display(), method.name))?;
+            if compare.param_budget > 0 {
+                if backbone.is_none() {
+                    let model = crate::model_source::resolve_model(&config.model.name)?;
+                    backbone = Some(iapt_model::read_checkpoint(&model)?.0);
+                }
+                let sized = size_to_budget(&config.tuner.config()?, backbone.as_ref().expect("just read"), compare.param_budget);
+                config.tuner = TunerSection::of(&sized);
+            }
+            runs.push(PlannedRun { method: method.name.clone(), seed, config });
+        }
+    }
+    Ok((compare, runs))
+}
+
+/// `config` with its main size knob set so that its trainable parameters come closest to `budget`.
+pub fn size_to_budget(config: &TunerConfig, base: &LlamaConfig, budget: usize) -> TunerConfig {
+    let with = |size: usize| {
+        let mut sized = config.clone();
+        match &mut sized {
+            TunerConfig::Iapt(c) => c.bottleneck = size,
+            TunerConfig::PromptTuning(c) => c.num_tokens = size,
+            TunerConfig::PrefixTuning(c) => c.num_tokens = size,
+            TunerConfig::Lora(c) => c.rank = size,
+        }
+        sized
+    };
+    (1..=4096).map(with).min_by_key(|c| c.num_params(base).abs_diff(budget)).expect("a non-empty range")
+}
+
+/// Run every planned run not finished yet (each an `iapt train` child process), measure decode
+/// speed with its adapter, then write and print the comparison tables.
+pub fn run(compare: &CompareSection, runs: &[PlannedRun]) -> Result<()> {
+    std::fs::create_dir_all(&compare.out_dir).with_context(|| format!("creating {}", compare.out_dir.display()))?;
+    let exe = std::env::current_exe().context("locating the iapt executable")?;
+    for (i, planned) in runs.iter().enumerate() {
+        let dir = &planned.config.run.dir;
+        let label = format!("[{}/{}] {} seed {}", i + 1, runs.len(), planned.method, planned.seed);
+        let saved = dir.join(RESOLVED_CONFIG);
+        if saved.is_file() {
+            let previous = RunConfig::load(Some(&saved), &[])?;
+            if previous != planned.config {
+                bail!("{}: this run was started with a different config; remove the directory or change compare.out_dir", dir.display());
+            }
+        }
+        if dir.join(RESULTS_FILE).is_file() {
+            eprintln!("{label}: finished earlier ({})", dir.display());
+        } else {
+            eprintln!("{label}: training in {}", dir.display());
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let config_path = planned.config.save(dir)?;
+            // The child's JSON summary goes to stderr, so stdout carries only the final table.
+            let status = Command::new(&exe).arg("train").arg("--config").arg(&config_path).stdout(Stdio::from(std::io::stderr())).status()?;
+            if !status.success() {
+                bail!("{label}: `iapt train --config {}` failed ({status})", config_path.display());
+            }
+        }
+        let decode_path = dir.join(DECODE_FILE);
+        if compare.decode_tokens > 0 && !decode_path.is_file() {
+            let config = &planned.config;
+            let output = Command::new(&exe)
+                .args(["bench", "generate", "--json", "--batch", "1", "--prompt-tokens", "64"])
+                .args(["--model", &config.model.name, "--backend", config.model.backend.name()])
+                .args(["--new-tokens", &compare.decode_tokens.to_string(), "--repeats", &compare.decode_repeats.to_string()])
+                .arg("--adapter")
+                .arg(adapter_dir(dir)?)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !output.status.success() {
+                bail!("{label}: the decode benchmark failed ({})", output.status);
+            }
+            iapt_tuners::adapter::write_atomically(&decode_path, &output.stdout)?;
+        }
+    }
+    let table = Comparison::collect(compare, runs)?;
+    let markdown = table.markdown();
+    iapt_tuners::adapter::write_atomically(&compare.out_dir.join("comparison.md"), markdown.as_bytes())?;
+    iapt_tuners::adapter::write_atomically(&compare.out_dir.join("comparison.json"), serde_json::to_string_pretty(&table.json)?.as_bytes())?;
+    println!("{markdown}");
+    eprintln!("tables written to {}/comparison.{{md,json}}", compare.out_dir.display());
+    Ok(())
+}
+
+/// The decode benchmark's output, inside a run directory.
+const DECODE_FILE: &str = "decode.json";
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    Some((mean, var.sqrt()))
+}
+
+/// The collected numbers: `json` holds everything, `markdown` renders it.
+struct Comparison {
+    json: Value,
+}
+
+impl Comparison {
+    fn collect(compare: &CompareSection, runs: &[PlannedRun]) -> Result<Self> {
+        let read = |path: PathBuf| -> Result<Option<Value>> {
+            if !path.is_file() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(Some(serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?))
+        };
+        let mut methods: Vec<&str> = runs.iter().map(|r| r.method.as_str()).collect();
+        methods.dedup();
+        let (mut zero_shot, mut majority, mut task, mut split) = (None, None, None, None);
+        let mut rows = Vec::new();
+        for method in methods {
+            let mut per_seed = Vec::new();
+            for planned in runs.iter().filter(|r| r.method == method) {
+                let dir = &planned.config.run.dir;
+                let results = read(dir.join(RESULTS_FILE))?.ok_or_else(|| anyhow!("{}: no {RESULTS_FILE}", dir.display()))?;
+                zero_shot = zero_shot.or(results["zero_shot_accuracy"].as_f64());
+                majority = majority.or(results["majority_accuracy"].as_f64());
+                task = task.or(results["task"].as_str().map(String::from));
+                split = split.or(results["split"].as_str().map(String::from));
+                let decode = read(dir.join(DECODE_FILE))?;
+                let row = decode.as_ref().map(|d| &d["results"][0]);
+                per_seed.push(json!({
+                    "seed": planned.seed,
+                    "tuner": results["tuner"],
+                    "trainable_params": results["trainable_params"],
+                    "dev_accuracy": results["dev_accuracy"],
+                    "test_accuracy": results["tuned_accuracy"],
+                    "seconds_per_batch": results["seconds_per_batch"],
+                    "peak_rss_bytes": results["peak_rss_bytes"],
+                    "decode_tokens_per_s": row.map(|r| r["tuned"]["decode_tokens_per_s"].clone()),
+                    "decode_speed_vs_bare": row.map(|r| r["tuned_decode_speed_vs_bare"].clone()),
+                    "tuner_config": planned.config.tuner.options,
+                }));
+            }
+            let stat = |key: &str| {
+                let values: Vec<f64> = per_seed.iter().filter_map(|r| r[key].as_f64()).collect();
+                mean_std(&values).map(|(mean, std)| json!({ "mean": mean, "std": std, "n": values.len() }))
+            };
+            let peak = per_seed.iter().filter_map(|r| r["peak_rss_bytes"].as_u64()).max();
+            rows.push(json!({
+                "method": method,
+                "tuner": per_seed[0]["tuner"],
+                "trainable_params": per_seed[0]["trainable_params"],
+                "dev_accuracy": stat("dev_accuracy"),
+                "test_accuracy": stat("test_accuracy"),
+                "seconds_per_batch": stat("seconds_per_batch"),
+                "peak_rss_bytes": peak,
+                "decode_tokens_per_s": stat("decode_tokens_per_s"),
+                "decode_speed_vs_bare": stat("decode_speed_vs_bare"),
+                "runs": per_seed,
+            }));
+        }
+        let json = json!({
+            "task": task,
+            "split": split,
+            "seeds": compare.seeds,
+            "param_budget": compare.param_budget,
+            "zero_shot_accuracy": zero_shot,
+            "majority_accuracy": majority,
+            "methods": rows,
+        });
+        Ok(Self { json })
+    }
+
+    fn markdown(&self) -> String {
+        let j = &self.json;
+        let pct = |v: &Value| match (v["mean"].as_f64(), v["std"].as_f64(), v["n"].as_u64()) {
+            (Some(m), Some(s), Some(n)) if n > 1 => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s),
+            (Some(m), _, _) => format!("{:.1}", 100.0 * m),
+            _ => "–".into(),
+        };
+        let num = |v: &Value, digits: usize| match v["mean"].as_f64() {
+            Some(m) => format!("{m:.digits$}"),
+            None => "–".into(),
+        };
+        let mut out = format!(
+            "Task `{}`, test split `{}`, seeds {:?}{}.\n\n",
+            j["task"].as_str().unwrap_or("?"),
+            j["split"].as_str().unwrap_or("?"),
+            self.json["seeds"].as_array().map(|s| s.iter().filter_map(Value::as_u64).collect::<Vec<_>>()).unwrap_or_default(),
+            match j["param_budget"].as_u64() {
+                Some(b) if b > 0 => format!(", each method sized to about {} trainable parameters", iapt_tuners::adapter::human_count(b as usize)),
+                _ => String::new(),
+            }
+        );
+        out.push_str("| method | tuner | trainable params | dev acc % | test acc % | s / batch | peak RSS | decode tok/s (b1) | decode vs bare |\n");
+        out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for row in j["methods"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                row["method"].as_str().unwrap_or("?"),
+                row["tuner"].as_str().unwrap_or("?"),
+                row["trainable_params"].as_u64().map_or("–".into(), |n| iapt_tuners::adapter::human_count(n as usize)),
+                pct(&row["dev_accuracy"]),
+                pct(&row["test_accuracy"]),
+                num(&row["seconds_per_batch"], 2),
+                row["peak_rss_bytes"].as_u64().map_or("–".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
+                num(&row["decode_tokens_per_s"], 1),
+                num(&row["decode_speed_vs_bare"], 3),
+            ));
+        }
+        let percent = |v: &Value| v.as_f64().map_or("–".into(), |a| format!("{:.1}%", 100.0 * a));
+        out.push_str(&format!(
+            "\nZero-shot (backbone alone): {}; majority class: {}. Mean ± sample std over seeds.\n",
+            percent(&j["zero_shot_accuracy"]),
+            percent(&j["majority_accuracy"])
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iapt_tuners::{IaptConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig};
+
+    #[test]
+    fn budget_sizing_lands_on_the_closest_count() {
+        let base = LlamaConfig::smollm2_135m();
+        for config in [
+            TunerConfig::Iapt(IaptConfig::new(8)),
+            TunerConfig::PromptTuning(PromptTuningConfig::new()),
+            TunerConfig::PrefixTuning(PrefixTuningConfig::new()),
+            TunerConfig::Lora(LoraConfig::new()),
+        ] {
+            let budget = 300_000;
+            let sized = size_to_budget(&config, &base, budget);
+            let count = sized.num_params(&base);
+            // No other size of the same knob comes closer (checked by brute force around it).
+            let best = (1..=4096).map(|s| size_to_budget(&config, &base, s).num_params(&base)).map(|n| n.abs_diff(budget)).min().unwrap();
+            assert!(count.abs_diff(budget) <= best, "{}: {count} vs budget {budget}", config.name());
+            assert!(count.abs_diff(budget) * 5 < budget, "{}: {count} is far from {budget}", config.name());
+        }
+        // LoRA r on q,v of SmolLM2: r (576 + 576) + r (576 + 192) per layer, 30 layers.
+        let lora = size_to_budget(&TunerConfig::Lora(LoraConfig::new()), &base, 30 * 1920 * 4);
+        assert_eq!(lora, TunerConfig::Lora(LoraConfig::new().with_rank(4)));
+    }
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("iapt-compare-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("compare.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn plans_one_run_per_method_and_seed_with_zero_shot_once() {
+        let path = write(
+            "plan",
+            r#"
+[compare]
+out_dir = "out"
+seeds = [3, 4]
+[base.train]
+epochs = 2
+[[methods]]
+name = "iapt"
+tuner = { kind = "iapt", bottleneck = 16 }
+[[methods]]
+name = "lora"
+tuner = { kind = "lora", rank = 2 }
+sets = ["train.learning_rate=1e-3"]
+"#,
+        );
+        let (compare, runs) = plan(&path, &["train.batch_size=2".into()], None).unwrap();
+        assert_eq!(compare.seeds, vec![3, 4]);
+        let summary: Vec<_> = runs.iter().map(|r| (r.method.as_str(), r.seed, r.config.tuner.kind.as_str(), r.config.eval.zero_shot)).collect();
+        assert_eq!(summary, [("iapt", 3, "iapt", true), ("iapt", 4, "iapt", false), ("lora", 3, "lora", false), ("lora", 4, "lora", false)]);
+        for run in &runs {
+            assert_eq!((run.config.train.epochs, run.config.train.batch_size, run.config.run.seed, run.config.train.seed), (2, 2, run.seed, run.seed));
+            assert_eq!(run.config.run.dir, Path::new("out").join(&run.method).join(format!("seed-{}", run.seed)));
+            assert!(run.config.eval.dev);
+        }
+        assert_eq!((runs[0].config.train.learning_rate, runs[2].config.train.learning_rate), (RunConfig::default().train.learning_rate, 1e-3));
+    }
+
+    #[test]
+    fn bad_comparison_files_are_named() {
+        let err = plan(&write("unknown", "[compare]\nseed = [1]\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None).unwrap_err().to_string();
+        assert!(err.contains("seed") && err.contains("line 2") && err.contains("compare.toml"), "{err}");
+        let err = plan(&write("dup", "[[methods]]\nname = \"a\"\ntuner = {}\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None).unwrap_err().to_string();
+        assert!(err.contains("used twice"), "{err}");
+        let err = plan(&write("slash", "[[methods]]\nname = \"a/b\"\ntuner = {}\n"), &[], None).unwrap_err().to_string();
+        assert!(err.contains("a/b"), "{err}");
+        let err = plan(&write("badtuner", "[[methods]]\nname = \"l\"\ntuner = { kind = \"lora\", rank = 0 }\n"), &[], None).unwrap_err().to_string();
+        assert!(err.contains("method `l`") && err.contains("rank"), "{err}");
+        let err = plan(&write("none", "[compare]\nseeds = [1]\n"), &[], None).unwrap_err().to_string();
+        assert!(err.contains("methods"), "{err}");
+    }
+
+    #[test]
+    fn statistics_and_table() {
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
+        let (m, s) = mean_std(&[0.6, 0.8]).unwrap();
+        assert!((m - 0.7).abs() < 1e-12 && (s - 0.02f64.sqrt()).abs() < 1e-12);
+        let table = Comparison {
+            json: json!({
+                "task": "t", "split": "test", "seeds": [0, 1], "param_budget": 0,
+                "zero_shot_accuracy": 0.5, "majority_accuracy": 0.6,
+                "methods": [{
+                    "method": "iapt", "tuner": "iapt", "trainable_params": 74668,
+                    "dev_accuracy": {"mean": 0.7, "std": 0.1, "n": 2},
+                    "test_accuracy": {"mean": 0.75, "std": 0.0, "n": 1},
+                    "seconds_per_batch": {"mean": 4.0, "std": 0.0, "n": 2},
+                    "peak_rss_bytes": 2_000_000_000u64,
+                    "decode_tokens_per_s": null, "decode_speed_vs_bare": null,
+                }],
+            }),
+        };
+        let md = table.markdown();
+        assert!(md.contains("| iapt | iapt | 74.67K | 70.0 ± 10.0 | 75.0 | 4.00 | 2.00 GB | – | – |"), "{md}");
+        assert!(md.contains("Zero-shot (backbone alone): 50.0%; majority class: 60.0%"), "{md}");
+    }
+}
