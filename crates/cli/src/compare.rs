@@ -33,6 +33,9 @@ struct CompareFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompareSection {
+    /// A run config file (relative to this file) every method starts from; `[base]` then
+    /// overrides its keys. Absent: the defaults plus `[base]`.
+    pub base_config: Option<PathBuf>,
     /// Runs go to `<out_dir>/<method>/seed-<s>`, the tables to `<out_dir>/comparison.{md,json}`.
     pub out_dir: PathBuf,
     /// One run per method and seed (the tuner's initialisation and the data order).
@@ -47,7 +50,7 @@ pub struct CompareSection {
 
 impl Default for CompareSection {
     fn default() -> Self {
-        Self { out_dir: PathBuf::from("runs/compare"), seeds: vec![0], param_budget: 0, decode_tokens: 16, decode_repeats: 2 }
+        Self { base_config: None, out_dir: PathBuf::from("runs/compare"), seeds: vec![0], param_budget: 0, decode_tokens: 16, decode_repeats: 2 }
     }
 }
 
@@ -72,17 +75,28 @@ pub struct PlannedRun {
 
 /// Read a comparison file and resolve every run's config (`cli_sets` override the base config
 /// of every method). Errors name the file and line, or the method and key.
-pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>) -> Result<(CompareSection, Vec<PlannedRun>)> {
+pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Option<&[u64]>) -> Result<(CompareSection, Vec<PlannedRun>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: CompareFile = toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut table: toml::Table = text.parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    let base = match table.remove("base") {
-        Some(toml::Value::Table(base)) => base,
-        _ => toml::Table::new(),
+    let mut base = match &file.compare.base_config {
+        Some(relative) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(relative);
+            let text = std::fs::read_to_string(&base_path).with_context(|| format!("{}: compare.base_config: reading {}", path.display(), base_path.display()))?;
+            toml::from_str::<RunConfig>(&text).map_err(|e| anyhow!("{}: {e}", base_path.display()))?;
+            text.parse::<toml::Table>().map_err(|e| anyhow!("{}: {e}", base_path.display()))?
+        }
+        None => toml::Table::new(),
     };
+    if let Some(toml::Value::Table(overrides)) = table.remove("base") {
+        merge(&mut base, overrides);
+    }
     let mut compare = file.compare;
     if let Some(dir) = out_dir {
         compare.out_dir = dir.to_path_buf();
+    }
+    if let Some(seeds) = seeds {
+        compare.seeds = seeds.to_vec();
     }
     if compare.seeds.is_empty() {
         bail!("{}: compare.seeds is empty", path.display());
@@ -129,6 +143,18 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>) -> Result<
         }
     }
     Ok((compare, runs))
+}
+
+/// Write `overrides` into `table`, section by section (a key in both: the override wins).
+fn merge(table: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (table.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge(inner, value),
+            (_, value) => {
+                table.insert(key, value);
+            }
+        }
+    }
 }
 
 /// `config` with its main size knob set so that its trainable parameters come closest to `budget`.
@@ -386,7 +412,7 @@ tuner = { kind = "lora", rank = 2 }
 sets = ["train.learning_rate=1e-3"]
 "#,
         );
-        let (compare, runs) = plan(&path, &["train.batch_size=2".into()], None).unwrap();
+        let (compare, runs) = plan(&path, &["train.batch_size=2".into()], None, None).unwrap();
         assert_eq!(compare.seeds, vec![3, 4]);
         let summary: Vec<_> = runs.iter().map(|r| (r.method.as_str(), r.seed, r.config.tuner.kind.as_str(), r.config.eval.zero_shot)).collect();
         assert_eq!(summary, [("iapt", 3, "iapt", true), ("iapt", 4, "iapt", false), ("lora", 3, "lora", false), ("lora", 4, "lora", false)]);
@@ -399,16 +425,47 @@ sets = ["train.learning_rate=1e-3"]
     }
 
     #[test]
+    fn base_config_file_then_base_section_then_method_sets() {
+        let path = write("baseconf", "[compare]\nbase_config = \"run.toml\"\n[base.train]\nepochs = 3\n[[methods]]\nname = \"m\"\ntuner = { kind = \"prompt_tuning\" }\nsets = [\"train.batch_size=5\"]\n");
+        std::fs::write(path.with_file_name("run.toml"), "[train]\nepochs = 2\nbatch_size = 3\nlearning_rate = 0.5\n[data]\nmax_len = 99\n").unwrap();
+        let (_, runs) = plan(&path, &[], Some(Path::new("o")), Some(&[7])).unwrap();
+        let c = &runs[0].config;
+        assert_eq!((c.train.epochs, c.train.batch_size, c.train.learning_rate, c.data.max_len), (3, 5, 0.5, 99));
+        assert_eq!((runs.len(), runs[0].seed, c.tuner.kind.as_str()), (1, 7, "prompt_tuning"));
+        assert_eq!(c.run.dir, Path::new("o/m/seed-7"));
+        std::fs::write(path.with_file_name("run.toml"), "[train]\nepoks = 2\n").unwrap();
+        let err = plan(&path, &[], None, None).unwrap_err().to_string();
+        assert!(err.contains("run.toml") && err.contains("epoks"), "{err}");
+    }
+
+    #[test]
+    fn every_shipped_comparison_plans() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut planned = 0;
+        for entry in std::fs::read_dir(&configs).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("compare-") || name.starts_with("ablation-") {
+                let (compare, runs) = plan(&path, &[], None, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                assert_eq!(runs.len() % compare.seeds.len(), 0, "{name}");
+                assert!(runs.iter().all(|r| r.config.run.dir.starts_with(&compare.out_dir)), "{name}");
+                planned += 1;
+            }
+        }
+        assert!(planned >= 7, "found {planned} comparison configs");
+    }
+
+    #[test]
     fn bad_comparison_files_are_named() {
-        let err = plan(&write("unknown", "[compare]\nseed = [1]\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None).unwrap_err().to_string();
+        let err = plan(&write("unknown", "[compare]\nseed = [1]\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("seed") && err.contains("line 2") && err.contains("compare.toml"), "{err}");
-        let err = plan(&write("dup", "[[methods]]\nname = \"a\"\ntuner = {}\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None).unwrap_err().to_string();
+        let err = plan(&write("dup", "[[methods]]\nname = \"a\"\ntuner = {}\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("used twice"), "{err}");
-        let err = plan(&write("slash", "[[methods]]\nname = \"a/b\"\ntuner = {}\n"), &[], None).unwrap_err().to_string();
+        let err = plan(&write("slash", "[[methods]]\nname = \"a/b\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("a/b"), "{err}");
-        let err = plan(&write("badtuner", "[[methods]]\nname = \"l\"\ntuner = { kind = \"lora\", rank = 0 }\n"), &[], None).unwrap_err().to_string();
+        let err = plan(&write("badtuner", "[[methods]]\nname = \"l\"\ntuner = { kind = \"lora\", rank = 0 }\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("method `l`") && err.contains("rank"), "{err}");
-        let err = plan(&write("none", "[compare]\nseeds = [1]\n"), &[], None).unwrap_err().to_string();
+        let err = plan(&write("none", "[compare]\nseeds = [1]\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("methods"), "{err}");
     }
 

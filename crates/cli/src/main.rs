@@ -118,6 +118,9 @@ enum Command {
         /// Output directory (overrides `compare.out_dir`).
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
+        /// Seeds (overrides `compare.seeds`), e.g. `--seeds 0,1,2`.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<u64>>,
         /// Only print the planned runs' resolved tuners and parameter counts.
         #[arg(long)]
         dry_run: bool,
@@ -277,8 +280,8 @@ fn run(cli: Cli) -> Result<()> {
                 experiment::train::<B>(&config, &path, device, devices)
             })
         }
-        Command::Compare { config, sets, out_dir, dry_run } => {
-            let (compare, runs) = compare::plan(&config, &sets, out_dir.as_deref())?;
+        Command::Compare { config, sets, out_dir, seeds, dry_run } => {
+            let (compare, runs) = compare::plan(&config, &sets, out_dir.as_deref(), seeds.as_deref())?;
             if dry_run {
                 for run in &runs {
                     println!("{} seed {}: {} -> {}", run.method, run.seed, toml::to_string(&run.config.tuner)?.replace('\n', " "), run.config.run.dir.display());
