@@ -71,7 +71,7 @@ pub fn bench_generate<B: Backend>(
     Ok(json!({ "bench": "generate", "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "results": results }))
 }
 
-/// `iapt bench train`: IAPT training throughput on the real backbone, split into forward,
+/// `iapt bench train`: a tuner's training throughput on the real backbone, split into forward,
 /// backward and optimiser time, next to an inference-only forward of the same batch.
 ///
 /// Every step is one batch of `batch` sequences of `prompt_len` instruction tokens and
@@ -79,7 +79,7 @@ pub fn bench_generate<B: Backend>(
 pub fn bench_train<B: Backend>(
     model_path: &std::path::Path,
     device: &B::Device,
-    config: &iapt_tuners::IaptConfig,
+    config: &iapt_tuners::TunerConfig,
     batch: usize,
     prompt_len: usize,
     response_len: usize,
@@ -94,24 +94,23 @@ pub fn bench_train<B: Backend>(
 
     let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, device)?;
     let base = backbone.config().clone();
-    let tuner = config.init::<Autodiff<B>>(&base, device);
+    let tuner = config.init_from_backbone(&backbone);
     let trainable = tuner.num_params();
     let mut model = TunedLm::new(backbone, tuner);
     let mut optimizer = GroupedAdamWConfig { max_grad_norm: Some(1.0), small_lr_ratio: 1.0 / 30.0, ..Default::default() }
-        .init::<Autodiff<B>, TunedLm<Autodiff<B>, iapt_tuners::Iapt<Autodiff<B>>>>(StepMonitor::default());
+        .init::<Autodiff<B>, TunedLm<Autodiff<B>, iapt_tuners::Tuner<Autodiff<B>>>>(StepMonitor::default());
     let len = prompt_len + response_len;
-    let batch_of = |salt: usize| -> LmBatch<Autodiff<B>> {
-        let examples: Vec<LmExample> = prompts(base.vocab_size, batch, len, salt)
+    let examples = |salt: usize| -> Vec<LmExample> {
+        prompts(base.vocab_size, batch, len, salt)
             .into_iter()
             .map(|ids| LmExample::new(ids, prompt_len).expect("prompt and response are non-empty"))
-            .collect();
-        LmBatch::from_examples(&examples, 0, device)
+            .collect()
     };
 
     let (mut forward, mut backward, mut step, mut inference) = (0.0, 0.0, 0.0, 0.0);
     for i in 0..=steps {
         let start = Instant::now();
-        let output = model.forward_loss(batch_of(i));
+        let output = model.forward_loss(LmBatch::<Autodiff<B>>::from_examples(&examples(i), 0, device));
         let _loss: f64 = output.loss.clone().into_scalar().elem(); // waits for the forward pass
         let t_forward = start.elapsed().as_secs_f64();
         let start = Instant::now();
@@ -123,9 +122,8 @@ pub fn bench_train<B: Backend>(
         let t_step = start.elapsed().as_secs_f64();
         let start = Instant::now();
         let valid = model.valid();
-        let eval_batch = batch_of(i + 10_000);
-        let inner_batch = LmBatch { ids: eval_batch.ids.inner(), valid: eval_batch.valid.inner(), instruction: eval_batch.instruction.inner(), loss_mask: eval_batch.loss_mask.inner() };
-        let _eval: f64 = valid.forward_loss(inner_batch).loss.into_scalar().elem();
+        let eval_batch = LmBatch::<B>::from_examples(&examples(i + 10_000), 0, device);
+        let _eval: f64 = valid.forward_loss(eval_batch).loss.into_scalar().elem();
         let t_inference = start.elapsed().as_secs_f64();
         if i > 0 {
             forward += t_forward;
@@ -140,7 +138,8 @@ pub fn bench_train<B: Backend>(
     Ok(json!({
         "bench": "train",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "tuner": "iapt",
+        "tuner": config.name(),
+        "tuner_config": config.to_json(),
         "trainable_params": trainable,
         "batch": batch,
         "prompt_tokens": prompt_len,

@@ -53,17 +53,15 @@ impl EvalReport {
             _ => String::new(),
         };
         format!(
-            "{} {} ({who}, {:?}): accuracy {:.1}% ({}/{}){majority} [{:.0}s]",
+            "{} {} ({who}, {}): accuracy {:.1}% ({}/{}){majority} [{:.0}s]",
             self.task,
             self.split,
-            self.method,
+            self.method.name(),
             100.0 * self.accuracy,
             self.correct,
             self.examples,
             self.seconds
         )
-        .replace("Rank", "rank")
-        .replace("Generate", "generate")
     }
 }
 

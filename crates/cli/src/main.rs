@@ -225,7 +225,7 @@ enum BenchCommand {
         #[arg(long, default_value = "smollm2")]
         model: String,
     },
-    /// IAPT training throughput (forward, backward, optimiser) vs an inference-only forward.
+    /// A tuner's training throughput (forward, backward, optimiser) vs an inference-only forward.
     Train {
         #[command(flatten)]
         model: ModelArgs,
@@ -237,8 +237,15 @@ enum BenchCommand {
         response_tokens: usize,
         #[arg(long, default_value_t = 3)]
         steps: usize,
-        #[arg(long, default_value_t = 64)]
-        bottleneck: usize,
+        /// The tuner: iapt | prompt_tuning | p_tuning_v2 | lora (its options: `--set tuner.KEY=VALUE`).
+        #[arg(long, default_value = "iapt")]
+        tuner: String,
+        /// IAPT's bottleneck (shorthand for `--set tuner.bottleneck=M`).
+        #[arg(long)]
+        bottleneck: Option<usize>,
+        /// Tuner options, e.g. `--set tuner.rank=16` (repeatable).
+        #[arg(long = "set", value_name = "tuner.KEY=VALUE")]
+        sets: Vec<String>,
     },
 }
 
@@ -347,9 +354,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { model, batch, prompt_tokens, response_tokens, steps, bottleneck } } => {
+        Command::Bench { what: BenchCommand::Train { model, batch, prompt_tokens, response_tokens, steps, tuner, bottleneck, mut sets } } => {
             let path = model_source::resolve_model(&model.model)?;
-            let config = iapt_tuners::IaptConfig::new(bottleneck);
+            if let Some(m) = bottleneck {
+                sets.push(format!("tuner.bottleneck={m}"));
+            }
+            if let Some(set) = sets.iter().find(|s| !s.starts_with("tuner.")) {
+                anyhow::bail!("--set {set}: bench train takes only tuner.* options");
+            }
+            sets.insert(0, format!("tuner.kind={tuner}"));
+            let config = run_config::RunConfig::load(None, &sets)?.tuner.config()?;
             with_backend!(model.backend, |B, device| {
                 let report = bench::bench_train::<B>(&path, &device, &config, batch, prompt_tokens, response_tokens, steps)?;
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -161,6 +161,17 @@ pub enum EvalMethod {
     Generate,
 }
 
+impl EvalMethod {
+    /// The name configs and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Rank => "rank",
+            Self::Generate => "generate",
+        }
+    }
+}
+
 /// `[eval]`: what is measured after training (and before it, zero-shot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -94,9 +94,13 @@ impl Tally {
             self.running.clear();
         }
         for (name, value, count) in self.pending.drain(..) {
-            if value.is_finite() {
+            // Perplexity is averaged as its logarithm (the token-weighted mean NLL), so the
+            // running value is the epoch's exact perplexity rather than a mean of exponentials
+            // that the first, high-loss batches would dominate.
+            let averaged = if name == PERPLEXITY { value.ln() } else { value };
+            if averaged.is_finite() {
                 let slot = self.running.entry(name.clone()).or_default();
-                slot.0 += value * count as f64;
+                slot.0 += averaged * count as f64;
                 slot.1 += count;
             }
             self.last.insert(name, value);
@@ -104,7 +108,8 @@ impl Tally {
     }
 
     fn mean(&self, name: &str) -> Option<f64> {
-        self.running.get(name).filter(|(_, n)| *n > 0).map(|(s, n)| s / *n as f64)
+        let mean = self.running.get(name).filter(|(_, n)| *n > 0).map(|(s, n)| s / *n as f64)?;
+        Some(if name == PERPLEXITY { mean.exp() } else { mean })
     }
 
     /// `loss 1.2345  ppl 3.44  acc 0.5123  lr 3.0e-4`, then any other metric by name.
@@ -274,5 +279,18 @@ mod tests {
         assert!(lines[0].contains("epoch 1/5 train") && lines[0].contains("loss 3.0000"), "{}", lines[0]);
         assert!(lines[1].contains("loss 4.0000"), "{}", lines[1]);
         assert!(lines[2].contains("dev") && lines[2].contains("loss 1.0000"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn perplexity_is_the_exp_of_the_token_weighted_mean_nll() {
+        let mut tally = Tally::default();
+        let ppl = |nll: f64, tokens: usize| NumericEntry::Aggregated { aggregated_value: nll.exp(), count: tokens };
+        // Batch NLLs 10 (2 tokens) and 1 (6 tokens): mean NLL 3.25, so ppl e^3.25 (not the
+        // token-weighted mean of e^10 and e^1, ~5507).
+        tally.update(PERPLEXITY.into(), &ppl(10.0, 2));
+        tally.update(PERPLEXITY.into(), &ppl(1.0, 6));
+        tally.settle(1);
+        let value = tally.mean(PERPLEXITY).unwrap();
+        assert!((value - 3.25f64.exp()).abs() < 1e-9, "{value}");
     }
 }

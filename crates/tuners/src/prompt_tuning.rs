@@ -86,7 +86,9 @@ impl PromptTuningConfig {
                 Tensor::random([self.num_tokens, d], Distribution::Normal(0.0, std), &device)
             }
         };
-        self.build(backbone.config(), prompt)
+        // Drawn from the (frozen) table, the prompt is an op's output; on an autodiff backend a
+        // parameter must be a leaf of its own, so it starts a new graph here.
+        self.build(backbone.config(), prompt.detach())
     }
 
     fn build<B: Backend>(&self, base: &LlamaConfig, prompt: Tensor<B, 2>) -> PromptTuning<B> {

@@ -484,3 +484,19 @@ fn bad_configs_are_refused_naming_the_field() {
     assert!(err.contains("adalora") && err.contains("lora"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Training starts from `init_from_backbone` on the autodiff backbone (prompt tuning copies
+/// embedding rows there): every kind must come out as trainable leaf parameters.
+#[test]
+fn tuners_built_from_an_autodiff_backbone_train() {
+    for (i, config) in configs().iter().enumerate() {
+        // As `iapt train` does it: the tuner is built before the backbone is frozen.
+        let model = tiny::<AD>(60 + i as u64, i % 2 == 0);
+        let tuner = config.init_from_backbone(&model);
+        let model = model.no_grad();
+        let grads = response_loss(&model, &tuner, &SEQ, N_INSTRUCTION).backward();
+        let check = GradCheck::<AD>::of(&tuner, &grads);
+        assert!(check.without.is_empty(), "{config:?}: no gradient for {:?}", check.without);
+        assert_eq!(check.with.len(), tuner_tensors(&tuner).len(), "{config:?}");
+    }
+}
