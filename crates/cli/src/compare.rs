@@ -276,7 +276,8 @@ impl Comparison {
                     "test_accuracy": results["tuned_accuracy"],
                     "seconds_per_batch": results["seconds_per_batch"],
                     "peak_rss_bytes": results["peak_rss_bytes"],
-                    "decode_tokens_per_s": row.map(|r| r["tuned"]["decode_tokens_per_s"].clone()),
+                    // The benchmark names its rows `bare` and the adapter's tuner kind.
+                    "decode_tokens_per_s": row.map(|r| r[results["tuner"].as_str().unwrap_or("?")]["decode_tokens_per_s"].clone()),
                     "decode_speed_vs_bare": row.map(|r| r["tuned_decode_speed_vs_bare"].clone()),
                     "tuner_config": planned.config.tuner.options,
                 }));
