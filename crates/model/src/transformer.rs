@@ -329,9 +329,16 @@ impl<B: Backend> Llama<B> {
                 logits.reshape([b, t, vocab])
             }
             None => {
+                // Tied head: logits^T = E h^T, with the [vocab, d] embedding table E as the left
+                // operand, in the layout it is stored in. The textbook `h E^T` hands the matmul a
+                // transposed view of E, and CPU backends (burn-ndarray) copy a non-contiguous
+                // operand into row-major order on every call: a strided 113 MB copy per step
+                // on SmolLM2, which dominated decoding. Only the small [vocab, b*t] product is
+                // transposed here. Same products and sums, same gradients.
                 let [b, t, d] = hidden.dims();
                 let table = self.embed_tokens.weight.val(); // [vocab, d]
-                hidden.reshape([b * t, d]).matmul(table.clone().transpose()).reshape([b, t, table.dims()[0]])
+                let vocab = table.dims()[0];
+                table.matmul(hidden.reshape([b * t, d]).transpose()).transpose().reshape([b, t, vocab])
             }
         }
     }
