@@ -82,9 +82,7 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
     let mut base = match &file.compare.base_config {
         Some(relative) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(relative);
-            let text = std::fs::read_to_string(&base_path).with_context(|| format!("{}: compare.base_config: reading {}", path.display(), base_path.display()))?;
-            toml::from_str::<RunConfig>(&text).map_err(|e| anyhow!("{}: {e}", base_path.display()))?;
-            text.parse::<toml::Table>().map_err(|e| anyhow!("{}: {e}", base_path.display()))?
+            RunConfig::read_table(&base_path).map_err(|e| anyhow!("{}: compare.base_config: {e:#}", path.display()))?
         }
         None => toml::Table::new(),
     };

@@ -218,15 +218,18 @@ impl RunConfig {
     /// defaults and check every value. Errors name the file, line and key, or the `--set` key.
     pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Self> {
         let table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                // Parse into the struct first: that error carries the line and the key.
-                toml::from_str::<RunConfig>(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-                text.parse::<toml::Table>().map_err(|e| anyhow!("{}: {e}", path.display()))?
-            }
+            Some(path) => Self::read_table(path)?,
             None => toml::Table::new(),
         };
         Self::from_table(table, sets)
+    }
+
+    /// A run config file as a TOML table, checked against the config's keys and types first
+    /// (that error carries the file, line and key).
+    pub fn read_table(path: &Path) -> Result<toml::Table> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str::<RunConfig>(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        text.parse::<toml::Table>().map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 
     /// [`RunConfig::load`] for a config already read into a TOML table.
