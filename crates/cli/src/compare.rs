@@ -322,7 +322,7 @@ impl Comparison {
             None => "–".into(),
         };
         let mut out = format!(
-            "Task `{}`, test split `{}`, seeds {:?}{}.\n\n",
+            "Task `{}`, evaluated on split `{}`, seeds {:?}{}.\n\n",
             j["task"].as_str().unwrap_or("?"),
             j["split"].as_str().unwrap_or("?"),
             self.json["seeds"].as_array().map(|s| s.iter().filter_map(Value::as_u64).collect::<Vec<_>>()).unwrap_or_default(),
