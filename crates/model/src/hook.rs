@@ -48,9 +48,11 @@ pub struct LayerInput<'a, B: Backend> {
 /// A layer's prefix: extra key/value positions every real token attends to. They sit in the
 /// KV cache after prefill, so decode steps never recompute them.
 pub enum LayerPrefix<B: Backend> {
-    /// Soft tokens in hidden space, `[batch, n, d]`: the model runs them through the frozen
-    /// input norm and K/V projections (IAPT). With `rope`, they take positions `0..n`.
-    Hidden { tokens: Tensor<B, 3>, rope: bool },
+    /// Soft tokens `[batch, n, d]` the model runs through the frozen K/V projections (IAPT).
+    /// With `normalize`, they are residual-stream states and pass the layer's input RMSNorm
+    /// first; without, they already live in the normed space the projections read. With
+    /// `rope`, they take positions `0..n`.
+    Hidden { tokens: Tensor<B, 3>, rope: bool, normalize: bool },
     /// Keys and values directly, `[batch, kv_heads, n, head_dim]` (P-tuning v2); no RoPE.
     KeyValue { keys: Tensor<B, 4>, values: Tensor<B, 4> },
 }

@@ -202,9 +202,9 @@ impl<B: Backend> DecoderLayer<B> {
     fn prefix_keys_values(&self, prefix: LayerPrefix<B>, hook: &dyn ModelHook<B>, layer: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         match prefix {
             LayerPrefix::KeyValue { keys, values } => (keys, values),
-            LayerPrefix::Hidden { tokens, rope } => {
+            LayerPrefix::Hidden { tokens, rope, normalize } => {
                 let [b, n, _] = tokens.dims();
-                let normed = self.input_layernorm.forward(tokens);
+                let normed = if normalize { self.input_layernorm.forward(tokens) } else { tokens };
                 let angles = rope.then(|| {
                     let positions = Tensor::<B, 1, Int>::arange(0..n as i64, &normed.device()).reshape([1, n]).expand([b, n]);
                     let attn = &self.self_attn;

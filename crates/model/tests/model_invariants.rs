@@ -138,7 +138,7 @@ impl ModelHook<TB> for FixedSoftTokens {
         let (n, d) = (soft.len(), soft[0].len());
         let flat: Vec<f32> = soft.iter().flatten().copied().collect();
         let t = Tensor::<TB, 2>::from_data(TensorData::new(flat, [n, d]), &input.hidden.device());
-        Some(LayerPrefix::Hidden { tokens: t.unsqueeze::<3>().expand([b, n, d]), rope: true })
+        Some(LayerPrefix::Hidden { tokens: t.unsqueeze::<3>().expand([b, n, d]), rope: true, normalize: true })
     }
 }
 

@@ -34,6 +34,19 @@ pub enum PrefixPositions {
     Unrotated,
 }
 
+/// Where the soft tokens live, i.e. whether they pass the layer's input RMSNorm before W_k/W_v.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoftTokenSpace {
+    /// Residual-stream states, prepended to the layer's input: they pass its input RMSNorm, as
+    /// real tokens do. The norm is scale-invariant, so a soft token's size never matters, only
+    /// its direction; from P = 0 the first optimiser step sets a full-size key/value.
+    Hidden,
+    /// States in the normed space the K/V projections read: the norm is skipped. Keys and values
+    /// are linear in P, so W_up = 0 starts exactly at k = v = 0 and grows smoothly from there.
+    Normed,
+}
+
 /// Every IAPT hyper-parameter; saved verbatim in `adapter_config.json`.
 #[derive(Config, Debug, PartialEq)]
 pub struct IaptConfig {
@@ -59,6 +72,8 @@ pub struct IaptConfig {
     pub generator_input: GeneratorInput,
     #[config(default = "PrefixPositions::Shifted")]
     pub prefix_positions: PrefixPositions,
+    #[config(default = "SoftTokenSpace::Hidden")]
+    pub soft_token_space: SoftTokenSpace,
     /// Init of W_up. `None` (default): burn's `Linear` default, Kaiming-uniform with bound
     /// 1/sqrt(m), the same as W_down; `Some(s)`: N(0, s) with b_up = 0.
     ///
@@ -69,7 +84,8 @@ pub struct IaptConfig {
     /// moves it towards the RMSNorm's eps regime, where the norm's Jacobian ~ 1/|P| (1/sqrt(eps)
     /// ~ 316 at P = 0) blows up the gradients. `Some(0.0)` gives P = 0 exactly at step 0: then
     /// W_up still gets gradients (dL/dW_up = g(p)^T dL/dP), the rest of the generator none until
-    /// W_up moves — available as an ablation, not the default.
+    /// W_up moves — available as an ablation, not the default. With `soft_token_space =
+    /// "normed"` the norm is skipped and `Some(0.0)` is a smooth start from k = v = 0.
     #[config(default = "None")]
     pub up_init_std: Option<f64>,
 }
@@ -203,7 +219,11 @@ impl<B: Backend> ModelHook<B> for Iapt<B> {
 
     fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
         let tokens = self.soft_tokens_for(layer, input);
-        Some(LayerPrefix::Hidden { tokens, rope: self.config.prefix_positions == PrefixPositions::Shifted })
+        Some(LayerPrefix::Hidden {
+            tokens,
+            rope: self.config.prefix_positions == PrefixPositions::Shifted,
+            normalize: self.config.soft_token_space == SoftTokenSpace::Hidden,
+        })
     }
 }
 
@@ -221,6 +241,7 @@ mod tests {
         assert_eq!(json["pooler"], "self_attn");
         assert_eq!(json["generator_input"], "normed");
         assert_eq!(json["prefix_positions"], "shifted");
+        assert_eq!(json["soft_token_space"], "hidden");
         assert_eq!(json["share_projections"], true);
         assert_eq!(json["rational"]["numerator_degree"], 5);
         let back: IaptConfig = serde_json::from_value(json).unwrap();

@@ -27,7 +27,7 @@ pub use adapter::{
     load_iapt, load_lora, load_prefix_tuning, load_prompt_tuning, load_tuner, save_iapt, save_tuner, AdapterConfig, AdapterError, BaseModel, ParamCount,
 };
 pub use generator::{Projections, ProjectionsConfig, PromptGenerator, PromptGeneratorConfig};
-pub use iapt::{GeneratorInput, Iapt, IaptConfig, PrefixPositions};
+pub use iapt::{GeneratorInput, Iapt, IaptConfig, PrefixPositions, SoftTokenSpace};
 pub use lora::{merge_lora, Lora, LoraConfig, LoraLayer, LoraPair};
 pub use pooler::{Pooler, PoolerConfig, PoolerKind};
 pub use prefix_tuning::{PrefixEncoder, PrefixTuning, PrefixTuningConfig};

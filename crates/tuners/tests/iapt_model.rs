@@ -9,7 +9,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::{generate, GenerationConfig, KvCache, Llama, LlamaConfig, NoHook, Padding, SamplingConfig, TokenBatch};
 use iapt_tuners::adapter::{load_module_tensors, module_tensors, ParamCount};
-use iapt_tuners::{ActivationKind, GeneratorInput, Iapt, IaptConfig, PoolerKind, PrefixPositions};
+use iapt_tuners::{ActivationKind, GeneratorInput, Iapt, IaptConfig, PoolerKind, PrefixPositions, SoftTokenSpace};
 use reference::{max_diff, reference_iapt_logits, reference_logits, TB};
 use std::cell::{Cell, RefCell};
 
@@ -40,6 +40,7 @@ fn configs() -> Vec<IaptConfig> {
         IaptConfig::new(6).with_pooler(PoolerKind::Max).with_activation(ActivationKind::Relu).with_pooler_scale(true),
         IaptConfig::new(5).with_pooler(PoolerKind::Last).with_activation(ActivationKind::Identity).with_num_soft_tokens(1),
         IaptConfig::new(8).with_pooler_scale(true).with_num_soft_tokens(8),
+        IaptConfig::new(8).with_soft_token_space(SoftTokenSpace::Normed).with_pooler(PoolerKind::Mean),
     ]
 }
 
@@ -116,7 +117,11 @@ fn iapt_forward_matches_the_naive_f64_reference() {
 /// layer (attention + MLP, outputs dropped). Same soft tokens in, same logits out.
 #[test]
 fn kv_prefix_shortcut_equals_running_soft_tokens_through_the_layer() {
-    for config in [IaptConfig::new(8), IaptConfig::new(8).with_prefix_positions(PrefixPositions::Unrotated)] {
+    for config in [
+        IaptConfig::new(8),
+        IaptConfig::new(8).with_prefix_positions(PrefixPositions::Unrotated),
+        IaptConfig::new(8).with_soft_token_space(SoftTokenSpace::Normed),
+    ] {
         let model = tiny::<TB>(21, false);
         let iapt = iapt::<TB>(&config, 22);
         let recording = Recording::new(&iapt);
@@ -130,9 +135,10 @@ fn kv_prefix_shortcut_equals_running_soft_tokens_through_the_layer() {
         assert_eq!(soft.len(), 2);
         let shifted = config.prefix_positions == PrefixPositions::Shifted;
         let offset = if shifted { 4 } else { 0 };
-        let want = reference::reference_logits_generated(&model, &SEQ, offset, shifted, &|l, _, _| soft[l].clone());
+        let norm_soft = config.soft_token_space == SoftTokenSpace::Hidden;
+        let want = reference::reference_logits_generated(&model, &SEQ, offset, shifted, norm_soft, &|l, _, _| soft[l].clone());
         for (g, w) in got.iter().zip(&want) {
-            assert!(max_diff(g, w) < 1e-4, "{:?}: shortcut differs by {}", config.prefix_positions, max_diff(g, w));
+            assert!(max_diff(g, w) < 1e-4, "{config:?}: shortcut differs by {}", max_diff(g, w));
         }
     }
 }

@@ -7,7 +7,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 use iapt_model::Llama;
 use iapt_tuners::gelu_fit::{eval_rational, gelu};
-use iapt_tuners::{ActivationKind, GeneratorInput, Iapt, PoolerKind, PrefixPositions};
+use iapt_tuners::{ActivationKind, GeneratorInput, Iapt, PoolerKind, PrefixPositions, SoftTokenSpace};
 
 pub type TB = burn::backend::NdArray;
 
@@ -63,7 +63,7 @@ fn rope(x: &mut [f64], pos: f64, theta: f64) {
 /// tokens shifted by `offset`; their outputs are dropped after the layer. This is the literal
 /// "run the soft tokens through the layer" definition the KV-prefix shortcut must equal.
 pub fn reference_logits<B: Backend>(model: &Llama<B>, ids: &[u32], soft: &[Option<Vec<Vec<f64>>>], offset: usize) -> Vec<Vec<f64>> {
-    reference_logits_generated(model, ids, offset, true, &|layer, _, _| soft.get(layer).cloned().flatten())
+    reference_logits_generated(model, ids, offset, true, true, &|layer, _, _| soft.get(layer).cloned().flatten())
 }
 
 /// Soft tokens of a layer from the states entering it: `(layer, hidden, normed) -> tokens`.
@@ -71,8 +71,9 @@ pub type SoftTokens<'a> = dyn Fn(usize, &[Vec<f64>], &[Vec<f64>]) -> Option<Vec<
 
 /// As [`reference_logits`], with each layer's soft tokens computed by `soft` from the real
 /// tokens' hidden states entering that layer (and their input-RMSNormed version). With
-/// `rope_soft` false the soft tokens' keys are not rotated.
-pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], offset: usize, rope_soft: bool, soft: &SoftTokens<'_>) -> Vec<Vec<f64>> {
+/// `rope_soft` false the soft tokens' keys are not rotated; with `norm_soft` false the soft tokens
+/// skip the input RMSNorm (they are already in the normed space).
+pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], offset: usize, rope_soft: bool, norm_soft: bool, soft: &SoftTokens<'_>) -> Vec<Vec<f64>> {
     let c = model.config().clone();
     let embed = Mat::from_tensor(model.embed_tokens.weight.val());
     let mut xs: Vec<Vec<f64>> = ids.iter().map(|&t| embed.data[t as usize * c.hidden_size..(t as usize + 1) * c.hidden_size].to_vec()).collect();
@@ -90,7 +91,11 @@ pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], off
         let n_soft = soft_here.len();
         let seq: Vec<Vec<f64>> = soft_here.iter().cloned().chain(xs.iter().cloned()).collect();
         let positions: Vec<f64> = (0..n_soft).map(|p| p as f64).chain((0..xs.len()).map(|p| (p + offset) as f64)).collect();
-        let normed: Vec<Vec<f64>> = seq.iter().map(|x| rms_norm(x, &g_in, c.rms_norm_eps)).collect();
+        let normed: Vec<Vec<f64>> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if i < n_soft && !norm_soft { x.clone() } else { rms_norm(x, &g_in, c.rms_norm_eps) })
+            .collect();
         let qs: Vec<Vec<f64>> = normed.iter().map(|x| wq.apply(x)).collect();
         let ks: Vec<Vec<f64>> = normed.iter().map(|x| wk.apply(x)).collect();
         let vs: Vec<Vec<f64>> = normed.iter().map(|x| wv.apply(x)).collect();
@@ -210,7 +215,8 @@ pub fn reference_iapt_logits<B: Backend>(model: &Llama<B>, iapt: &Iapt<B>, ids: 
     let instruction: Vec<bool> = (0..ids.len()).map(|i| i < n_instruction).collect();
     let shifted = iapt.config.prefix_positions == PrefixPositions::Shifted;
     let offset = if shifted { iapt.config.num_soft_tokens } else { 0 };
-    reference_logits_generated(model, ids, offset, shifted, &|layer, hidden, normed| {
+    let norm_soft = iapt.config.soft_token_space == SoftTokenSpace::Hidden;
+    reference_logits_generated(model, ids, offset, shifted, norm_soft, &|layer, hidden, normed| {
         let states = match iapt.config.generator_input {
             GeneratorInput::Normed => normed,
             GeneratorInput::Raw => hidden,
