@@ -132,7 +132,7 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
             if compare.param_budget > 0 {
                 if backbone.is_none() {
                     let model = crate::model_source::resolve_model(&config.model.name)?;
-                    backbone = Some(iapt_model::read_checkpoint(&model)?.0);
+                    backbone = Some(iapt_model::read_checkpoint_config(&model)?);
                 }
                 let sized = size_to_budget(&config.tuner.config()?, backbone.as_ref().expect("just read"), compare.param_budget);
                 config.tuner = TunerSection::of(&sized);

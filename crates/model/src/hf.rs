@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Component, Path};
 
-const CONFIG_FILE: &str = "config.json";
+pub(crate) const CONFIG_FILE: &str = "config.json";
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const EMBED: &str = "model.embed_tokens.weight";
@@ -608,6 +608,8 @@ mod tests {
         let expected = write_single(&t.0);
         let (config, weights) = load_llama_hf_dir(&t.0).unwrap();
         assert_eq!(config, LlamaConfig::tiny());
+        assert_eq!(crate::read_checkpoint_config(&t.0).unwrap(), config);
+        assert!(crate::read_checkpoint_config(&t.0.join("absent")).unwrap_err().to_string().contains("absent"));
         assert_eq!(weights.source, t.0);
         assert_eq!(weights.tensors.len(), expected.len());
         assert_eq!(weights.tensors, expected);

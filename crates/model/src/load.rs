@@ -20,6 +20,17 @@ pub fn read_checkpoint(path: &Path) -> Result<(LlamaConfig, WeightMap), LoadErro
     }
 }
 
+/// Only the config of a checkpoint (the GGUF header or the HF `config.json`); no weight is read.
+pub fn read_checkpoint_config(path: &Path) -> Result<LlamaConfig, LoadError> {
+    if path.is_dir() {
+        crate::hf::read_config(&path.join(crate::hf::CONFIG_FILE))
+    } else if path.exists() {
+        crate::gguf::llama_config(&crate::gguf::GgufFile::open(path)?)
+    } else {
+        Err(LoadError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+    }
+}
+
 /// Load a model from a `.gguf` file or HF directory onto `device`.
 pub fn load_llama<B: Backend>(path: &Path, device: &B::Device) -> Result<Llama<B>, LoadError> {
     let (config, weights) = read_checkpoint(path)?;

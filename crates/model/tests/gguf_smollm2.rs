@@ -24,6 +24,7 @@ fn smollm2_gguf_config_and_weights() {
     assert_eq!(file.version, 3);
     assert_eq!(file.tensors.len(), 272);
     assert_eq!(gguf::llama_config(&file).unwrap(), LlamaConfig::smollm2_135m());
+    assert_eq!(iapt_model::read_checkpoint_config(&path).unwrap(), LlamaConfig::smollm2_135m());
 
     let (config, mut weights) = gguf::load_llama_gguf(&path).unwrap();
     assert_eq!(config, LlamaConfig::smollm2_135m());

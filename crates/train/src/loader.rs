@@ -27,7 +27,12 @@ pub struct EpochLoader<B: Backend> {
     seed: Option<u64>,
     /// Epochs served so far; the next `iter()` serves epoch `served` (0-based).
     served: AtomicUsize,
+    /// Batch examples of similar length together (see [`EpochLoader::with_length_grouping`]).
+    group_by_length: bool,
 }
+
+/// Length grouping sorts windows of this many batches of the shuffled order.
+pub const LENGTH_WINDOW_BATCHES: usize = 16;
 
 impl<B: Backend> EpochLoader<B> {
     /// A loader over all of `dataset`; with `seed`, each epoch is shuffled, and the first
@@ -50,7 +55,19 @@ impl<B: Backend> EpochLoader<B> {
             device,
             seed,
             served: first_epoch.into(),
+            group_by_length: false,
         }
+    }
+
+    /// Batch examples of similar length together, so little of each batch is padding: each
+    /// epoch's shuffled order is cut into windows of [`LENGTH_WINDOW_BATCHES`] batches, each
+    /// window is sorted by length and cut into batches, and those batches are served in a
+    /// shuffled order (a last, partial batch stays last). Every batch is still a random draw
+    /// from its window, and the order is still a function of `(seed, epoch)`. Only applies when
+    /// shuffling.
+    pub fn with_length_grouping(mut self, on: bool) -> Self {
+        self.group_by_length = on;
+        self
     }
 
     fn derived(&self, start: usize, end: usize, device: B::Device) -> Self {
@@ -63,6 +80,7 @@ impl<B: Backend> EpochLoader<B> {
             device,
             seed: self.seed,
             served: self.served.load(Ordering::SeqCst).into(),
+            group_by_length: self.group_by_length,
         }
     }
 
@@ -71,12 +89,31 @@ impl<B: Backend> EpochLoader<B> {
         let mut order: Vec<usize> = (self.start..self.end).collect();
         if let Some(seed) = self.seed {
             let mut rng = SplitMix64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            for i in (1..order.len()).rev() {
-                let j = rng.below(i as u64 + 1) as usize;
-                order.swap(i, j);
+            rng.shuffle(&mut order);
+            if self.group_by_length {
+                order = self.grouped_by_length(&order, &mut rng);
             }
         }
         order
+    }
+
+    fn grouped_by_length(&self, order: &[usize], rng: &mut SplitMix64) -> Vec<usize> {
+        let length = |i: usize| self.dataset.get(i).map_or(0, |e| e.ids.len());
+        let mut grouped = Vec::with_capacity(order.len());
+        let mut partial = Vec::new();
+        // Windows are whole batches, so only the last window can end in a partial batch.
+        for window in order.chunks(self.batch_size * LENGTH_WINDOW_BATCHES) {
+            let mut window = window.to_vec();
+            window.sort_by_key(|&i| std::cmp::Reverse(length(i)));
+            let mut batches: Vec<&[usize]> = window.chunks(self.batch_size).collect();
+            if batches.last().is_some_and(|b| b.len() < self.batch_size) {
+                partial = batches.pop().expect("just checked").to_vec();
+            }
+            rng.shuffle(&mut batches);
+            grouped.extend(batches.into_iter().flatten());
+        }
+        grouped.extend(partial);
+        grouped
     }
 }
 
@@ -141,6 +178,14 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// Fisher-Yates.
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+
     /// Uniform in `0..n`, by rejection.
     fn below(&mut self, n: u64) -> u64 {
         let zone = u64::MAX - u64::MAX % n;
@@ -187,6 +232,44 @@ mod tests {
         assert_eq!(sorted, (2..12).collect::<Vec<_>>(), "an epoch is a permutation");
         assert_eq!(epoch_ids(&loader(1)), second, "a loader resumed at epoch 1 serves epoch 1's order");
         assert_eq!(epoch_ids(&*fresh.to_device(&Default::default())), epoch_ids(&loader(2)));
+    }
+
+    /// 150 examples of lengths 2..=151 in a scrambled order, batches of 4 (the last one partial).
+    fn varied_loader(group: bool) -> EpochLoader<TestBackend> {
+        let items = (0..150).map(|i| LmExample::new(vec![1; 2 + (i * 37) % 150], 1).unwrap()).collect();
+        EpochLoader::new(Arc::new(InMemDataset::new(items)), 4, LmBatcher::default(), Default::default(), Some(3), 0)
+            .with_length_grouping(group)
+    }
+
+    #[test]
+    fn length_grouping_cuts_padding_and_keeps_a_permutation() {
+        let lengths = |l: &EpochLoader<TestBackend>| -> Vec<Vec<usize>> {
+            l.iter().map(|b| b.ids.dims()[1]).zip(l.order(0).chunks(4).map(|c| c.to_vec())).map(|(t, c)| {
+                assert!(c.iter().all(|&i| 2 + (i * 37) % 150 <= t), "a batch is as wide as its longest example");
+                c.iter().map(|&i| 2 + (i * 37) % 150).collect()
+            }).collect()
+        };
+        let padded = |batches: &[Vec<usize>]| -> usize { batches.iter().map(|b| b.len() * b.iter().max().unwrap()).sum() };
+        let (plain, grouped) = (varied_loader(false), varied_loader(true));
+        let (plain_batches, grouped_batches) = (lengths(&plain), lengths(&grouped));
+        let real: usize = (0..150).map(|i| 2 + (i * 37) % 150).sum();
+        assert!(padded(&grouped_batches) < real + real / 10, "grouped: {} padded slots for {real} tokens", padded(&grouped_batches));
+        assert!(padded(&plain_batches) > real + real / 4, "plain: {} padded slots for {real} tokens", padded(&plain_batches));
+        // Still a permutation, a function of (seed, epoch), with the partial batch last.
+        let mut order = grouped.order(0);
+        assert_eq!(order, varied_loader(true).order(0));
+        assert_ne!(order, grouped.order(1));
+        assert_eq!(grouped_batches.last().unwrap().len(), 2);
+        order.sort();
+        assert_eq!(order, (0..150).collect::<Vec<_>>());
+        // Batches come from windows of the shuffled order: the same items as the ungrouped order.
+        let window = 4 * LENGTH_WINDOW_BATCHES;
+        for (a, b) in plain.order(0).chunks(window).zip(grouped.order(0).chunks(window)) {
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            a.sort();
+            b.sort();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

@@ -331,7 +331,8 @@ where
         Default::default(),
         config.shuffle.then_some(config.seed),
         resume_epoch.unwrap_or(0),
-    );
+    )
+    .with_length_grouping(config.group_by_length);
     let dev_loader = EpochLoader::<B::InnerBackend>::new(
         Arc::new(dev_data),
         config.batch_size,

@@ -29,6 +29,13 @@ pub fn with_defaults<T: Serialize + DeserializeOwned>(defaults: &T, value: &Valu
     })
 }
 
+/// [`with_defaults`], then the config's own `validate`: how every tuner config reads its JSON.
+pub fn parse_validated<T: Serialize + DeserializeOwned>(defaults: &T, value: &Value, validate: impl Fn(&T) -> Result<(), String>) -> Result<T, String> {
+    let config = with_defaults(defaults, value)?;
+    validate(&config)?;
+    Ok(config)
+}
+
 /// Write `patch`'s fields over `base`'s, recursing into objects; a key `base` lacks is an error.
 pub fn overlay(base: &mut Value, patch: &Value, prefix: &str) -> Result<(), String> {
     let patch = patch.as_object().ok_or_else(|| format!("`{}` must be a JSON object", prefix.trim_end_matches('.')))?;

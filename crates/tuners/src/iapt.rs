@@ -1,7 +1,7 @@
 //! IAPT: a prompt generator before every layer, plugged into the frozen backbone as a per-input
 //! KV prefix through [`ModelHook`] (method spec §2 and §4).
 
-use crate::config_json::with_defaults;
+use crate::config_json::parse_validated;
 use crate::generator::{Projections, PromptGenerator, PromptGeneratorConfig};
 use crate::pooler::PoolerKind;
 use crate::rational::{ActivationConfig, ActivationKind, RationalConfig};
@@ -110,9 +110,7 @@ impl IaptConfig {
             .ok_or("missing field `bottleneck`")?
             .as_u64()
             .ok_or("field `bottleneck` must be a non-negative integer")?;
-        let config = with_defaults(&IaptConfig::new(bottleneck as usize), value)?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(&IaptConfig::new(bottleneck as usize), value, Self::validate)
     }
 
     /// Check the values make sense (called by `init` and when loading an adapter).

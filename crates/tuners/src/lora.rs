@@ -3,7 +3,7 @@
 //! it costs two extra thin matmuls per adapted projection at every step, decode included — the
 //! cost IAPT avoids; [`merge_lora`] folds it into the weights for deployment.
 
-use crate::config_json::with_defaults;
+use crate::config_json::parse_validated;
 use crate::tuner::TrainableTuner;
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
@@ -34,9 +34,7 @@ pub struct LoraConfig {
 impl LoraConfig {
     /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
     pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let config = with_defaults(&Self::new(), value)?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(&Self::new(), value, Self::validate)
     }
 
     pub fn validate(&self) -> Result<(), String> {

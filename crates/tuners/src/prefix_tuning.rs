@@ -9,7 +9,7 @@
 //! RoPE gives `R(p + n) q · k = R(p) q · R(n)^T k`, so a shift only rotates every learned key by
 //! a fixed orthogonal map, which the free keys (or the MLP's last linear map) absorb.
 
-use crate::config_json::with_defaults;
+use crate::config_json::parse_validated;
 use crate::tuner::TrainableTuner;
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
@@ -35,9 +35,7 @@ pub struct PrefixTuningConfig {
 impl PrefixTuningConfig {
     /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
     pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let config = with_defaults(&Self::new(), value)?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(&Self::new(), value, Self::validate)
     }
 
     pub fn validate(&self) -> Result<(), String> {

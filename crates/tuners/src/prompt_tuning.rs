@@ -3,7 +3,7 @@
 //! layer like real tokens; the model gives it positions `0..n` and shifts the real tokens by `n`
 //! itself (positions count the prefix as valid tokens), so no position offset is declared here.
 
-use crate::config_json::with_defaults;
+use crate::config_json::parse_validated;
 use crate::tuner::TrainableTuner;
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -41,9 +41,7 @@ pub struct PromptTuningConfig {
 impl PromptTuningConfig {
     /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
     pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let config = with_defaults(&Self::new(), value)?;
-        config.validate()?;
-        Ok(config)
+        parse_validated(&Self::new(), value, Self::validate)
     }
 
     pub fn validate(&self) -> Result<(), String> {
