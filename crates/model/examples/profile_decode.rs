@@ -56,6 +56,21 @@ fn profile<B: Backend>(path: &str, batch: usize) {
     }
     println!("decode step b{batch}: forward {:.1} ms, head {:.1} ms", fwd * 1e3 / steps as f64, head * 1e3 / steps as f64);
 
+    // Under a sampling profiler, only the whole steps matter.
+    if std::env::var_os("PROFILE_STEPS_ONLY").is_some() {
+        for _ in 0..4 {
+            let mut cache = KvCache::new(c.num_layers);
+            let hidden = model.forward(TokenBatch::padded(&prompt, 0, iapt_model::Padding::Left, &device), &mut cache, &NoHook);
+            sync(model.logits(hidden.narrow(1, 63, 1)));
+            for _ in 0..16 {
+                let ids = Tensor::from_data(TensorData::new(vec![1234i64; batch], [batch, 1]), &device);
+                let hidden = model.forward(TokenBatch::dense(ids), &mut cache, &NoHook);
+                sync(model.logits(hidden));
+            }
+        }
+        return;
+    }
+
     // Pieces at decode shapes.
     let m = batch;
     let x = Tensor::<B, 2>::random([m, d], Distribution::Default, &device);
@@ -74,6 +89,18 @@ fn profile<B: Backend>(path: &str, batch: usize) {
         + lin("up", &layer.mlp.up_proj, &x)
         + lin("down", &layer.mlp.down_proj, &xf);
     println!("  => linears x{} layers: {:.1} ms", c.num_layers, per_layer * c.num_layers as f64);
+    // The same products over every layer's own weights, as a step runs them: the weights no
+    // longer sit in cache, so this is the step's floor for the linears.
+    let ms = median_ms(5, || {
+        for l in &model.layers {
+            let (a, f) = (&l.self_attn, &l.mlp);
+            for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj] {
+                sync(p.forward(x.clone()));
+            }
+            sync(f.down_proj.forward(xf.clone()));
+        }
+    });
+    println!("  => every layer's linears in turn: {ms:.1} ms");
     let table = model.embed_tokens.weight.val();
     let ms = median_ms(5, || sync(x.clone().matmul(table.clone().transpose())));
     println!("  head via transposed embedding view: {ms:.1} ms");
@@ -93,6 +120,42 @@ fn profile<B: Backend>(path: &str, batch: usize) {
         .collect();
     let ms = median_ms(5, || sync(Tensor::cat(split.iter().map(|c| c.clone().matmul(x.clone().transpose())).collect(), 0)));
     println!("  head E h^T over pre-split {rows}-row chunks: {ms:.1} ms");
+    for rows in [8192, 12288, 16384, 24576] {
+        let ms = median_ms(5, || {
+            let parts = (0..vocab).step_by(rows).map(|s| table.clone().narrow(0, s, rows.min(vocab - s)).matmul(x.clone().transpose()));
+            sync(Tensor::cat(parts.collect(), 0).transpose())
+        });
+        println!("  head E h^T over {rows}-row views of E: {ms:.1} ms");
+    }
+    // Fused products: one [d, q|k|v] and one [d, gate|up] weight instead of five.
+    let fuse = |ws: &[&burn::nn::Linear<B>]| Tensor::cat(ws.iter().map(|l| l.weight.val()).collect(), 1);
+    let fused: Vec<(Tensor<B, 2>, Tensor<B, 2>)> = model
+        .layers
+        .iter()
+        .map(|l| (fuse(&[&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj]), fuse(&[&l.mlp.gate_proj, &l.mlp.up_proj])))
+        .collect();
+    for rows in [m, 64 * m] {
+        let x = Tensor::<B, 2>::random([rows, d], Distribution::Default, &device);
+        let xf = Tensor::<B, 2>::random([rows, ff], Distribution::Default, &device);
+        let separate = median_ms(5, || {
+            for l in &model.layers {
+                let (a, f) = (&l.self_attn, &l.mlp);
+                for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj] {
+                    sync(p.forward(x.clone()));
+                }
+                sync(f.down_proj.forward(xf.clone()));
+            }
+        });
+        let joined = median_ms(5, || {
+            for (l, (qkv, gu)) in model.layers.iter().zip(&fused) {
+                sync(x.clone().matmul(qkv.clone()));
+                sync(l.self_attn.o_proj.forward(x.clone()));
+                sync(x.clone().matmul(gu.clone()));
+                sync(l.mlp.down_proj.forward(xf.clone()));
+            }
+        });
+        println!("  all linears at m={rows}: separate {separate:.1} ms, fused qkv/gate-up {joined:.1} ms");
+    }
     let ms = median_ms(5, || sync(table.clone().mul_scalar(1.0)));
     println!("  elementwise pass over the embedding: {ms:.1} ms");
     for l in [&layer.mlp.gate_proj, &layer.mlp.down_proj, &layer.self_attn.q_proj] {

@@ -2,12 +2,16 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor};
 
-/// Cosines and sines for one forward pass, shaped `[batch, 1, tokens, head_dim]` so they
-/// broadcast over heads. Computed once per forward and shared by every layer.
+/// Cosines and sines for one forward pass, shaped `[batch, tokens, 1, head_dim]` so they
+/// broadcast over the heads of a projection's output as it comes, `[batch, tokens, heads, hd]`:
+/// rotating before the heads move to axis 1 keeps every operand contiguous. Computed once per
+/// forward and shared by every layer.
 #[derive(Clone, Debug)]
 pub struct RopeAngles<B: Backend> {
     pub cos: Tensor<B, 4>,
-    pub sin: Tensor<B, 4>,
+    /// `[-sin, sin]` over the two halves of the head: the sign of `rotate_half`, folded in
+    /// once here instead of negating half of every rotated tensor. `(-a)·b == a·(-b)` exactly.
+    pub signed_sin: Tensor<B, 4>,
 }
 
 /// Inverse frequencies `theta^(-2i/hd)` for `i in 0..hd/2`, in f32 as HF computes them.
@@ -26,18 +30,20 @@ impl<B: Backend> RopeAngles<B> {
         let half = inv_freq.len();
         let inv = Tensor::<B, 1>::from_floats(inv_freq, &device).reshape([1, 1, half]);
         let angles = positions.float().reshape([batch, tokens, 1]) * inv; // [b, t, hd/2]
-        let angles = Tensor::cat(vec![angles.clone(), angles], 2).unsqueeze_dim::<4>(1); // [b,1,t,hd]
-        Self { cos: angles.clone().cos(), sin: angles.sin() }
+        let (cos, sin) = (angles.clone().cos(), angles.sin());
+        let cos = Tensor::cat(vec![cos.clone(), cos], 2).unsqueeze_dim::<4>(2); // [b,t,1,hd]
+        let signed_sin = Tensor::cat(vec![sin.clone().neg(), sin], 2).unsqueeze_dim::<4>(2);
+        Self { cos, signed_sin }
     }
 
-    /// Rotate `x` (`[batch, heads, tokens, head_dim]`): `x*cos + rotate_half(x)*sin`,
+    /// Rotate `x` (`[batch, tokens, heads, head_dim]`): `x*cos + rotate_half(x)*sin`,
     /// where `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of the head.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let hd = x.dims()[3];
         let x1 = x.clone().narrow(3, 0, hd / 2);
         let x2 = x.clone().narrow(3, hd / 2, hd / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        let swapped = Tensor::cat(vec![x2, x1], 3);
+        x * self.cos.clone() + swapped * self.signed_sin.clone()
     }
 }
 

@@ -62,10 +62,14 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `[b, t, heads*hd]` -> `[b, heads, t, hd]`
-    fn split_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    /// `[b, t, heads*hd]` -> `[b, heads, t, hd]`, RoPE applied on the way when `rope` is given.
+    fn split_heads(&self, x: Tensor<B, 3>, heads: usize, rope: Option<&RopeAngles<B>>) -> Tensor<B, 4> {
         let [b, t, _] = x.dims();
-        x.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2)
+        let x = x.reshape([b, t, heads, self.head_dim]);
+        to_heads_major(match rope {
+            Some(r) => r.apply(x),
+            None => x,
+        })
     }
 
     /// Keys and values of `normed` (`[b, t, d]`), RoPE applied to keys when `rope` is given.
@@ -76,21 +80,21 @@ impl<B: Backend> Attention<B> {
         hook: &dyn ModelHook<B>,
         layer: usize,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let k = self.split_heads(project(&self.k_proj, normed.clone(), hook, layer, Projection::K), self.num_kv_heads);
-        let v = self.split_heads(project(&self.v_proj, normed, hook, layer, Projection::V), self.num_kv_heads);
-        (rope.map_or(k.clone(), |r| r.apply(k)), v)
+        let k = self.split_heads(project(&self.k_proj, normed.clone(), hook, layer, Projection::K), self.num_kv_heads, rope);
+        let v = self.split_heads(project(&self.v_proj, normed, hook, layer, Projection::V), self.num_kv_heads, None);
+        (k, v)
     }
 
     /// Attention of the queries in `normed` over all keys/values (`[b, kv, s, hd]`) under
-    /// `mask` (`[b, 1, t, s]`, true = may attend). GQA without repeating K/V: the query heads
-    /// sharing a KV head are folded into the token axis for the two matmuls.
+    /// `hidden` (`[b, 1, t, s]`, true = may not attend). GQA without repeating K/V: the query
+    /// heads sharing a KV head are folded into the token axis for the two matmuls.
     pub fn attend(
         &self,
         normed: Tensor<B, 3>,
         rope: &RopeAngles<B>,
         keys: Tensor<B, 4>,
         values: Tensor<B, 4>,
-        mask: &Tensor<B, 4, Bool>,
+        hidden: &Tensor<B, 4, Bool>,
         hook: &dyn ModelHook<B>,
         layer: usize,
     ) -> Tensor<B, 3> {
@@ -98,14 +102,27 @@ impl<B: Backend> Attention<B> {
         let s = keys.dims()[2];
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let groups = h / kv;
-        let q = rope.apply(self.split_heads(project(&self.q_proj, normed, hook, layer, Projection::Q), h));
+        let q = self.split_heads(project(&self.q_proj, normed, hook, layer, Projection::Q), h, Some(rope));
         // Query head i*groups+g uses KV head i (HF repeat_kv order).
         let q = q.reshape([b, kv, groups * t, hd]);
         let scores = q.matmul(keys.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = scores.reshape([b, h, t, s]).mask_fill(mask.clone().bool_not().expand([b, h, t, s]), MASKED);
+        let scores = scores.reshape([b, h, t, s]).mask_fill(hidden.clone().expand([b, h, t, s]), MASKED);
         let probs = softmax(scores, 3).reshape([b, kv, groups * t, s]);
-        let out = probs.matmul(values).reshape([b, h, t, hd]).swap_dims(1, 2).reshape([b, t, h * hd]);
+        let out = probs.matmul(values).reshape([b, h, t, hd]);
+        // `[b, h, t, hd]` -> `[b, t, h*hd]`; with one token the order is already right.
+        let out = if t == 1 { out.reshape([b, 1, h * hd]) } else { out.swap_dims(1, 2).reshape([b, t, h * hd]) };
         project(&self.o_proj, out, hook, layer, Projection::O)
+    }
+}
+
+/// `[b, t, heads, hd]` -> `[b, heads, t, hd]`. With one token (decoding) that is a plain
+/// reshape, which keeps the tensor contiguous instead of a strided view every later op walks.
+fn to_heads_major<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, t, heads, hd] = x.dims();
+    if t == 1 {
+        x.reshape([b, heads, 1, hd])
+    } else {
+        x.swap_dims(1, 2)
     }
 }
 
@@ -150,8 +167,9 @@ struct StepContext<'a, B: Backend> {
     valid: Tensor<B, 2, Bool>,
     instruction: Tensor<B, 2, Bool>,
     hook: &'a dyn ModelHook<B>,
-    /// Last attention mask built, keyed by the key length it was built for: all layers
-    /// normally share it, and building it is not free for long prompts.
+    /// Last attention mask built (negated: true = hidden, what `mask_fill` takes), keyed by
+    /// the key length it was built for: all layers normally share it, and building it is not
+    /// free for long prompts.
     mask_memo: Option<(usize, usize, Tensor<B, 4, Bool>)>,
 }
 
@@ -187,7 +205,7 @@ impl<B: Backend> DecoderLayer<B> {
         let mask = match &ctx.mask_memo {
             Some((memo_s, memo_t, m)) if *memo_s == s && *memo_t == t => m.clone(),
             _ => {
-                let m = attention_mask(&all.valid, t);
+                let m = attention_mask(&all.valid, t).bool_not();
                 ctx.mask_memo = Some((s, t, m.clone()));
                 m
             }
