@@ -91,7 +91,7 @@ fn profile<B: Backend>(path: &str, batch: usize) {
     println!("  => linears x{} layers: {:.1} ms", c.num_layers, per_layer * c.num_layers as f64);
     // The same products over every layer's own weights, as a step runs them: the weights no
     // longer sit in cache, so this is the step's floor for the linears.
-    let ms = median_ms(5, || {
+    let every_layer_linears = |x: &Tensor<B, 2>, xf: &Tensor<B, 2>| {
         for l in &model.layers {
             let (a, f) = (&l.self_attn, &l.mlp);
             for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj] {
@@ -99,7 +99,8 @@ fn profile<B: Backend>(path: &str, batch: usize) {
             }
             sync(f.down_proj.forward(xf.clone()));
         }
-    });
+    };
+    let ms = median_ms(5, || every_layer_linears(&x, &xf));
     println!("  => every layer's linears in turn: {ms:.1} ms");
     let table = model.embed_tokens.weight.val();
     let ms = median_ms(5, || sync(x.clone().matmul(table.clone().transpose())));
@@ -137,15 +138,7 @@ fn profile<B: Backend>(path: &str, batch: usize) {
     for rows in [m, 64 * m] {
         let x = Tensor::<B, 2>::random([rows, d], Distribution::Default, &device);
         let xf = Tensor::<B, 2>::random([rows, ff], Distribution::Default, &device);
-        let separate = median_ms(5, || {
-            for l in &model.layers {
-                let (a, f) = (&l.self_attn, &l.mlp);
-                for p in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &f.gate_proj, &f.up_proj] {
-                    sync(p.forward(x.clone()));
-                }
-                sync(f.down_proj.forward(xf.clone()));
-            }
-        });
+        let separate = median_ms(5, || every_layer_linears(&x, &xf));
         let joined = median_ms(5, || {
             for (l, (qkv, gu)) in model.layers.iter().zip(&fused) {
                 sync(x.clone().matmul(qkv.clone()));

@@ -11,21 +11,31 @@ use std::path::Path;
 
 /// Read a checkpoint (a `.gguf` file or a HF directory) into its config and weights.
 pub fn read_checkpoint(path: &Path) -> Result<(LlamaConfig, WeightMap), LoadError> {
-    if path.is_dir() {
-        crate::hf::load_llama_hf_dir(path)
-    } else if path.exists() {
-        crate::gguf::load_llama_gguf(path)
-    } else {
-        Err(LoadError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
+    match checkpoint_format(path)? {
+        Format::HfDir => crate::hf::load_llama_hf_dir(path),
+        Format::Gguf => crate::gguf::load_llama_gguf(path),
     }
 }
 
 /// Only the config of a checkpoint (the GGUF header or the HF `config.json`); no weight is read.
 pub fn read_checkpoint_config(path: &Path) -> Result<LlamaConfig, LoadError> {
+    match checkpoint_format(path)? {
+        Format::HfDir => crate::hf::read_config(&path.join(crate::hf::CONFIG_FILE)),
+        Format::Gguf => crate::gguf::llama_config(&crate::gguf::GgufFile::open(path)?),
+    }
+}
+
+enum Format {
+    HfDir,
+    Gguf,
+}
+
+/// A directory is a HF checkpoint, any other existing path a GGUF file.
+fn checkpoint_format(path: &Path) -> Result<Format, LoadError> {
     if path.is_dir() {
-        crate::hf::read_config(&path.join(crate::hf::CONFIG_FILE))
+        Ok(Format::HfDir)
     } else if path.exists() {
-        crate::gguf::llama_config(&crate::gguf::GgufFile::open(path)?)
+        Ok(Format::Gguf)
     } else {
         Err(LoadError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")))
     }
