@@ -155,20 +155,39 @@ fn merge(table: &mut toml::Table, overrides: toml::Table) {
     }
 }
 
+/// `config` with its main size knob (IAPT's bottleneck, the prompt/prefix length, LoRA's rank)
+/// set to `size`.
+fn with_size(config: &TunerConfig, size: usize) -> TunerConfig {
+    let mut sized = config.clone();
+    match &mut sized {
+        TunerConfig::Iapt(c) => c.bottleneck = size,
+        TunerConfig::PromptTuning(c) => c.num_tokens = size,
+        TunerConfig::PrefixTuning(c) => c.num_tokens = size,
+        TunerConfig::Lora(c) => c.rank = size,
+    }
+    sized
+}
+
 /// `config` with its main size knob set so that its trainable parameters come closest to `budget`.
 pub fn size_to_budget(config: &TunerConfig, base: &LlamaConfig, budget: usize) -> TunerConfig {
-    let with = |size: usize| {
-        let mut sized = config.clone();
-        match &mut sized {
-            TunerConfig::Iapt(c) => c.bottleneck = size,
-            TunerConfig::PromptTuning(c) => c.num_tokens = size,
-            TunerConfig::PrefixTuning(c) => c.num_tokens = size,
-            TunerConfig::Lora(c) => c.rank = size,
+    // Every kind's count grows with its size: binary-search the first size whose count reaches
+    // the budget, then take it or the size below, whichever is closer.
+    let params = |size: usize| with_size(config, size).num_params(base);
+    let (mut low, mut high) = (1usize, MAX_SIZE);
+    while low < high {
+        let mid = (low + high) / 2;
+        if params(mid) < budget {
+            low = mid + 1;
+        } else {
+            high = mid;
         }
-        sized
-    };
-    (1..=4096).map(with).min_by_key(|c| c.num_params(base).abs_diff(budget)).expect("a non-empty range")
+    }
+    let best = if low > 1 && budget.abs_diff(params(low - 1)) <= budget.abs_diff(params(low)) { low - 1 } else { low };
+    with_size(config, best)
 }
+
+/// Largest bottleneck / token count / rank `size_to_budget` considers.
+const MAX_SIZE: usize = 4096;
 
 /// Run every planned run not finished yet (each an `iapt train` child process), measure decode
 /// speed with its adapter, then write and print the comparison tables.
@@ -374,8 +393,8 @@ mod tests {
             let budget = 300_000;
             let sized = size_to_budget(&config, &base, budget);
             let count = sized.num_params(&base);
-            // No other size of the same knob comes closer (checked by brute force around it).
-            let best = (1..=4096).map(|s| size_to_budget(&config, &base, s).num_params(&base)).map(|n| n.abs_diff(budget)).min().unwrap();
+            // No other size of the same knob comes closer (every size tried).
+            let best = (1..=MAX_SIZE).map(|s| with_size(&config, s).num_params(&base).abs_diff(budget)).min().unwrap();
             assert!(count.abs_diff(budget) <= best, "{}: {count} vs budget {budget}", config.name());
             assert!(count.abs_diff(budget) * 5 < budget, "{}: {count} is far from {budget}", config.name());
         }

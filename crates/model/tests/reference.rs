@@ -1,5 +1,7 @@
 //! A naive, loop-based LLaMA forward in f64 written from the architecture's definition, used as an
 //! independent reference for the tensor implementation. Shared by the integration tests.
+//! Soft tokens may be given per layer or generated from the states entering it (the tuners'
+//! tests include this file and generate them with an f64 IAPT generator).
 #![allow(dead_code)]
 
 use burn::tensor::{backend::Backend, Tensor};
@@ -16,13 +18,13 @@ pub struct Mat {
 }
 
 impl Mat {
-    fn from_tensor<B: Backend>(t: Tensor<B, 2>) -> Self {
+    pub fn from_tensor<B: Backend>(t: Tensor<B, 2>) -> Self {
         let [rows, cols] = t.dims();
         let data = t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
         Mat { rows, cols, data }
     }
     /// x (len rows) times this `[in, out]` matrix.
-    fn apply(&self, x: &[f64]) -> Vec<f64> {
+    pub fn apply(&self, x: &[f64]) -> Vec<f64> {
         let mut y = vec![0.0; self.cols];
         for (i, xi) in x.iter().enumerate() {
             for (j, yj) in y.iter_mut().enumerate() {
@@ -33,7 +35,7 @@ impl Mat {
     }
 }
 
-fn vec1<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
+pub fn vec1<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
     t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
 }
 
@@ -59,6 +61,17 @@ fn rope(x: &mut [f64], pos: f64, theta: f64) {
 /// tokens shifted by `offset`; their outputs are dropped after the layer. This is the literal
 /// "run the soft tokens through the layer" definition the KV-prefix shortcut must equal.
 pub fn reference_logits<B: Backend>(model: &Llama<B>, ids: &[u32], soft: &[Option<Vec<Vec<f64>>>], offset: usize) -> Vec<Vec<f64>> {
+    reference_logits_generated(model, ids, offset, true, true, &|layer, _, _| soft.get(layer).cloned().flatten())
+}
+
+/// Soft tokens of a layer from the states entering it: `(layer, hidden, normed) -> tokens`.
+pub type SoftTokens<'a> = dyn Fn(usize, &[Vec<f64>], &[Vec<f64>]) -> Option<Vec<Vec<f64>>> + 'a;
+
+/// As [`reference_logits`], with each layer's soft tokens computed by `soft` from the real
+/// tokens' hidden states entering that layer (and their input-RMSNormed version). With
+/// `rope_soft` false the soft tokens' keys are not rotated; with `norm_soft` false the soft tokens
+/// skip the input RMSNorm (they are already in the normed space).
+pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], offset: usize, rope_soft: bool, norm_soft: bool, soft: &SoftTokens<'_>) -> Vec<Vec<f64>> {
     let c = model.config().clone();
     let embed = Mat::from_tensor(model.embed_tokens.weight.val());
     let mut xs: Vec<Vec<f64>> = ids.iter().map(|&t| embed.data[t as usize * c.hidden_size..(t as usize + 1) * c.hidden_size].to_vec()).collect();
@@ -71,11 +84,16 @@ pub fn reference_logits<B: Backend>(model: &Llama<B>, ids: &[u32], soft: &[Optio
         let m = &layer.mlp;
         let (wg, wu, wd) = (Mat::from_tensor(m.gate_proj.weight.val()), Mat::from_tensor(m.up_proj.weight.val()), Mat::from_tensor(m.down_proj.weight.val()));
 
-        let soft_here = soft.get(l).cloned().flatten().unwrap_or_default();
+        let normed_real: Vec<Vec<f64>> = xs.iter().map(|x| rms_norm(x, &g_in, c.rms_norm_eps)).collect();
+        let soft_here = soft(l, &xs, &normed_real).unwrap_or_default();
         let n_soft = soft_here.len();
         let seq: Vec<Vec<f64>> = soft_here.iter().cloned().chain(xs.iter().cloned()).collect();
         let positions: Vec<f64> = (0..n_soft).map(|p| p as f64).chain((0..xs.len()).map(|p| (p + offset) as f64)).collect();
-        let normed: Vec<Vec<f64>> = seq.iter().map(|x| rms_norm(x, &g_in, c.rms_norm_eps)).collect();
+        let normed: Vec<Vec<f64>> = seq
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if i < n_soft && !norm_soft { x.clone() } else { rms_norm(x, &g_in, c.rms_norm_eps) })
+            .collect();
         let qs: Vec<Vec<f64>> = normed.iter().map(|x| wq.apply(x)).collect();
         let ks: Vec<Vec<f64>> = normed.iter().map(|x| wk.apply(x)).collect();
         let vs: Vec<Vec<f64>> = normed.iter().map(|x| wv.apply(x)).collect();
@@ -89,7 +107,9 @@ pub fn reference_logits<B: Backend>(model: &Llama<B>, ids: &[u32], soft: &[Optio
                 let scores: Vec<f64> = (0..=i)
                     .map(|j| {
                         let mut k = ks[j][kv * hd..(kv + 1) * hd].to_vec();
-                        rope(&mut k, positions[j], c.rope_theta);
+                        if j >= n_soft || rope_soft {
+                            rope(&mut k, positions[j], c.rope_theta);
+                        }
                         q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
                     })
                     .collect();

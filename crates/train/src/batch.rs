@@ -32,14 +32,24 @@ pub struct LmExample {
     /// Number of prompt (instruction) tokens at the start of `ids`: at least 1, and less than
     /// `ids.len()`, so there is a token to condition on and at least one response token.
     pub instruction_len: usize,
+    /// The example's class (label index) on a classification task, `None` otherwise. The
+    /// training loader can balance classes within batches (`TrainConfig::balance_classes`).
+    #[serde(default)]
+    pub class: Option<usize>,
 }
 
 impl LmExample {
     /// An example, checked: `1 <= instruction_len < ids.len()`.
     pub fn new(ids: Vec<u32>, instruction_len: usize) -> Result<Self, String> {
-        let example = Self { ids, instruction_len };
+        let example = Self { ids, instruction_len, class: None };
         example.check()?;
         Ok(example)
+    }
+
+    /// The same example with its class set.
+    pub fn with_class(mut self, class: Option<usize>) -> Self {
+        self.class = class;
+        self
     }
 
     /// Why this example cannot be trained on, if it cannot.

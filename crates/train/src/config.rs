@@ -40,6 +40,9 @@ pub struct TrainConfig {
     /// When shuffling, batch examples of similar length together (windows of 16 batches of the
     /// shuffled order, sorted by length): far less padding, so faster steps. Default true.
     pub group_by_length: bool,
+    /// When shuffling a classification task, spread its classes evenly over the batches, so
+    /// each batch holds them in about their overall proportions. Default true.
+    pub balance_classes: bool,
     /// Checkpoints to keep besides the best one. Default 2.
     pub keep_last: usize,
     /// Return the tuner of the best dev epoch rather than the last. Default true.
@@ -73,6 +76,7 @@ impl Default for TrainConfig {
             seed: 42,
             shuffle: true,
             group_by_length: true,
+            balance_classes: true,
             keep_last: 2,
             restore_best: true,
             resume: true,

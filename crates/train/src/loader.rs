@@ -11,6 +11,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::Dataset;
 use burn::tensor::backend::Backend;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -29,6 +30,11 @@ pub struct EpochLoader<B: Backend> {
     served: AtomicUsize,
     /// Batch examples of similar length together (see [`EpochLoader::with_length_grouping`]).
     group_by_length: bool,
+    /// Spread classes evenly over batches (see [`EpochLoader::with_class_balance`]).
+    balance_classes: bool,
+    /// Every example's token count and class, read once: orders are computed from these.
+    lengths: Arc<[usize]>,
+    classes: Arc<[Option<usize>]>,
 }
 
 /// Length grouping sorts windows of this many batches of the shuffled order.
@@ -46,6 +52,8 @@ impl<B: Backend> EpochLoader<B> {
         first_epoch: usize,
     ) -> Self {
         let end = dataset.len();
+        let (lengths, classes): (Vec<usize>, Vec<Option<usize>>) =
+            dataset.iter().map(|e| (e.ids.len(), e.class)).unzip();
         Self {
             dataset,
             start: 0,
@@ -56,6 +64,9 @@ impl<B: Backend> EpochLoader<B> {
             seed,
             served: first_epoch.into(),
             group_by_length: false,
+            balance_classes: false,
+            lengths: lengths.into(),
+            classes: classes.into(),
         }
     }
 
@@ -70,6 +81,18 @@ impl<B: Backend> EpochLoader<B> {
         self
     }
 
+    /// Spread each class evenly over the epoch, so that every batch holds the classes in about
+    /// their overall proportions (a balanced two-class set gives batches of 4 a 2-2 split, where a
+    /// plain shuffle gives 3-1 or 4-0 in 5 of 8 batches). With few examples per step, a batch's
+    /// label mix otherwise moves the answer prior back and forth from step to step, and that
+    /// noise swamps the gradient that makes the answer depend on the input. Within a class the
+    /// shuffled order is kept; length grouping then sorts each class within a window. Applies
+    /// only when shuffling and when every example has a class (classification tasks).
+    pub fn with_class_balance(mut self, on: bool) -> Self {
+        self.balance_classes = on;
+        self
+    }
+
     fn derived(&self, start: usize, end: usize, device: B::Device) -> Self {
         Self {
             dataset: self.dataset.clone(),
@@ -81,6 +104,9 @@ impl<B: Backend> EpochLoader<B> {
             seed: self.seed,
             served: self.served.load(Ordering::SeqCst).into(),
             group_by_length: self.group_by_length,
+            balance_classes: self.balance_classes,
+            lengths: self.lengths.clone(),
+            classes: self.classes.clone(),
         }
     }
 
@@ -90,21 +116,48 @@ impl<B: Backend> EpochLoader<B> {
         if let Some(seed) = self.seed {
             let mut rng = SplitMix64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             rng.shuffle(&mut order);
+            let balance = self.balance_classes && order.iter().all(|&i| self.classes[i].is_some());
+            if balance {
+                order = self.interleave_classes(&order);
+            }
             if self.group_by_length {
-                order = self.grouped_by_length(&order, &mut rng);
+                order = self.grouped_by_length(&order, balance, &mut rng);
             }
         }
         order
     }
 
-    fn grouped_by_length(&self, order: &[usize], rng: &mut SplitMix64) -> Vec<usize> {
-        let length = |i: usize| self.dataset.get(i).map_or(0, |e| e.ids.len());
+    /// `items` with each class spread evenly, keeping the order within a class: the k-th of a
+    /// class's n members goes to relative position (k + 1/2) / n (ties by class index).
+    fn interleave_classes(&self, items: &[usize]) -> Vec<usize> {
+        let mut by_class: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+        for &i in items {
+            by_class.entry(self.classes[i]).or_default().push(i);
+        }
+        let mut keyed: Vec<(f64, usize)> = by_class
+            .values()
+            .flat_map(|members| {
+                let n = members.len() as f64;
+                members.iter().enumerate().map(move |(k, &i)| ((k as f64 + 0.5) / n, i))
+            })
+            .collect();
+        // Stable: equal positions keep the class order of `by_class`.
+        keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+        keyed.into_iter().map(|(_, i)| i).collect()
+    }
+
+    fn grouped_by_length(&self, order: &[usize], balance: bool, rng: &mut SplitMix64) -> Vec<usize> {
         let mut grouped = Vec::with_capacity(order.len());
         let mut partial = Vec::new();
         // Windows are whole batches, so only the last window can end in a partial batch.
         for window in order.chunks(self.batch_size * LENGTH_WINDOW_BATCHES) {
             let mut window = window.to_vec();
-            window.sort_by_key(|&i| std::cmp::Reverse(length(i)));
+            window.sort_by_key(|&i| std::cmp::Reverse(self.lengths[i]));
+            if balance {
+                // Each class sorted by length, then spread again: a batch pairs similar lengths
+                // across classes and keeps its class mix.
+                window = self.interleave_classes(&window);
+            }
             let mut batches: Vec<&[usize]> = window.chunks(self.batch_size).collect();
             if batches.last().is_some_and(|b| b.len() < self.batch_size) {
                 partial = batches.pop().expect("just checked").to_vec();
@@ -270,6 +323,48 @@ mod tests {
             b.sort();
             assert_eq!(a, b);
         }
+    }
+
+    /// 150 examples, classes 0/1/2 in proportions 1/2 : 1/3 : 1/6, lengths as in `varied_loader`.
+    fn classed_loader(group: bool, balance: bool) -> EpochLoader<TestBackend> {
+        let class = |i: usize| if i % 6 < 3 { 0 } else if i % 6 < 5 { 1 } else { 2 };
+        let items = (0..150).map(|i| LmExample::new(vec![1; 2 + (i * 37) % 150], 1).unwrap().with_class(Some(class(i)))).collect();
+        EpochLoader::new(Arc::new(InMemDataset::new(items)), 6, LmBatcher::default(), Default::default(), Some(5), 0)
+            .with_length_grouping(group)
+            .with_class_balance(balance)
+    }
+
+    #[test]
+    fn class_balance_gives_every_batch_the_overall_class_mix() {
+        let class = |i: usize| if i % 6 < 3 { 0 } else if i % 6 < 5 { 1 } else { 2 };
+        // Per batch of 6: the largest deviation from the expected 3 / 2 / 1 of any class.
+        let worst = |order: &[usize]| -> usize {
+            order.chunks(6).filter(|b| b.len() == 6).map(|b| {
+                (0..3).map(|c| (b.iter().filter(|&&i| class(i) == c).count() as isize - [3, 2, 1][c]).unsigned_abs()).max().unwrap()
+            }).max().unwrap()
+        };
+        for group in [false, true] {
+            let balanced = classed_loader(group, true);
+            let order = balanced.order(0);
+            assert!(worst(&order) <= 1, "group={group}: balanced batches off by {}", worst(&order));
+            if !group {
+                assert!(worst(&classed_loader(false, false).order(0)) >= 2, "a plain shuffle should be visibly unbalanced");
+            }
+            // Still a permutation, a function of (seed, epoch).
+            assert_eq!(order, classed_loader(group, true).order(0));
+            assert_ne!(order, balanced.order(1));
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..150).collect::<Vec<_>>());
+        }
+        // Grouping still cuts padding with balance on.
+        let padded = |order: &[usize]| -> usize { order.chunks(6).map(|b| b.len() * b.iter().map(|&i| 2 + (i * 37) % 150).max().unwrap()).sum() };
+        let real: usize = (0..150).map(|i| 2 + (i * 37) % 150).sum();
+        let grouped = padded(&classed_loader(true, true).order(0));
+        assert!(grouped < real + real / 5, "balanced and grouped: {grouped} padded slots for {real} tokens");
+        // Examples without a class (generation tasks) keep the plain order.
+        let unclassed = varied_loader(true).with_class_balance(true);
+        assert_eq!(unclassed.order(0), varied_loader(true).order(0));
     }
 
     #[test]

@@ -332,7 +332,8 @@ where
         config.shuffle.then_some(config.seed),
         resume_epoch.unwrap_or(0),
     )
-    .with_length_grouping(config.group_by_length);
+    .with_length_grouping(config.group_by_length)
+    .with_class_balance(config.balance_classes);
     let dev_loader = EpochLoader::<B::InnerBackend>::new(
         Arc::new(dev_data),
         config.batch_size,

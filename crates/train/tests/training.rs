@@ -412,7 +412,7 @@ fn data_parallel_on_two_cpu_devices() {
 #[test]
 fn invalid_inputs_are_reported_before_training() {
     let dir = run_dir("invalid");
-    let bad = vec![LmExample { ids: vec![1, 2], instruction_len: 2 }];
+    let bad = vec![LmExample { ids: vec![1, 2], instruction_len: 2, class: None }];
     let err =
         train(&quiet(TrainConfig::default()), model(8), dataset(bad), dataset(examples(1, 0)), &dir).err().unwrap();
     assert!(matches!(err, TrainError::Data { split: "training", .. }), "{err}");

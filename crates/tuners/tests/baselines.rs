@@ -3,9 +3,12 @@
 //! parameter counts and config errors; plus LoRA's own identities (zero at init, merging, the
 //! delta by hand).
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+mod common;
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use common::*;
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
 use iapt_model::{generate, GenerationConfig, KvCache, Llama, LlamaConfig, NoHook, Padding, SamplingConfig, TokenBatch};
 use iapt_tuners::adapter::{load_tuner_tensors, module_tensors, tuner_tensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
@@ -16,31 +19,18 @@ use iapt_tuners::{
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-type TB = burn::backend::NdArray;
-type AD = burn::backend::Autodiff<TB>;
-
-const SEQ: [u32; 7] = [5, 17, 42, 3, 88, 61, 9];
-/// Tokens of SEQ that form the instruction (the prompt); the rest is the response.
-const N_INSTRUCTION: usize = 4;
-
 /// One config per kind and form: the matrix every test runs over.
 fn configs() -> Vec<TunerConfig> {
-    vec![
-        TunerConfig::Iapt(IaptConfig::new(8)),
+    let iapt = iapt_grid().into_iter().map(TunerConfig::Iapt);
+    iapt.chain([
         TunerConfig::PromptTuning(PromptTuningConfig::new().with_num_tokens(3)),
         TunerConfig::PromptTuning(PromptTuningConfig::new().with_num_tokens(1).with_init(PromptInit::Random)),
         TunerConfig::PrefixTuning(PrefixTuningConfig::new().with_num_tokens(5)),
         TunerConfig::PrefixTuning(PrefixTuningConfig::new().with_num_tokens(2).with_reparam_hidden(Some(6))),
         TunerConfig::Lora(LoraConfig::new()),
         TunerConfig::Lora(LoraConfig::new().with_rank(2).with_alpha(3.0).with_dropout(0.1).with_targets(Projection::ALL.to_vec())),
-    ]
-}
-
-fn tiny<B: Backend>(seed: u64, tied: bool) -> Llama<B> {
-    B::seed(&Default::default(), seed);
-    let mut c = LlamaConfig::tiny();
-    c.tie_word_embeddings = tied;
-    Llama::random(&c, &Default::default())
+    ])
+    .collect()
 }
 
 /// `config`'s tuner with every parameter moved by a deterministic pseudo-random amount in
@@ -62,39 +52,8 @@ fn tuner<B: Backend>(config: &TunerConfig, seed: u64) -> Tuner<B> {
     load_tuner_tensors(tuner, tensors, Path::new("memory")).unwrap()
 }
 
-fn ids_tensor<B: Backend>(rows: &[Vec<u32>]) -> Tensor<B, 2, Int> {
-    let (b, t) = (rows.len(), rows[0].len());
-    Tensor::from_data(TensorData::new(rows.concat().iter().map(|&v| v as i64).collect::<Vec<_>>(), [b, t]), &Default::default())
-}
-
-/// A dense batch whose first `n_instruction` tokens per row are the instruction.
-fn instruction_batch<B: Backend>(rows: &[Vec<u32>], n_instruction: usize) -> TokenBatch<B> {
-    let (b, t) = (rows.len(), rows[0].len());
-    let mask: Vec<bool> = (0..b).flat_map(|_| (0..t).map(move |i| i < n_instruction)).collect();
-    TokenBatch::dense(ids_tensor(rows)).with_instruction(Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [b, t]), &Default::default()))
-}
-
-fn rows_of<B: Backend>(t: Tensor<B, 3>) -> Vec<Vec<Vec<f32>>> {
-    let [b, s, v] = t.dims();
-    let data: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap();
-    (0..b).map(|i| (0..s).map(|j| data[(i * s + j) * v..(i * s + j + 1) * v].to_vec()).collect()).collect()
-}
-
-/// Logits of the batch's own `t` tokens (an input prefix adds positions in front: dropped).
-fn logits<B: Backend>(model: &Llama<B>, batch: TokenBatch<B>, hook: &dyn ModelHook<B>) -> Vec<Vec<Vec<f32>>> {
-    let t = batch.ids.dims()[1];
-    let hidden = model.forward(batch, &mut KvCache::new(model.layers.len()), hook);
-    let total = hidden.dims()[1];
-    rows_of(model.logits(hidden.narrow(1, total - t, t)))
-}
-
 fn padded_logits<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>) -> Vec<Vec<Vec<f32>>> {
     logits(model, TokenBatch::padded(&[vec![5, 17, 42, 3, 88], vec![9, 8]], 0, Padding::Left, &Default::default()), hook)
-}
-
-fn max_abs(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> f32 {
-    assert_eq!((a.len(), a[0].len()), (b.len(), b[0].len()));
-    a.iter().flatten().flatten().zip(b.iter().flatten().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -273,54 +232,6 @@ fn batched_generation_matches_each_prompt_alone() {
             assert!(max_abs(&[vec![batched_last]], &[vec![alone_last]]) < 1e-4, "{config:?} row {row}: last-position logits differ");
         }
     }
-}
-
-/// Paths of the parameters that have (or lack) a gradient, and whether it is non-zero.
-struct GradCheck<'a, B: AutodiffBackend> {
-    grads: &'a B::Gradients,
-    path: Vec<String>,
-    with: Vec<(String, bool)>,
-    without: Vec<String>,
-}
-
-impl<'a, B: AutodiffBackend> GradCheck<'a, B> {
-    fn of<M: Module<B>>(module: &M, grads: &'a B::Gradients) -> Self {
-        let mut check = Self { grads, path: vec![], with: vec![], without: vec![] };
-        module.visit(&mut check);
-        check
-    }
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradCheck<'_, B> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.into());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let name = self.path.join(".");
-        match param.grad(self.grads) {
-            Some(g) => {
-                let nonzero = g.abs().max().into_data().convert::<f32>().to_vec::<f32>().unwrap()[0] > 0.0;
-                self.with.push((name, nonzero))
-            }
-            None => self.without.push(name),
-        }
-    }
-}
-
-/// Mean next-token cross-entropy over the response positions (the training loss).
-fn response_loss<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, seq: &[u32], n_instruction: usize) -> Tensor<B, 1> {
-    let t = seq.len();
-    let hidden = model.forward(instruction_batch(&[seq.to_vec()], n_instruction), &mut KvCache::new(model.layers.len()), hook);
-    let total = hidden.dims()[1];
-    let logits = model.logits(hidden.narrow(1, total - t, t));
-    let predicting = n_instruction - 1..t - 1;
-    let n = predicting.len();
-    let logp = burn::tensor::activation::log_softmax(logits.slice([0..1, predicting]), 2);
-    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(seq[n_instruction..].iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]), &Default::default());
-    logp.gather(2, targets.reshape([1, n, 1])).mean().neg()
 }
 
 #[test]
