@@ -9,7 +9,7 @@ use burn::backend::Autodiff;
 use burn::data::dataset::InMemDataset;
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::Backend;
-use iapt_data::{Answer, EncodeConfig, EncodedExample, Encoder, Split, TaskSpec};
+use iapt_data::{EncodeConfig, EncodedExample, Encoder, Split, TaskSpec};
 use iapt_model::{Llama, ModelHook, NoHook, Tokenizer};
 use iapt_train::{LmExample, TunedLm};
 use iapt_tuners::ParamCount;
@@ -96,13 +96,7 @@ pub fn prepare_task(data: &DataSection, tokenizer: &Tokenizer, splits: &[Split])
 fn lm_examples(examples: &[EncodedExample]) -> Result<Vec<LmExample>> {
     examples
         .iter()
-        .map(|e| {
-            let class = match &e.answer {
-                Answer::Class { label, .. } => Some(*label),
-                Answer::Text(_) => None,
-            };
-            LmExample::new(e.ids.clone(), e.prompt_len).map(|x| x.with_class(class)).map_err(|why| anyhow!("example {}: {why}", e.id))
-        })
+        .map(|e| LmExample::new(e.ids.clone(), e.prompt_len).map(|x| x.with_class(e.answer.label())).map_err(|why| anyhow!("example {}: {why}", e.id)))
         .collect()
 }
 

@@ -211,6 +211,14 @@ impl Answer {
         }
     }
 
+    /// The label index into `choices` and `names` (classification only).
+    pub fn label(&self) -> Option<usize> {
+        match self {
+            Answer::Class { label, .. } => Some(*label),
+            Answer::Text(_) => None,
+        }
+    }
+
     /// The label name (classification only).
     pub fn label_name(&self) -> Option<&str> {
         match self {

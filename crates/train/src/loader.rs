@@ -325,9 +325,13 @@ mod tests {
         }
     }
 
-    /// 150 examples, classes 0/1/2 in proportions 1/2 : 1/3 : 1/6, lengths as in `varied_loader`.
+    /// Class of example `i` of `classed_loader`: 0, 1, 2 in proportions 1/2 : 1/3 : 1/6.
+    fn class(i: usize) -> usize {
+        if i % 6 < 3 { 0 } else if i % 6 < 5 { 1 } else { 2 }
+    }
+
+    /// 150 examples with classes from `class`, lengths as in `varied_loader`.
     fn classed_loader(group: bool, balance: bool) -> EpochLoader<TestBackend> {
-        let class = |i: usize| if i % 6 < 3 { 0 } else if i % 6 < 5 { 1 } else { 2 };
         let items = (0..150).map(|i| LmExample::new(vec![1; 2 + (i * 37) % 150], 1).unwrap().with_class(Some(class(i)))).collect();
         EpochLoader::new(Arc::new(InMemDataset::new(items)), 6, LmBatcher::default(), Default::default(), Some(5), 0)
             .with_length_grouping(group)
@@ -336,7 +340,6 @@ mod tests {
 
     #[test]
     fn class_balance_gives_every_batch_the_overall_class_mix() {
-        let class = |i: usize| if i % 6 < 3 { 0 } else if i % 6 < 5 { 1 } else { 2 };
         // Per batch of 6: the largest deviation from the expected 3 / 2 / 1 of any class.
         let worst = |order: &[usize]| -> usize {
             order.chunks(6).filter(|b| b.len() == 6).map(|b| {
