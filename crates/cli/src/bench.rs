@@ -18,6 +18,12 @@ fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec<Vec<u32>> 
 /// With a `tuned` hook (a named adapter: `iapt`, `lora`, ...), each batch size is also run with
 /// it, interleaved with the bare runs so machine noise hits both alike, and the decode-speed and
 /// prefill-time ratios to the bare model are reported.
+///
+/// It first measures this machine's memory read bandwidth: one decode step reads every weight,
+/// so `bandwidth / bytes of weights` bounds decode steps/s, and each row reports the bound and
+/// the fraction of it reached. With `profile`, each row also splits prefill and a decode step
+/// into kinds of work ([`iapt_model::profile::Part`]).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_generate<B: Backend>(
     loaded: &LoadedModel<B>,
     prompt_len: usize,
@@ -25,8 +31,13 @@ pub fn bench_generate<B: Backend>(
     batches: &[usize],
     repeats: usize,
     tuned: Option<(&str, &dyn ModelHook<B>)>,
+    profile: bool,
 ) -> Result<Value> {
     let vocab = loaded.model.config().vocab_size;
+    let bandwidth = iapt_kernels::bandwidth::read_bandwidth(1 << 30, 5);
+    let weight_bytes = 4 * loaded.model.config().weights_read_per_step();
+    let steps_bound = bandwidth / weight_bytes as f64;
+    iapt_model::profile::enable(profile);
     // No stop tokens: every run decodes exactly `new_tokens` steps.
     let config = GenerationConfig { max_new_tokens: new_tokens, sampling: SamplingConfig::default(), stop_tokens: vec![] };
     let mut results = Vec::new();
@@ -39,6 +50,7 @@ pub fn bench_generate<B: Backend>(
         row.insert("new_tokens".into(), json!(new_tokens));
         row.insert("repeats".into(), json!(repeats));
         let mut totals = vec![(0.0f64, 0.0f64, 0usize); hooks.len()];
+        let mut parts = vec![(PartTotals::default(), PartTotals::default()); hooks.len()];
         for (_, hook) in &hooks {
             let _warmup = generate(&loaded.model, &prompts(vocab, batch, prompt_len, 0), 0, &config, *hook);
         }
@@ -48,19 +60,30 @@ pub fn bench_generate<B: Backend>(
                 totals[i].0 += out.prefill_seconds;
                 totals[i].1 += out.decode_seconds;
                 totals[i].2 += out.decode_steps;
+                if let Some((prefill, decode)) = out.parts {
+                    parts[i].0.add(&prefill, out.prefill_seconds);
+                    parts[i].1.add(&decode, out.decode_seconds);
+                }
             }
         }
-        for ((name, _), (prefill_s, decode_s, steps)) in hooks.iter().zip(&totals) {
-            row.insert(
-                name.to_string(),
-                json!({
-                    "prefill_tokens_per_s": (batch * prompt_len * repeats) as f64 / prefill_s,
-                    "decode_tokens_per_s": (batch * steps) as f64 / decode_s,
-                    "prefill_ms": 1000.0 * prefill_s / repeats as f64,
-                    "decode_ms_per_step": 1000.0 * decode_s / (*steps).max(1) as f64,
-                }),
-            );
+        for (((name, _), (prefill_s, decode_s, steps)), (prefill_parts, decode_parts)) in hooks.iter().zip(&totals).zip(&parts) {
+            let decode_steps_per_s = *steps as f64 / decode_s;
+            let mut report = json!({
+                "prefill_tokens_per_s": (batch * prompt_len * repeats) as f64 / prefill_s,
+                "decode_tokens_per_s": (batch * steps) as f64 / decode_s,
+                "prefill_ms": 1000.0 * prefill_s / repeats as f64,
+                "decode_ms_per_step": 1000.0 * decode_s / (*steps).max(1) as f64,
+                "decode_fraction_of_bandwidth_bound": decode_steps_per_s / steps_bound,
+            });
+            if profile {
+                report["profile"] = json!({
+                    "prefill_ms": prefill_parts.report(repeats as f64),
+                    "decode_ms_per_step": decode_parts.report((*steps).max(1) as f64),
+                });
+            }
+            row.insert(name.to_string(), report);
         }
+        row.insert("decode_bandwidth_bound_tokens_per_s".into(), json!(batch as f64 * steps_bound));
         if totals.len() == 2 {
             let rate = |t: &(f64, f64, usize)| t.2 as f64 / t.1;
             row.insert("tuned_decode_speed_vs_bare".into(), json!(rate(&totals[1]) / rate(&totals[0])));
@@ -68,7 +91,41 @@ pub fn bench_generate<B: Backend>(
         }
         results.push(Value::Object(row));
     }
-    Ok(json!({ "bench": "generate", "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "results": results }))
+    iapt_model::profile::enable(false);
+    Ok(json!({
+        "bench": "generate",
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "kernels": iapt_kernels::accelerated::<B>(),
+        "read_bandwidth_gb_per_s": bandwidth / 1e9,
+        "weight_bytes_per_decode_step": weight_bytes,
+        "results": results,
+    }))
+}
+
+/// Seconds per kind of work summed over runs, and the runs' whole time.
+#[derive(Default, Clone)]
+struct PartTotals {
+    seconds: [f64; 5],
+    total: f64,
+}
+
+impl PartTotals {
+    fn add(&mut self, parts: &iapt_model::generate::PartSeconds, total: f64) {
+        for (sum, (_, s)) in self.seconds.iter_mut().zip(parts) {
+            *sum += s;
+        }
+        self.total += total;
+    }
+
+    /// Milliseconds per `per` (runs or steps) of each part, and of everything else.
+    fn report(&self, per: f64) -> Value {
+        let mut out = serde_json::Map::new();
+        for (part, s) in iapt_model::profile::Part::ALL.iter().zip(self.seconds) {
+            out.insert(part.name().into(), json!(1000.0 * s / per));
+        }
+        out.insert("other".into(), json!(1000.0 * (self.total - self.seconds.iter().sum::<f64>()) / per));
+        Value::Object(out)
+    }
 }
 
 /// `iapt bench train`: a tuner's training throughput on the real backbone, split into forward,

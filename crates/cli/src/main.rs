@@ -213,6 +213,9 @@ enum BenchCommand {
         /// Also measure with this adapter (any tuner; an adapter or run directory).
         #[arg(long)]
         adapter: Option<std::path::PathBuf>,
+        /// Split prefill and decode time by kind of work (projections, attention, norms/RoPE, LM head, sampling, other).
+        #[arg(long)]
+        profile: bool,
     },
     /// Data pipeline throughput: rendering, tokenizing and batching a task's examples.
     Data {
@@ -268,6 +271,7 @@ fn keep_freed_memory() {}
 
 fn main() {
     keep_freed_memory();
+    iapt_kernels::use_this_thread_in_pool();
     if let Err(err) = run(Cli::parse()) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
@@ -388,7 +392,7 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats, iapt_bottleneck, adapter } } => {
+        Command::Bench { what: BenchCommand::Generate { model, prompt_tokens, new_tokens, batch, repeats, iapt_bottleneck, adapter, profile } } => {
             let path = model_source::resolve_model(&model.model)?;
             with_backend!(model.backend, |B, device| {
                 let loaded = text::load::<B>(&path, &device)?;
@@ -398,7 +402,7 @@ fn run(cli: Cli) -> Result<()> {
                     (None, None) => None,
                 };
                 let tuned = tuner.as_ref().map(|t| (t.name(), t as &dyn iapt_model::ModelHook<B>));
-                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats, tuned)?;
+                let report = bench::bench_generate(&loaded, prompt_tokens, new_tokens, &batch, repeats, tuned, profile)?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             })

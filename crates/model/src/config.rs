@@ -116,6 +116,17 @@ impl LlamaConfig {
         self.num_layers * (attn + mlp + norms) + embed + head + d
     }
 
+    /// Weights one decode step reads: every layer, the final norm and the LM head (the embedding
+    /// table when tied); of an untied embedding only one row per token, which is left out.
+    pub fn weights_read_per_step(&self) -> usize {
+        let embed = self.vocab_size * self.hidden_size;
+        if self.tie_word_embeddings {
+            self.num_params()
+        } else {
+            self.num_params() - embed
+        }
+    }
+
     /// Check the shape is self-consistent; `what` names the source for the message.
     pub fn validate(&self) -> Result<(), String> {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {

@@ -26,7 +26,12 @@ pub struct Generation {
     pub decode_seconds: f64,
     /// Decode steps run (one token for every row per step).
     pub decode_steps: usize,
+    /// Seconds by kind of work in prefill and in all decode steps, when [`crate::profile`] is on.
+    pub parts: Option<(PartSeconds, PartSeconds)>,
 }
+
+/// Seconds spent in each [`crate::profile::Part`].
+pub type PartSeconds = [(crate::profile::Part, f64); 5];
 
 /// Generate continuations for `prompts` (each non-empty) in one batch. Prompts are left-padded
 /// with `pad_id`; a row that stopped keeps being fed its stop token, and its output is cut there.
@@ -44,14 +49,17 @@ pub fn generate<B: Backend>(
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); rows];
     let mut done = vec![false; rows];
     if rows == 0 || config.max_new_tokens == 0 {
-        return Generation { tokens, prefill_seconds: 0.0, decode_seconds: 0.0, decode_steps: 0 };
+        return Generation { tokens, prefill_seconds: 0.0, decode_seconds: 0.0, decode_steps: 0, parts: None };
     }
 
+    let profiling = crate::profile::enabled();
+    let _ = crate::profile::take();
     let start = Instant::now();
     let batch = TokenBatch::<B>::padded(prompts, pad_id, Padding::Left, &device);
     let hidden = model.forward(batch, &mut cache, hook);
     let mut next = pick(model, last_position(hidden), &mut sampler);
     let prefill_seconds = start.elapsed().as_secs_f64();
+    let prefill_parts = crate::profile::take();
 
     let start = Instant::now();
     let mut steps = 0;
@@ -71,7 +79,9 @@ pub fn generate<B: Backend>(
         next = pick(model, hidden, &mut sampler);
         steps += 1;
     }
-    Generation { tokens, prefill_seconds, decode_seconds: start.elapsed().as_secs_f64(), decode_steps: steps }
+    let decode_seconds = start.elapsed().as_secs_f64();
+    let parts = profiling.then(|| (prefill_parts, crate::profile::take()));
+    Generation { tokens, prefill_seconds, decode_seconds, decode_steps: steps, parts }
 }
 
 /// The hidden state of each row's last slot, `[b, 1, d]` (with left padding, its newest token).
@@ -83,7 +93,9 @@ fn last_position<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
 /// Sample one token per row from `[b, 1, d]` hidden states.
 fn pick<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, sampler: &mut Sampler) -> Vec<u32> {
     let logits = model.logits(hidden);
-    let [b, _, vocab] = logits.dims();
-    let values: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
-    (0..b).map(|row| sampler.sample(&values[row * vocab..(row + 1) * vocab])).collect()
+    crate::profile::timed(crate::profile::Part::Sampling, || {
+        let [b, _, vocab] = logits.dims();
+        let values: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
+        (0..b).map(|row| sampler.sample(&values[row * vocab..(row + 1) * vocab])).collect()
+    })
 }

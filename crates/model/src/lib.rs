@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod hf;
 pub mod hook;
 pub mod load;
+pub mod profile;
 pub mod rope;
 pub mod sampling;
 pub mod score;

@@ -39,6 +39,9 @@ impl<B: Backend> RopeAngles<B> {
     /// Rotate `x` (`[batch, tokens, heads, head_dim]`): `x*cos + rotate_half(x)*sin`,
     /// where `rotate_half([x1, x2]) = [-x2, x1]` over the two halves of the head.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if let Some(rotated) = iapt_kernels::fused::rope(&x, &self.cos, &self.signed_sin) {
+            return rotated;
+        }
         let hd = x.dims()[3];
         let x1 = x.clone().narrow(3, 0, hd / 2);
         let x2 = x.clone().narrow(3, hd / 2, hd / 2);

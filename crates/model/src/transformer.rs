@@ -1,11 +1,13 @@
 //! The LLaMA-2-family decoder: RMSNorm, rotary GQA attention, SwiGLU MLP, optional tied head.
 
 use crate::batch::TokenBatch;
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
 use crate::rope::{inverse_frequencies, RopeAngles};
 use burn::module::Module;
+use crate::profile::{timed, Part};
+use iapt_kernels::{accelerated, frozen_matmul};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
@@ -24,13 +26,30 @@ fn project<B: Backend>(
 ) -> Tensor<B, 3> {
     // One [b*t, d_in] x [d_in, d_out] product rather than b batched ones: CPU backends pack
     // the weight once per product, and one tall product also blocks better.
-    let [b, t, d] = x.dims();
-    let base = linear.forward(x.clone().reshape([b * t, d]));
-    let base = base.clone().reshape([b, t, base.dims()[1]]);
-    match hook.projection_delta(layer, projection, &x) {
-        Some(delta) => base + delta,
-        None => base,
+    timed(Part::Projections, || {
+        let [b, t, d] = x.dims();
+        let base = frozen_linear(linear, x.clone().reshape([b * t, d]));
+        let base = base.clone().reshape([b, t, base.dims()[1]]);
+        match hook.projection_delta(layer, projection, &x) {
+            Some(delta) => base + delta,
+            None => base,
+        }
+    })
+}
+
+/// `x · W (+ bias)` for a backbone linear layer, whose weight is frozen: on the CPU backends
+/// this runs `iapt-kernels`' products, elsewhere burn's matmul.
+fn frozen_linear<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let out = frozen_matmul(x, linear.weight.val());
+    match &linear.bias {
+        Some(bias) => out + bias.val().unsqueeze(),
+        None => out,
     }
+}
+
+/// RMSNorm, in one pass on the CPU inference backends.
+fn rms_norm<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    iapt_kernels::fused::rms_norm(&x, &norm.gamma.val(), norm.epsilon).unwrap_or_else(|| norm.forward(x))
 }
 
 /// Grouped-query self-attention with rotary embeddings.
@@ -80,37 +99,46 @@ impl<B: Backend> Attention<B> {
         hook: &dyn ModelHook<B>,
         layer: usize,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let k = self.split_heads(project(&self.k_proj, normed.clone(), hook, layer, Projection::K), self.num_kv_heads, rope);
-        let v = self.split_heads(project(&self.v_proj, normed, hook, layer, Projection::V), self.num_kv_heads, None);
-        (k, v)
+        let k = project(&self.k_proj, normed.clone(), hook, layer, Projection::K);
+        let v = project(&self.v_proj, normed, hook, layer, Projection::V);
+        timed(Part::NormsRope, || (self.split_heads(k, self.num_kv_heads, rope), self.split_heads(v, self.num_kv_heads, None)))
     }
 
-    /// Attention of the queries in `normed` over all keys/values (`[b, kv, s, hd]`) under
-    /// `hidden` (`[b, 1, t, s]`, true = may not attend). GQA without repeating K/V: the query
-    /// heads sharing a KV head are folded into the token axis for the two matmuls.
+    /// Attention of the queries in `normed` over all cached keys/values (`[b, kv, s, hd]`, the
+    /// new tokens in the last `t` slots); `mask` gives `[b, 1, t, s]` (true = may not attend)
+    /// when burn's ops run it. On the CPU inference backends one fused kernel does it all.
     pub fn attend(
         &self,
         normed: Tensor<B, 3>,
         rope: &RopeAngles<B>,
-        keys: Tensor<B, 4>,
-        values: Tensor<B, 4>,
-        hidden: &Tensor<B, 4, Bool>,
+        cached: &LayerKv<B>,
+        mask: impl FnOnce() -> Tensor<B, 4, Bool>,
         hook: &dyn ModelHook<B>,
         layer: usize,
     ) -> Tensor<B, 3> {
         let [b, t, _] = normed.dims();
+        let (keys, values) = (cached.keys.clone(), cached.values.clone());
         let s = keys.dims()[2];
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let groups = h / kv;
-        let q = self.split_heads(project(&self.q_proj, normed, hook, layer, Projection::Q), h, Some(rope));
-        // Query head i*groups+g uses KV head i (HF repeat_kv order).
-        let q = q.reshape([b, kv, groups * t, hd]);
-        let scores = q.matmul(keys.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = scores.reshape([b, h, t, s]).mask_fill(hidden.clone().expand([b, h, t, s]), MASKED);
-        let probs = softmax(scores, 3).reshape([b, kv, groups * t, s]);
-        let out = probs.matmul(values).reshape([b, h, t, hd]);
-        // `[b, h, t, hd]` -> `[b, t, h*hd]`; with one token the order is already right.
-        let out = if t == 1 { out.reshape([b, 1, h * hd]) } else { out.swap_dims(1, 2).reshape([b, t, h * hd]) };
+        let q = project(&self.q_proj, normed, hook, layer, Projection::Q);
+        let q = timed(Part::NormsRope, || rope.apply(q.reshape([b, t, h, hd])));
+        if let Some(out) = timed(Part::Attention, || iapt_kernels::fused::attention(&q, &keys, &values, &cached.valid)) {
+            return project(&self.o_proj, out, hook, layer, Projection::O);
+        }
+        let hidden = mask();
+        let q = to_heads_major(q);
+        let out = timed(Part::Attention, || {
+            // GQA without repeating K/V: the query heads sharing a KV head are folded into the
+            // token axis for the two matmuls. Query head i*groups+g uses KV head i (HF repeat_kv order).
+            let q = q.reshape([b, kv, groups * t, hd]);
+            let scores = q.matmul(keys.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+            let scores = scores.reshape([b, h, t, s]).mask_fill(hidden.clone().expand([b, h, t, s]), MASKED);
+            let probs = softmax(scores, 3).reshape([b, kv, groups * t, s]);
+            let out = probs.matmul(values).reshape([b, h, t, hd]);
+            // `[b, h, t, hd]` -> `[b, t, h*hd]`; with one token the order is already right.
+            if t == 1 { out.reshape([b, 1, h * hd]) } else { out.swap_dims(1, 2).reshape([b, t, h * hd]) }
+        });
         project(&self.o_proj, out, hook, layer, Projection::O)
     }
 }
@@ -187,7 +215,7 @@ impl<B: Backend> DecoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>, layer: usize, cache: &mut KvCache<B>, ctx: &mut StepContext<'_, B>) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let device = x.device();
-        let normed = self.input_layernorm.forward(x.clone());
+        let normed = timed(Part::NormsRope, || rms_norm(&self.input_layernorm, x.clone()));
 
         // At prefill (empty layer cache) the tuner may put a prefix in front of the sequence.
         if cache.layers[layer].is_none() {
@@ -200,19 +228,23 @@ impl<B: Backend> DecoderLayer<B> {
         }
 
         let (keys, values) = self.self_attn.keys_values(normed.clone(), Some(&ctx.rope), ctx.hook, layer);
-        let all = cache.append(layer, keys, values, ctx.valid.clone());
+        let all = timed(Part::Attention, || cache.append(layer, keys, values, ctx.valid.clone()));
         let s = all.keys.dims()[2];
-        let mask = match &ctx.mask_memo {
-            Some((memo_s, memo_t, m)) if *memo_s == s && *memo_t == t => m.clone(),
-            _ => {
-                let m = attention_mask(&all.valid, t).bool_not();
-                ctx.mask_memo = Some((s, t, m.clone()));
-                m
-            }
+        let memo = &mut ctx.mask_memo;
+        let mask = || {
+            timed(Part::Attention, || match memo {
+                Some((memo_s, memo_t, m)) if *memo_s == s && *memo_t == t => m.clone(),
+                _ => {
+                    let m = attention_mask(&all.valid, t).bool_not();
+                    *memo = Some((s, t, m.clone()));
+                    m
+                }
+            })
         };
-        let attn = self.self_attn.attend(normed, &ctx.rope, all.keys, all.values, &mask, ctx.hook, layer);
+        let attn = self.self_attn.attend(normed, &ctx.rope, &all, mask, ctx.hook, layer);
         let x = x + attn;
-        let mlp = self.mlp.forward(self.post_attention_layernorm.forward(x.clone()), ctx.hook, layer);
+        let normed = timed(Part::NormsRope, || rms_norm(&self.post_attention_layernorm, x.clone()));
+        let mlp = self.mlp.forward(normed, ctx.hook, layer);
         x + mlp
     }
 
@@ -222,7 +254,7 @@ impl<B: Backend> DecoderLayer<B> {
             LayerPrefix::KeyValue { keys, values } => (keys, values),
             LayerPrefix::Hidden { tokens, rope, normalize } => {
                 let [b, n, _] = tokens.dims();
-                let normed = if normalize { self.input_layernorm.forward(tokens) } else { tokens };
+                let normed = if normalize { rms_norm(&self.input_layernorm, tokens) } else { tokens };
                 let angles = rope.then(|| {
                     let positions = Tensor::<B, 1, Int>::arange(0..n as i64, &normed.device()).reshape([1, n]).expand([b, n]);
                     let attn = &self.self_attn;
@@ -329,30 +361,39 @@ impl<B: Backend> Llama<B> {
         };
         cache.next_position = Some(positions.clone().narrow(1, positions.dims()[1] - 1, 1) + 1);
 
-        let rope = RopeAngles::new(positions, &inverse_frequencies(config.head_dim, config.rope_theta));
+        let rope = timed(Part::NormsRope, || RopeAngles::new(positions, &inverse_frequencies(config.head_dim, config.rope_theta)));
         let mut ctx = StepContext { rope, valid, instruction, hook, mask_memo: None };
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, i, cache, &mut ctx);
         }
-        self.norm.forward(x)
+        timed(Part::NormsRope, || rms_norm(&self.norm, x))
     }
 
     /// Next-token logits `[b, t, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        timed(Part::LmHead, || self.head(hidden))
+    }
+
+    fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => {
                 let [b, t, d] = hidden.dims();
-                let logits = head.forward(hidden.reshape([b * t, d]));
+                let logits = frozen_linear(head, hidden.reshape([b * t, d]));
                 let vocab = logits.dims()[1];
                 logits.reshape([b, t, vocab])
             }
+            None if accelerated::<B>() => {
+                // Tied head: h · Eᵀ, with the [vocab, d] table viewed transposed, which is the
+                // layout the kernels stream fastest.
+                let [b, t, d] = hidden.dims();
+                let table = self.embed_tokens.weight.val(); // [vocab, d]
+                let vocab = table.dims()[0];
+                frozen_matmul(hidden.reshape([b * t, d]), table.transpose()).reshape([b, t, vocab])
+            }
             None => {
-                // Tied head: logits^T = E h^T, with the [vocab, d] embedding table E as the left
-                // operand, in the layout it is stored in. The textbook `h E^T` hands the matmul a
-                // transposed view of E, and CPU backends (burn-ndarray) copy a non-contiguous
-                // operand into row-major order on every call: a strided 113 MB copy per step
-                // on SmolLM2, which dominated decoding. Only the small [vocab, b*t] product is
-                // transposed here. Same products and sums, same gradients.
+                // Tied head on other backends: logits^T = E h^T, with the [vocab, d] embedding
+                // table E as the left operand, in the layout it is stored in, so no backend has
+                // to copy a transposed view of E on every call. Same products, same gradients.
                 let [b, t, d] = hidden.dims();
                 let table = self.embed_tokens.weight.val(); // [vocab, d]
                 let vocab = table.dims()[0];

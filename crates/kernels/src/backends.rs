@@ -1,0 +1,158 @@
+//! Which backends run [`crate::cpu`]'s kernels, and the glue to their tensor types.
+//!
+//! burn-ndarray and burn-flex keep f32 tensors in host memory that can be read in place; their
+//! autodiff wrappers get a backward node whose only gradient is the input's, `dy · wᵀ` (run on the
+//! same kernels). A backend is recognised by its tensor type at run time: the generic model code
+//! calls one function on every backend, and only these four take the fast path.
+
+use crate::cpu::{self, MatRef};
+use burn::tensor::backend::BackendTypes;
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
+use burn_autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexTensor};
+use burn_ndarray::{NdArray, NdArrayTensor};
+use std::any::{Any, TypeId};
+
+/// The inner backends, and the autodiff backends over them that training uses.
+type NdArrayCpu = NdArray<f32>;
+type NdArrayAutodiff = Autodiff<NdArrayCpu>;
+type FlexAutodiff = Autodiff<Flex>;
+
+/// A product on one inner backend's primitives: `None` when the kernels cannot take it (a dtype
+/// other than f32, negative strides), so the caller falls back to burn's matmul.
+type InnerMatmul<I> = fn(<I as BackendTypes>::FloatTensorPrimitive, <I as BackendTypes>::FloatTensorPrimitive) -> Option<<I as BackendTypes>::FloatTensorPrimitive>;
+
+/// Whether [`matmul`] handles `B` (for f32 tensors).
+pub fn supported<B: Backend>() -> bool {
+    let float = TypeId::of::<B::FloatTensorPrimitive>();
+    float == TypeId::of::<NdArrayTensor>()
+        || float == TypeId::of::<FlexTensor>()
+        || TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>()
+        || TypeId::of::<B>() == TypeId::of::<FlexAutodiff>()
+}
+
+/// `x · w` on the kernels when `B` is one of the supported backends and the tensors suit them.
+pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let x = x.into_primitive().tensor();
+    let w = w.into_primitive().tensor();
+    let float = TypeId::of::<B::FloatTensorPrimitive>();
+    let out: B::FloatTensorPrimitive = if float == TypeId::of::<NdArrayTensor>() {
+        cast(ndarray_matmul(cast(x)?, cast(w)?)?)?
+    } else if float == TypeId::of::<FlexTensor>() {
+        cast(flex_matmul(cast(x)?, cast(w)?)?)?
+    } else if TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
+        cast(autodiff_matmul::<NdArrayCpu>(cast(x)?, cast(w)?, ndarray_matmul)?)?
+    } else if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        cast(autodiff_matmul::<Flex>(cast(x)?, cast(w)?, flex_matmul)?)?
+    } else {
+        return None;
+    };
+    Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+/// Move a value to the type it is known (by `TypeId`) to have.
+fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take)
+}
+
+/// A 2-D f32 view with non-negative strides, from the start of the data it covers.
+fn view<'a>(data: &'a [f32], offset: usize, shape: &[usize], strides: &[isize]) -> Option<MatRef<'a>> {
+    let ([rows, cols], [rs, cs]) = (<[usize; 2]>::try_from(shape).ok()?, <[isize; 2]>::try_from(strides).ok()?);
+    if rs < 0 || cs < 0 {
+        return None;
+    }
+    MatRef::new(data.get(offset..)?, rows, cols, rs as usize, cs as usize)
+}
+
+fn ndarray_matmul(x: NdArrayTensor, w: NdArrayTensor) -> Option<NdArrayTensor> {
+    let (NdArrayTensor::F32(x), NdArrayTensor::F32(w)) = (&x, &w) else {
+        return None;
+    };
+    let (x, w) = (x.view(), w.view());
+    let out = {
+        // An ndarray view's pointer is its first element; the slice spans what its strides reach.
+        let as_ref = |v: &ndarray::ArrayViewD<'_, f32>| {
+            let (shape, strides) = (v.shape(), v.strides());
+            if strides.iter().any(|&s| s < 0) || shape.len() != 2 {
+                return None;
+            }
+            let span = if v.is_empty() { 0 } else { shape.iter().zip(strides).map(|(&d, &s)| (d - 1) * s as usize).sum::<usize>() + 1 };
+            // SAFETY: every element of the view lies within `span` elements of its first one.
+            let data = unsafe { std::slice::from_raw_parts(v.as_ptr(), span) };
+            view(data, 0, shape, strides)
+        };
+        cpu::matmul(as_ref(&x)?, as_ref(&w)?)
+    };
+    let shape = [x.shape()[0], w.shape()[1]];
+    let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), out).ok()?;
+    Some(NdArrayTensor::from(array.into_shared()))
+}
+
+fn flex_matmul(x: FlexTensor, w: FlexTensor) -> Option<FlexTensor> {
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return None;
+    }
+    fn as_ref(t: &FlexTensor) -> Option<MatRef<'_>> {
+        let layout = t.layout();
+        view(t.storage::<f32>(), layout.start_offset(), layout.shape(), layout.strides())
+    }
+    let (a, b) = (as_ref(&x)?, as_ref(&w)?);
+    let shape = [a.rows(), b.cols()];
+    Some(FlexTensor::from_data(TensorData::new(cpu::matmul(a, b), shape)))
+}
+
+/// `x · w` on an autodiff backend over `I`, with `w` constant: the node's backward gives `x` the
+/// gradient `dy · wᵀ` and `w` none (a `w` that requires a gradient is refused).
+fn autodiff_matmul<I: Backend>(
+    x: <Autodiff<I> as BackendTypes>::FloatTensorPrimitive,
+    w: <Autodiff<I> as BackendTypes>::FloatTensorPrimitive,
+    inner: InnerMatmul<I>,
+) -> Option<<Autodiff<I> as BackendTypes>::FloatTensorPrimitive> {
+    if w.is_tracked() {
+        return None;
+    }
+    let w = w.primitive;
+    let y = inner(x.primitive.clone(), w.clone())?;
+    Some(match FrozenMatmul.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(FrozenWeight { w, inner }, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    })
+}
+
+/// The backward node of a product with a frozen weight.
+#[derive(Debug)]
+struct FrozenMatmul;
+
+/// What the backward pass keeps: the weight, and the product that runs on it.
+struct FrozenWeight<I: Backend> {
+    w: I::FloatTensorPrimitive,
+    inner: InnerMatmul<I>,
+}
+
+impl<I: Backend> Clone for FrozenWeight<I> {
+    fn clone(&self) -> Self {
+        Self { w: self.w.clone(), inner: self.inner }
+    }
+}
+
+impl<I: Backend> std::fmt::Debug for FrozenWeight<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenWeight").field("w", &self.w).finish()
+    }
+}
+
+impl<I: Backend> Backward<I, 1> for FrozenMatmul {
+    type State = FrozenWeight<I>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let FrozenWeight { w, inner } = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let wt = I::float_transpose(w);
+            inner(grad.clone(), wt.clone()).unwrap_or_else(|| I::float_matmul(grad, wt))
+        });
+    }
+}

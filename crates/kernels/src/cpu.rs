@@ -1,0 +1,436 @@
+//! f32 matrix products on strided host memory: a dot-product kernel for few rows, `gemm` for many.
+//!
+//! Few rows (decoding) are bound by reading the weight: the kernel streams each output column's
+//! weights (contiguous when the weight is stored `[d_out, d_in]`) once, against every row of `a`,
+//! and splits the columns over all cores. Many rows are bound by arithmetic: `gemm`'s packed,
+//! register-blocked kernels with explicit parallelism do that better than anything written here.
+
+use rayon::prelude::*;
+
+/// Rows of `a` up to which the dot-product kernel runs; above it, `gemm`'s packing pays off.
+pub const FEW_ROWS: usize = 16;
+
+/// A read-only strided f32 matrix: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A view of `data` (which starts at element `(0, 0)`); `None` if an element would fall
+    /// outside it.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Option<Self> {
+        let last = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * row_stride + (cols - 1) * col_stride + 1 };
+        (last <= data.len()).then_some(Self { data, rows, cols, row_stride, col_stride })
+    }
+
+    /// A row-major `[rows, cols]` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Option<Self> {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// A row-major copy.
+    fn to_row_major(self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            out.extend((0..self.cols).map(|c| self.data[r * self.row_stride + c * self.col_stride]));
+        }
+        out
+    }
+}
+
+/// `a · b` as a row-major `[a.rows, b.cols]` vector.
+pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "matmul: [{m}, {k}] · [{}, {n}]", b.rows);
+    let mut out = vec![0.0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    let threads = rayon::current_num_threads();
+    if m <= FEW_ROWS && b.row_stride == 1 {
+        // Column j of b is contiguous: out[i, j] = <row i of a, column j of b>.
+        let copied;
+        let (a_data, lda) = if a.col_stride == 1 {
+            (a.data, a.row_stride)
+        } else {
+            copied = a.to_row_major();
+            (&copied[..], k)
+        };
+        dot_products(a_data, lda, m, b.data, b.col_stride, k, n, &mut out, threads);
+    } else {
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: `MatRef::new` checked that every element of a and b lies in its slice, and `out`
+        // holds m * n elements in row-major order.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.data.as_ptr(),
+                a.col_stride as isize,
+                a.row_stride as isize,
+                b.data.as_ptr(),
+                b.col_stride as isize,
+                b.row_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+    out
+}
+
+/// A pointer that may cross threads: each task writes only its own output columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out[i * n + j] = Σ_p a[i * lda + p] · bt[j * ldb + p]` for `i < m`, `j < n`, the columns split
+/// into bands over `threads` threads (a few bands each, so an uneven core still finishes in time).
+#[allow(clippy::too_many_arguments)]
+fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usize, n: usize, out: &mut [f32], threads: usize) {
+    assert!(a.len() >= (m - 1) * lda + k && bt.len() >= (n - 1) * ldb + k && out.len() >= m * n);
+    let kernel = Kernel::detect();
+    let out = OutPtr(out.as_mut_ptr());
+    let run = |j0: usize, j1: usize| {
+        let out = out;
+        // SAFETY: the asserts above bound every index the band reads; bands write disjoint columns.
+        unsafe { kernel.band(a.as_ptr(), lda, m, bt.as_ptr(), ldb, k, j0, j1, out.0, n) }
+    };
+    let bands = if threads <= 1 || n < 64 { 1 } else { threads * 4 };
+    let width = n.div_ceil(bands).next_multiple_of(NR);
+    if bands == 1 {
+        run(0, n);
+    } else {
+        (0..n.div_ceil(width)).into_par_iter().for_each(|band| run(band * width, ((band + 1) * width).min(n)));
+    }
+}
+
+/// Columns of `b` in one register tile (rows of `a`: up to `MAX_ROWS` of each kernel).
+const NR: usize = 4;
+
+/// The widest SIMD this CPU has, found at run time (the binary is built for the baseline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Self::Avx2Fma;
+            }
+        }
+        Self::Portable
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn band(self, a: *const f32, lda: usize, m: usize, bt: *const f32, ldb: usize, k: usize, j0: usize, j1: usize, out: *mut f32, ldo: usize) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => x86::band_avx512(a, lda, m, bt, ldb, k, j0, j1, out, ldo),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma => x86::band_avx2(a, lda, m, bt, ldb, k, j0, j1, out, ldo),
+            // aarch64 always has fused multiply-add; elsewhere it would be a libm call.
+            Self::Portable => band_body::<{ cfg!(target_arch = "aarch64") }, 8>(a, lda, m, bt, ldb, k, j0, j1, out, ldo),
+        }
+    }
+}
+
+/// The x86 kernels: one macro writes the same tile loop for 8-lane AVX2 and 16-lane AVX-512.
+/// Each tile keeps `MR x NR` vector accumulators in registers and reads every weight once.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    macro_rules! dot_kernel {
+        ($band:ident, $tile:ident, $feature:literal, $v:ty, $lanes:expr, $max_rows:expr, $zero:ident, $load:ident, $fma:ident, $sum:ident) => {
+            #[target_feature(enable = $feature)]
+            unsafe fn $tile<const MR: usize>(rows: &[*const f32; MR], cols: &[*const f32; NR], k: usize) -> [[f32; NR]; MR] {
+                let mut acc: [[$v; NR]; MR] = [[$zero(); NR]; MR];
+                let k_vec = k - k % $lanes;
+                let mut p = 0;
+                while p < k_vec {
+                    let b = [$load(cols[0].add(p)), $load(cols[1].add(p)), $load(cols[2].add(p)), $load(cols[3].add(p))];
+                    for r in 0..MR {
+                        let a = $load(rows[r].add(p));
+                        for c in 0..NR {
+                            acc[r][c] = $fma(a, b[c], acc[r][c]);
+                        }
+                    }
+                    p += $lanes;
+                }
+                let mut out = [[0.0f32; NR]; MR];
+                for r in 0..MR {
+                    for c in 0..NR {
+                        let mut sum = $sum(acc[r][c]);
+                        for q in k_vec..k {
+                            sum = (*rows[r].add(q)).mul_add(*cols[c].add(q), sum);
+                        }
+                        out[r][c] = sum;
+                    }
+                }
+                out
+            }
+
+            #[target_feature(enable = $feature)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn $band(a: *const f32, lda: usize, m: usize, bt: *const f32, ldb: usize, k: usize, j0: usize, j1: usize, out: *mut f32, ldo: usize) {
+                let mut j = j0;
+                while j < j1 {
+                    let nr = (j1 - j).min(NR);
+                    // A tile at the right edge repeats its last column (computed, not stored).
+                    let cols: [*const f32; NR] = std::array::from_fn(|c| bt.add((j + c.min(nr - 1)) * ldb));
+                    let mut i = 0;
+                    while i < m {
+                        let mr = (m - i).min($max_rows);
+                        let row = |r: usize| a.add((i + r) * lda);
+                        let mut sums = [[0.0f32; NR]; $max_rows];
+                        match mr {
+                            1 => sums[..1].copy_from_slice(&$tile::<1>(&[row(0)], &cols, k)),
+                            2 => sums[..2].copy_from_slice(&$tile::<2>(&[row(0), row(1)], &cols, k)),
+                            3 => sums[..3].copy_from_slice(&$tile::<3>(&[row(0), row(1), row(2)], &cols, k)),
+                            _ => sums[..4].copy_from_slice(&$tile::<4>(&[row(0), row(1), row(2), row(3)], &cols, k)),
+                        }
+                        for (r, sums) in sums.iter().enumerate().take(mr) {
+                            for (c, &sum) in sums.iter().enumerate().take(nr) {
+                                *out.add((i + r) * ldo + j + c) = sum;
+                            }
+                        }
+                        i += mr;
+                    }
+                    j += NR;
+                }
+            }
+        };
+    }
+
+    #[inline(always)]
+    unsafe fn zero256() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load256(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn fma256(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn sum256(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps::<0b01>(pairs, pairs)))
+    }
+    #[inline(always)]
+    unsafe fn zero512() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load512(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn fma512(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn sum512(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    // 16 registers: 2 x 4 accumulators + 4 weights + 1 input. 32 registers: 4 x 4 + 4 + 1.
+    dot_kernel!(band_avx2, tile_avx2, "avx2,fma", __m256, 8, 2, zero256, load256, fma256, sum256);
+    dot_kernel!(band_avx512, tile_avx512, "avx512f", __m512, 16, 4, zero512, load512, fma512, sum512);
+}
+
+#[inline(always)]
+fn madd<const FUSED: bool>(a: f32, b: f32, acc: f32) -> f32 {
+    if FUSED {
+        a.mul_add(b, acc)
+    } else {
+        a * b + acc
+    }
+}
+
+/// Rows of `a` in one tile of the portable kernel.
+const MR: usize = 2;
+
+/// Columns `j0..j1` of the product, in `MR x NR` tiles of `L`-lane partial sums. Plain Rust that
+/// the compiler vectorises for whatever features the calling function enables. Tiles at the
+/// edges repeat their last row/column (computed, not stored), so one tile shape serves all.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn band_body<const FUSED: bool, const L: usize>(
+    a: *const f32,
+    lda: usize,
+    m: usize,
+    bt: *const f32,
+    ldb: usize,
+    k: usize,
+    j0: usize,
+    j1: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let k_vec = k - k % L;
+    let mut j = j0;
+    while j < j1 {
+        let nr = (j1 - j).min(NR);
+        let cols: [*const f32; NR] = std::array::from_fn(|c| bt.add((j + c.min(nr - 1)) * ldb));
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MR);
+            let rows: [*const f32; MR] = std::array::from_fn(|r| a.add((i + r.min(mr - 1)) * lda));
+            let mut acc = [[[0.0f32; L]; NR]; MR];
+            let mut p = 0;
+            while p < k_vec {
+                let bv: [[f32; L]; NR] = std::array::from_fn(|c| std::ptr::read_unaligned(cols[c].add(p) as *const [f32; L]));
+                for r in 0..MR {
+                    let av = std::ptr::read_unaligned(rows[r].add(p) as *const [f32; L]);
+                    for c in 0..NR {
+                        for l in 0..L {
+                            acc[r][c][l] = madd::<FUSED>(av[l], bv[c][l], acc[r][c][l]);
+                        }
+                    }
+                }
+                p += L;
+            }
+            for r in 0..mr {
+                for c in 0..nr {
+                    let mut sum = lane_sum(acc[r][c]);
+                    for q in k_vec..k {
+                        sum = madd::<FUSED>(*rows[r].add(q), *cols[c].add(q), sum);
+                    }
+                    *out.add((i + r) * ldo + j + c) = sum;
+                }
+            }
+            i += MR;
+        }
+        j += NR;
+    }
+}
+
+/// Pairwise sum of the lanes (the rounding of a tree, not of a long chain).
+#[inline(always)]
+fn lane_sum<const L: usize>(mut v: [f32; L]) -> f32 {
+    let mut width = L;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+    }
+    v[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive f64 product of row-major matrices.
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, salt: u64) -> Vec<f32> {
+        let mut state = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], k: usize, what: &str) {
+        // Each sum has k terms of magnitude <= 1: an f32 error bound that scales with sqrt(k).
+        let tol = 1e-6 * (k as f64).sqrt() * 4.0 + 1e-6;
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((*g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn both_layouts_and_both_paths_match_a_naive_f64_product() {
+        for &(m, k, n) in &[(1, 1, 1), (1, 7, 5), (2, 9, 3), (3, 17, 13), (5, 33, 70), (16, 64, 129), (17, 31, 19), (40, 100, 37)] {
+            let a = values(m * k, (m * 31 + k) as u64);
+            let b = values(k * n, (n * 17 + k) as u64);
+            let want = reference(&a, &b, m, k, n);
+            // b row-major [k, n] (gemm path), and the same b stored as its transpose [n, k].
+            let kn = matmul(MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap());
+            assert_close(&kn, &want, k, &format!("[{m},{k}]x[{k},{n}] kn"));
+            let bt: Vec<f32> = (0..n).flat_map(|j| (0..k).map(move |p| (j, p))).map(|(j, p)| b[p * n + j]).collect();
+            let nk = matmul(MatRef::row_major(&a, m, k).unwrap(), MatRef::new(&bt, k, n, 1, k).unwrap());
+            assert_close(&nk, &want, k, &format!("[{m},{k}]x[{k},{n}] nk"));
+            // a given column-major (a strided view) takes the same paths.
+            let at: Vec<f32> = (0..k).flat_map(|p| (0..m).map(move |i| (i, p))).map(|(i, p)| a[i * k + p]).collect();
+            let strided = matmul(MatRef::new(&at, m, k, 1, m).unwrap(), MatRef::new(&bt, k, n, 1, k).unwrap());
+            assert_close(&strided, &want, k, &format!("[{m},{k}]x[{k},{n}] strided a"));
+        }
+    }
+
+    #[test]
+    fn every_simd_kernel_this_cpu_has_matches_the_portable_one() {
+        let (m, k, n) = (5, 77, 23);
+        let a = values(m * k, 1);
+        let bt = values(n * k, 2);
+        let run = |kernel: Kernel| {
+            let mut out = vec![0.0f32; m * n];
+            unsafe { kernel.band(a.as_ptr(), k, m, bt.as_ptr(), k, k, 0, n, out.as_mut_ptr(), n) };
+            out
+        };
+        let portable = run(Kernel::Portable);
+        let detected = run(Kernel::detect());
+        for (p, d) in portable.iter().zip(&detected) {
+            assert!((p - d).abs() <= 1e-5 * (1.0 + p.abs()), "{p} vs {d}");
+        }
+    }
+
+    #[test]
+    fn a_view_past_its_slice_is_refused() {
+        let data = vec![0.0f32; 6];
+        assert!(MatRef::new(&data, 2, 3, 3, 1).is_some());
+        assert!(MatRef::new(&data, 2, 4, 3, 1).is_none());
+        assert!(MatRef::new(&data, 3, 3, 3, 1).is_none());
+    }
+}

@@ -1,0 +1,83 @@
+//! f32 tensors of the inference CPU backends (ndarray, flex) read in place and built from vectors.
+//!
+//! The fused inference kernels ([`crate::fused`]) run only on these: an autodiff backend needs
+//! backward nodes for them, so it keeps burn's own ops (and still gets the frozen products).
+
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+use burn_ndarray::NdArrayTensor;
+use std::any::{Any, TypeId};
+
+/// A strided f32 view: element `idx` at `data[Σ idx[i] * strides[i]]`.
+pub struct HostView<'a> {
+    pub data: &'a [f32],
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+}
+
+impl HostView<'_> {
+    /// Whether the last axis is contiguous (what the kernels' inner loops need).
+    pub fn inner_contiguous(&self) -> bool {
+        self.strides.last().is_none_or(|&s| s == 1) || self.shape.last() == Some(&1)
+    }
+}
+
+/// Whether `B` is an inference CPU backend whose tensors [`with_view`] can read.
+pub fn readable<B: Backend>() -> bool {
+    let float = TypeId::of::<B::FloatTensorPrimitive>();
+    float == TypeId::of::<NdArrayTensor>() || float == TypeId::of::<FlexTensor>()
+}
+
+/// Run `f` on a view of `tensor`'s memory; `None` for other backends, dtypes, or negative strides.
+pub fn with_view<B: Backend, const D: usize, R>(tensor: &Tensor<B, D>, f: impl FnOnce(HostView<'_>) -> R) -> Option<R> {
+    if !readable::<B>() {
+        return None;
+    }
+    let primitive = tensor.clone().into_primitive().tensor();
+    let any = &primitive as &dyn Any;
+    if let Some(t) = any.downcast_ref::<NdArrayTensor>() {
+        let NdArrayTensor::F32(storage) = t else { return None };
+        let view = storage.view();
+        let (shape, strides) = (view.shape().to_vec(), view.strides().to_vec());
+        let strides = non_negative(&strides)?;
+        let span = span(&shape, &strides);
+        // SAFETY: every element of the view lies within `span` elements of its first one.
+        let data = unsafe { std::slice::from_raw_parts(view.as_ptr(), span) };
+        return Some(f(HostView { data, shape, strides }));
+    }
+    let t = any.downcast_ref::<FlexTensor>()?;
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let layout = t.layout();
+    let (shape, strides) = (layout.shape().to_vec(), non_negative(layout.strides())?);
+    let data = t.storage::<f32>().get(layout.start_offset()..)?;
+    (span(&shape, &strides) <= data.len()).then(|| f(HostView { data, shape, strides }))
+}
+
+fn non_negative(strides: &[isize]) -> Option<Vec<usize>> {
+    strides.iter().map(|&s| usize::try_from(s).ok()).collect()
+}
+
+/// Elements from the first to one past the last that `shape`/`strides` reach.
+fn span(shape: &[usize], strides: &[usize]) -> usize {
+    if shape.contains(&0) {
+        return 0;
+    }
+    shape.iter().zip(strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>() + 1
+}
+
+/// A tensor of `B` holding `values` in row-major `shape`; `None` unless [`readable`].
+pub fn from_vec<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<B, D>> {
+    let float = TypeId::of::<B::FloatTensorPrimitive>();
+    let boxed: Box<dyn Any> = if float == TypeId::of::<NdArrayTensor>() {
+        let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values).ok()?;
+        Box::new(NdArrayTensor::from(array.into_shared()))
+    } else if float == TypeId::of::<FlexTensor>() {
+        Box::new(FlexTensor::from_data(TensorData::new(values, shape)))
+    } else {
+        return None;
+    };
+    let primitive = *boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}

@@ -1,0 +1,125 @@
+//! The fused inference kernels against naive f64 recomputations, on both inference CPU backends,
+//! and `None` (so the model keeps burn's ops) on autodiff.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::{backend::Backend, Bool, Distribution, Tensor, TensorData};
+use iapt_kernels::fused::{attention, rms_norm, rope};
+
+fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
+    t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: {g} vs {w}");
+    }
+}
+
+fn rms_norm_matches<B: Backend>() {
+    let device = B::Device::default();
+    let (rows, d) = (7, 37);
+    let x = Tensor::<B, 3>::random([1, rows, d], Distribution::Normal(0.0, 2.0), &device);
+    let gamma = Tensor::<B, 1>::random([d], Distribution::Normal(1.0, 0.5), &device);
+    let got = host(&rms_norm(&x, &gamma, 1e-5).expect("fused on an inference backend"));
+    let (xs, gs) = (host(&x), host(&gamma));
+    let want: Vec<f64> = xs
+        .chunks(d)
+        .flat_map(|row| {
+            let rms = (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + 1e-5).sqrt();
+            row.iter().zip(&gs).map(move |(v, g)| v / rms * g).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_close(&got, &want, 1e-5, "rms_norm");
+}
+
+fn rope_matches<B: Backend>() {
+    let device = B::Device::default();
+    let (b, t, heads, hd) = (2, 5, 3, 8);
+    let x = Tensor::<B, 4>::random([b, t, heads, hd], Distribution::Normal(0.0, 1.0), &device);
+    // A strided input: the kernel must read through any layout.
+    let x = x.swap_dims(1, 2).swap_dims(1, 2);
+    let angles = Tensor::<B, 4>::random([b, t, 1, hd / 2], Distribution::Uniform(-3.0, 3.0), &device);
+    let (cos, sin) = (angles.clone().cos(), angles.sin());
+    let cos = Tensor::cat(vec![cos.clone(), cos], 3);
+    let signed_sin = Tensor::cat(vec![sin.clone().neg(), sin], 3);
+    let got = host(&rope(&x, &cos, &signed_sin).expect("fused on an inference backend"));
+    let (xs, cs, ss) = (host(&x), host(&cos), host(&signed_sin));
+    let mut want = vec![0.0; xs.len()];
+    for p in 0..b * t {
+        for h in 0..heads {
+            let base = (p * heads + h) * hd;
+            for d in 0..hd {
+                let swapped = xs[base + (d + hd / 2) % hd];
+                want[base + d] = xs[base + d] * cs[p * hd + d] + swapped * ss[p * hd + d];
+            }
+        }
+    }
+    assert_close(&got, &want, 1e-6, "rope");
+}
+
+/// Naive causal GQA attention in f64 with the model's visibility rule.
+#[allow(clippy::too_many_arguments)]
+fn naive_attention(q: &[f64], k: &[f64], v: &[f64], valid: &[bool], b: usize, t: usize, heads: usize, kv: usize, s: usize, hd: usize) -> Vec<f64> {
+    let groups = heads / kv;
+    let mut out = vec![0.0; b * t * heads * hd];
+    for r in 0..b {
+        for h in 0..heads {
+            let kvh = h / groups;
+            for i in 0..t {
+                let slot = s - t + i;
+                let query = &q[((r * t + i) * heads + h) * hd..][..hd];
+                let seen: Vec<usize> = (0..=slot).filter(|&j| j == slot || valid[r * s + j]).collect();
+                let key = |j: usize| &k[((r * kv + kvh) * s + j) * hd..][..hd];
+                let scores: Vec<f64> = seen.iter().map(|&j| query.iter().zip(key(j)).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..hd {
+                    out[((r * t + i) * heads + h) * hd + d] = seen.iter().zip(&weights).map(|(&j, w)| w * v[((r * kv + kvh) * s + j) * hd + d]).sum::<f64>() / total;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn attention_matches<B: Backend>() {
+    let device = B::Device::default();
+    // Prefill with left padding (t = s) and a prefix; decode (t = 1); GQA groups 3; odd sizes.
+    for &(b, t, s, heads, kv, hd) in &[(2, 6, 6, 6, 2, 8), (3, 1, 9, 6, 2, 16), (1, 4, 11, 3, 3, 12), (2, 7, 7, 4, 1, 20)] {
+        let q = Tensor::<B, 4>::random([b, t, heads, hd], Distribution::Normal(0.0, 1.0), &device);
+        // Keys/values as the cache holds them after prefill: a [b, s, kv, hd] tensor's axes swapped.
+        let k = Tensor::<B, 4>::random([b, s, kv, hd], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+        let v = Tensor::<B, 4>::random([b, s, kv, hd], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+        // Row r has its first r slots invalid (left padding); one middle slot of row 0 invalid.
+        let valid: Vec<bool> = (0..b).flat_map(|r| (0..s).map(move |j| j >= r && !(r == 0 && j == s / 2 && j < s - t))).collect();
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid.clone(), [b, s]), &device);
+        let got = host(&attention(&q, &k, &v, &mask).expect("fused on an inference backend"));
+        let want = naive_attention(&host(&q), &host(&k), &host(&v), &valid, b, t, heads, kv, s, hd);
+        assert_close(&got, &want, 1e-5, &format!("attention b{b} t{t} s{s} heads{heads}/{kv} hd{hd}"));
+    }
+}
+
+#[test]
+fn ndarray_fused_kernels_match_naive_f64() {
+    rms_norm_matches::<NdArray>();
+    rope_matches::<NdArray>();
+    attention_matches::<NdArray>();
+}
+
+#[test]
+fn flex_fused_kernels_match_naive_f64() {
+    rms_norm_matches::<Flex>();
+    rope_matches::<Flex>();
+    attention_matches::<Flex>();
+}
+
+/// Autodiff needs backward nodes these kernels do not have: they decline, and burn's ops run.
+#[test]
+fn autodiff_backends_keep_burns_ops() {
+    type B = Autodiff<NdArray>;
+    let device = Default::default();
+    let x = Tensor::<B, 3>::ones([1, 2, 4], &device);
+    assert!(rms_norm(&x, &Tensor::ones([4], &device), 1e-5).is_none());
+}

@@ -1,0 +1,110 @@
+//! `frozen_matmul` equals burn's own matmul on every CPU backend that runs the kernels, forward
+//! and input gradient, over random shapes (odd sizes, 1-16 rows and up to 300), both weight layouts.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use iapt_kernels::{accelerated, frozen_matmul, kernel_products};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// `(m, k, n)`: decode-like rows 1-16, prefill/training-like rows up to 300, odd sizes throughout.
+fn shapes() -> Vec<(usize, usize, usize)> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut shapes = vec![(1, 1, 1), (1, 576, 192), (8, 576, 1536), (16, 31, 65), (17, 33, 7), (300, 64, 96)];
+    for _ in 0..12 {
+        let m = if rng.random_bool(0.5) { rng.random_range(1..=16) } else { rng.random_range(17..=300) };
+        shapes.push((m, rng.random_range(1..=200), rng.random_range(1..=200)));
+    }
+    shapes
+}
+
+fn max_relative_error<B: Backend>(got: Tensor<B, 2>, want: Tensor<B, 2>) -> f32 {
+    let largest = |t: Tensor<B, 2>| t.abs().max().into_data().convert::<f32>().to_vec::<f32>().unwrap()[0];
+    let scale = largest(want.clone());
+    let diff = largest(got - want);
+    diff / scale.max(1e-12)
+}
+
+/// A weight `[k, n]` as the loader stores it (`[n, k]` memory viewed transposed) or row-major.
+fn weight<B: Backend>(k: usize, n: usize, output_major: bool, device: &B::Device) -> Tensor<B, 2> {
+    if output_major {
+        Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).transpose()
+    } else {
+        Tensor::random([k, n], Distribution::Normal(0.0, 1.0), device)
+    }
+}
+
+fn forward_matches<B: Backend>() {
+    assert!(accelerated::<B>(), "{} should run the kernels", std::any::type_name::<B>());
+    let device = B::Device::default();
+    for (m, k, n) in shapes() {
+        for output_major in [true, false] {
+            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let w = weight::<B>(k, n, output_major, &device);
+            let served = kernel_products();
+            let fast = frozen_matmul(x.clone(), w.clone());
+            assert!(kernel_products() > served, "the kernels served [{m},{k}]x[{k},{n}]");
+            let err = max_relative_error(fast, x.matmul(w));
+            assert!(err <= 1e-5, "[{m},{k}]x[{k},{n}] output_major={output_major}: relative error {err}");
+        }
+    }
+}
+
+fn input_gradient_matches<B: burn::tensor::backend::AutodiffBackend>() {
+    assert!(accelerated::<B>(), "{} should run the kernels", std::any::type_name::<B>());
+    let device = B::Device::default();
+    for (m, k, n) in shapes() {
+        for output_major in [true, false] {
+            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let w = weight::<B>(k, n, output_major, &device);
+            let upstream = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
+            let grad_of = |fast: bool| {
+                let x = x.clone().detach().require_grad();
+                let served = kernel_products();
+                let y = if fast { frozen_matmul(x.clone(), w.clone()) } else { x.clone().matmul(w.clone()) };
+                assert!(!fast || kernel_products() > served, "the kernels served the fast product");
+                let grads = (y * upstream.clone()).sum().backward();
+                (x.grad(&grads).expect("x has a gradient"), w.grad(&grads))
+            };
+            let ((fast, fast_w), (slow, _)) = (grad_of(true), grad_of(false));
+            let err = max_relative_error(fast, slow);
+            assert!(err <= 1e-5, "[{m},{k}]x[{k},{n}] output_major={output_major}: input-gradient relative error {err}");
+            assert!(fast_w.is_none(), "a frozen weight gets no gradient");
+        }
+    }
+}
+
+#[test]
+fn ndarray_forward_matches_burn_matmul() {
+    forward_matches::<NdArray>();
+}
+
+#[test]
+fn flex_forward_matches_burn_matmul() {
+    forward_matches::<Flex>();
+}
+
+#[test]
+fn autodiff_ndarray_input_gradient_matches_burn_matmul() {
+    forward_matches::<Autodiff<NdArray>>();
+    input_gradient_matches::<Autodiff<NdArray>>();
+}
+
+#[test]
+fn autodiff_flex_input_gradient_matches_burn_matmul() {
+    forward_matches::<Autodiff<Flex>>();
+    input_gradient_matches::<Autodiff<Flex>>();
+}
+
+/// A weight that requires a gradient is not frozen: it takes burn's matmul and gets its gradient.
+#[test]
+fn a_trainable_weight_keeps_its_gradient() {
+    type B = Autodiff<NdArray>;
+    let device = Default::default();
+    let x = Tensor::<B, 2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<B, 2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let grads = frozen_matmul(x.clone(), w.clone()).sum().backward();
+    let got = w.grad(&grads).expect("a trainable weight gets its gradient");
+    // d(sum(x w))/dw = xᵀ · 1.
+    let want = x.inner().transpose().matmul(Tensor::ones([3, 4], &device));
+    assert!(max_relative_error(got, want) <= 1e-6);
+}
