@@ -105,7 +105,7 @@ pub fn bench_generate<B: Backend>(
 /// Seconds per kind of work summed over runs, and the runs' whole time.
 #[derive(Default, Clone)]
 struct PartTotals {
-    seconds: [f64; 5],
+    seconds: [f64; 6],
     total: f64,
 }
 
@@ -133,6 +133,7 @@ impl PartTotals {
 ///
 /// Every step is one batch of `batch` sequences of `prompt_len` instruction tokens and
 /// `response_len` response tokens (a classification-style example); one warm-up step first.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_train<B: Backend>(
     model_path: &std::path::Path,
     device: &B::Device,
@@ -141,6 +142,7 @@ pub fn bench_train<B: Backend>(
     prompt_len: usize,
     response_len: usize,
     steps: usize,
+    profile: bool,
 ) -> Result<Value> {
     use burn::backend::Autodiff;
     use burn::module::{AutodiffModule, Module};
@@ -165,11 +167,17 @@ pub fn bench_train<B: Backend>(
     };
 
     let (mut forward, mut backward, mut step, mut inference) = (0.0, 0.0, 0.0, 0.0);
+    let mut forward_parts = PartTotals::default();
+    iapt_model::profile::enable(profile);
     for i in 0..=steps {
+        let _ = iapt_model::profile::take();
         let start = Instant::now();
         let output = model.forward_loss(LmBatch::<Autodiff<B>>::from_examples(&examples(i), 0, device));
         let _loss: f64 = output.loss.clone().into_scalar().elem(); // waits for the forward pass
         let t_forward = start.elapsed().as_secs_f64();
+        if i > 0 {
+            forward_parts.add(&iapt_model::profile::take(), t_forward);
+        }
         let start = Instant::now();
         let grads = GradientsParams::from_grads(output.loss.backward(), &model);
         let t_backward = start.elapsed().as_secs_f64();
@@ -189,10 +197,11 @@ pub fn bench_train<B: Backend>(
             inference += t_inference;
         }
     }
+    iapt_model::profile::enable(false);
     let n = steps.max(1) as f64;
     let total = forward + backward + step;
     let tokens = (batch * len * steps) as f64;
-    Ok(json!({
+    let mut report = json!({
         "bench": "train",
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "tuner": config.name(),
@@ -209,5 +218,11 @@ pub fn bench_train<B: Backend>(
         "optimizer_ms": 1000.0 * step / n,
         "inference_forward_ms": 1000.0 * inference / n,
         "inference_tokens_per_s": tokens / inference,
-    }))
+        "kernels": iapt_kernels::accelerated::<Autodiff<B>>(),
+    });
+    if profile {
+        // The backward pass runs inside burn's autodiff graph and is reported whole.
+        report["profile"] = json!({ "forward_ms_per_step": forward_parts.report(n) });
+    }
+    Ok(report)
 }

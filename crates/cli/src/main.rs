@@ -249,6 +249,9 @@ enum BenchCommand {
         /// Tuner options, e.g. `--set tuner.rank=16` (repeatable).
         #[arg(long = "set", value_name = "tuner.KEY=VALUE")]
         sets: Vec<String>,
+        /// Split the forward pass by kind of work (projections, attention, norms/RoPE, LM head, other).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -376,7 +379,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { model, batch, prompt_tokens, response_tokens, steps, tuner, bottleneck, mut sets } } => {
+        Command::Bench { what: BenchCommand::Train { model, batch, prompt_tokens, response_tokens, steps, tuner, bottleneck, mut sets, profile } } => {
             let path = model_source::resolve_model(&model.model)?;
             if let Some(m) = bottleneck {
                 sets.push(format!("tuner.bottleneck={m}"));
@@ -387,7 +390,7 @@ fn run(cli: Cli) -> Result<()> {
             sets.insert(0, format!("tuner.kind={tuner}"));
             let config = run_config::RunConfig::load(None, &sets)?.tuner.config()?;
             with_backend!(model.backend, |B, device| {
-                let report = bench::bench_train::<B>(&path, &device, &config, batch, prompt_tokens, response_tokens, steps)?;
+                let report = bench::bench_train::<B>(&path, &device, &config, batch, prompt_tokens, response_tokens, steps, profile)?;
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             })

@@ -10,6 +10,9 @@ use rayon::prelude::*;
 /// Rows of `a` up to which the dot-product kernel runs; above it, `gemm`'s packing pays off.
 pub const FEW_ROWS: usize = 16;
 
+/// Output columns per thread in the many-row path are a multiple of this (gemm's register tile).
+const GEMM_BAND: usize = 64;
+
 /// A read-only strided f32 matrix: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -71,34 +74,58 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
         };
         dot_products(a_data, lda, m, b.data, b.col_stride, k, n, &mut out, threads);
     } else {
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: `MatRef::new` checked that every element of a and b lies in its slice, and `out`
-        // holds m * n elements in row-major order.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.data.as_ptr(),
-                a.col_stride as isize,
-                a.row_stride as isize,
-                b.data.as_ptr(),
-                b.col_stride as isize,
-                b.row_stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        // Each thread runs a sequential gemm on its own band of output columns: it packs only
+        // its part of b and never waits on the others mid-product (gemm's own threading splits
+        // the rows of a tall-thin prefill product poorly).
+        let bands = if threads > 1 && n >= 2 * GEMM_BAND { threads.min(n / GEMM_BAND) } else { 1 };
+        let width = n.div_ceil(bands).next_multiple_of(GEMM_BAND).min(n);
+        let ptr = OutPtr(out.as_mut_ptr());
+        let band = |j0: usize| {
+            let ptr = ptr;
+            let cols = width.min(n - j0);
+            // SAFETY: `MatRef::new` checked that every element of a and b lies in its slice;
+            // this band writes columns j0..j0+cols of the row-major m x n output, no other band does.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    cols,
+                    k,
+                    ptr.0.add(j0),
+                    1,
+                    n as isize,
+                    false,
+                    a.data.as_ptr(),
+                    a.col_stride as isize,
+                    a.row_stride as isize,
+                    b.data.as_ptr().add(j0 * b.col_stride),
+                    b.col_stride as isize,
+                    b.row_stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        if bands == 1 {
+            band(0);
+        } else {
+            (0..n.div_ceil(width)).into_par_iter().for_each(|i| band(i * width));
         }
     }
     out
+}
+
+/// `out[i * n + j] = Σ_p a[i * lda + p] · bt[j * ldb + p]` on the calling thread: for callers
+/// that already split their work over the pool (attention heads).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dot_products_here(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usize, n: usize, out: &mut [f32]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    dot_products(a, lda, m, bt, ldb, k, n, out, 1);
 }
 
 /// A pointer that may cross threads: each task writes only its own output columns.

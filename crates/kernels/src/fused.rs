@@ -15,10 +15,10 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
     if !crate::enabled() {
         return None;
     }
-    let gamma: Vec<f32> = with_view(gamma, |g| contiguous(&g))?;
+    let gamma: Vec<f32> = with_view(gamma, |g| g.to_row_major())?;
     let shape = x.dims();
     let out = with_view(x, |x| {
-        let x = contiguous(&x);
+        let x = x.to_row_major();
         let d = gamma.len();
         let mut out = vec![0.0f32; x.len()];
         let row = |(out, x): (&mut [f32], &[f32])| {
@@ -38,6 +38,23 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
     from_vec(out, shape)
 }
 
+/// `silu(gate) * up` (SwiGLU's gating), element-wise over same-shaped tensors.
+pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    if !crate::enabled() || gate.dims() != up.dims() {
+        return None;
+    }
+    let shape = gate.dims();
+    let up: Vec<f32> = with_view(up, |u| u.to_row_major())?;
+    let mut out: Vec<f32> = with_view(gate, |g| g.to_row_major())?;
+    let gated = |(g, u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
+    if out.len() >= PARALLEL_ELEMENTS {
+        out.par_iter_mut().zip(up.par_iter()).for_each(gated);
+    } else {
+        out.iter_mut().zip(&up).for_each(gated);
+    }
+    from_vec(out, shape)
+}
+
 /// Rotary embedding of `x` `[b, t, heads, hd]` with `cos` / `signed_sin` `[b, t, 1, hd]`:
 /// `x * cos + rotate_half(x) * signed_sin`, `rotate_half([x1, x2]) = [x2, x1]` (the sign is in
 /// `signed_sin`), the same products and sum as the tensor expression.
@@ -49,10 +66,10 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
     if cos.dims() != [b, t, 1, hd] || signed_sin.dims() != [b, t, 1, hd] || hd % 2 != 0 {
         return None;
     }
-    let cos: Vec<f32> = with_view(cos, |c| contiguous(&c))?;
-    let sin: Vec<f32> = with_view(signed_sin, |s| contiguous(&s))?;
+    let cos: Vec<f32> = with_view(cos, |c| c.to_row_major())?;
+    let sin: Vec<f32> = with_view(signed_sin, |s| s.to_row_major())?;
     let out = with_view(x, |x| {
-        let x = contiguous(&x);
+        let x = x.to_row_major();
         let half = hd / 2;
         let mut out = vec![0.0f32; x.len()];
         // One position (b, t) at a time: its heads share one row of the tables.
@@ -79,39 +96,53 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
 /// Causal grouped-query attention of `q` `[b, t, heads, hd]` (RoPE applied) over `keys` /
 /// `values` `[b, kv_heads, s, hd]`, where the `t` queries occupy the last `t` of the `s` slots:
 /// a query sees the valid slots (`key_valid` `[b, s]`) at or before its own, and always its own.
-/// Query head `i * groups + g` reads KV head `i`. Returns `[b, t, heads * hd]`, the layout the
+/// Query head `i * groups + g` reads KV head `i`. Only the first `s` slots of the buffers are
+/// read (the KV cache's spare room is not). Returns `[b, t, heads * hd]`, the layout the
 /// output projection takes.
-pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Tensor<B, 4>, key_valid: &Tensor<B, 2, Bool>) -> Option<Tensor<B, 3>> {
+pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Tensor<B, 4>, key_valid: &Tensor<B, 2, Bool>, s: usize) -> Option<Tensor<B, 3>> {
     if !crate::enabled() || !crate::host::readable::<B>() {
         return None;
     }
     let [b, t, heads, hd] = q.dims();
-    let [kb, kv_heads, s, khd] = keys.dims();
-    if kb != b || khd != hd || values.dims() != keys.dims() || key_valid.dims() != [b, s] || kv_heads == 0 || heads % kv_heads != 0 || t > s {
+    let [kb, kv_heads, capacity, khd] = keys.dims();
+    if kb != b || khd != hd || values.dims() != keys.dims() || key_valid.dims() != [b, capacity] || kv_heads == 0 || heads % kv_heads != 0 || t > s || s > capacity {
         return None;
     }
-    let valid: Vec<bool> = key_valid.clone().into_data().to_vec().ok()?;
+    let all_valid: Vec<bool> = key_valid.clone().into_data().to_vec().ok()?;
+    let valid: Vec<bool> = all_valid.chunks(capacity).flat_map(|row| row[..s].iter().copied()).collect();
     let scale = 1.0 / (hd as f32).sqrt();
     let groups = heads / kv_heads;
     let out = with_view(q, |q| {
-        let q = contiguous(&q);
+        let q = q.to_row_major();
         with_view(keys, |k| {
             with_view(values, |v| {
                 let (k, v) = (Kv::new(k)?, Kv::new(v)?);
                 let mut out = vec![0.0f32; b * t * heads * hd];
                 let ptr = OutPtr(out.as_mut_ptr());
-                let task = |(row, head): (usize, usize)| {
+                // One task per (row, KV head): the `groups * t` queries that read this head get
+                // their scores against every slot in one register-tiled product, then a softmax
+                // over the visible slots and a weighted sum of values.
+                let task = |(row, kvh): (usize, usize)| {
                     let ptr = ptr;
-                    let kvh = head / groups;
-                    let mut scores = vec![0.0f32; s];
+                    let queries = groups * t;
+                    let mut qbuf = vec![0.0f32; queries * hd];
+                    for g in 0..groups {
+                        for i in 0..t {
+                            let head = kvh * groups + g;
+                            qbuf[(g * t + i) * hd..][..hd].copy_from_slice(&q[((row * t + i) * heads + head) * hd..][..hd]);
+                        }
+                    }
+                    let mut scores = vec![0.0f32; queries * s];
+                    let (keys, stride) = k.rows(row, kvh, s);
+                    crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, s, &mut scores);
                     let mut acc = vec![0.0f32; hd];
-                    for i in 0..t {
+                    for (query, scores) in scores.chunks_exact_mut(s).enumerate() {
+                        let (g, i) = (query / t, query % t);
                         let slot = s - t + i;
-                        let query = &q[((row * t + i) * heads + head) * hd..][..hd];
-                        let visible = |j: usize| j == slot || valid[row * s + j];
+                        let visible = |j: usize| j == slot || (j < slot && valid[row * s + j]);
                         let mut max = f32::NEG_INFINITY;
-                        for (j, score) in scores.iter_mut().enumerate().take(slot + 1) {
-                            *score = if visible(j) { dot(query, k.row(row, kvh, j)) * scale } else { f32::NEG_INFINITY };
+                        for (j, score) in scores.iter_mut().enumerate() {
+                            *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
                             max = max.max(*score);
                         }
                         let mut total = 0.0f32;
@@ -126,14 +157,15 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
                                 *a += p * x;
                             }
                         }
-                        // SAFETY: task (row, head) alone writes these hd elements of query i.
+                        let head = kvh * groups + g;
+                        // SAFETY: task (row, kvh) alone writes the outputs of its query heads.
                         let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(((row * t + i) * heads + head) * hd), hd) };
                         for (o, a) in out.iter_mut().zip(&acc) {
                             *o = a / total;
                         }
                     }
                 };
-                let tasks: Vec<(usize, usize)> = (0..b).flat_map(|r| (0..heads).map(move |h| (r, h))).collect();
+                let tasks: Vec<(usize, usize)> = (0..b).flat_map(|r| (0..kv_heads).map(move |h| (r, h))).collect();
                 if t * s * heads * b * hd >= PARALLEL_ELEMENTS {
                     tasks.into_par_iter().for_each(task);
                 } else {
@@ -161,6 +193,13 @@ impl<'a> Kv<'a> {
         Some(Self { data: view.data, strides: [view.strides[0], view.strides[1], view.strides[2]], hd: view.shape[3] })
     }
 
+    /// The `slots` slots of (row, head) from its first element, and the stride between slots.
+    fn rows(&self, row: usize, head: usize, slots: usize) -> (&'a [f32], usize) {
+        let start = row * self.strides[0] + head * self.strides[1];
+        let span = if slots == 0 { 0 } else { (slots - 1) * self.strides[2] + self.hd };
+        (&self.data[start..start + span], self.strides[2])
+    }
+
     fn row(&self, row: usize, head: usize, slot: usize) -> &'a [f32] {
         let start = row * self.strides[0] + head * self.strides[1] + slot * self.strides[2];
         &self.data[start..start + self.hd]
@@ -172,47 +211,3 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Dot product in eight independent lanes (which the compiler keeps in one vector register).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// The view's elements in row-major order (borrowed work is not worth a special case here:
-/// these tensors are activations, copied once per op).
-fn contiguous(view: &HostView<'_>) -> Vec<f32> {
-    let n: usize = view.shape.iter().product();
-    let mut out = Vec::with_capacity(n);
-    let rank = view.shape.len();
-    if rank == 0 {
-        return vec![view.data[0]];
-    }
-    let inner = view.shape[rank - 1];
-    let inner_stride = view.strides[rank - 1];
-    let outer: usize = view.shape[..rank - 1].iter().product();
-    let mut index = vec![0usize; rank - 1];
-    for _ in 0..outer {
-        let start: usize = index.iter().zip(&view.strides).map(|(i, s)| i * s).sum();
-        if inner_stride == 1 {
-            out.extend_from_slice(&view.data[start..start + inner]);
-        } else {
-            out.extend((0..inner).map(|c| view.data[start + c * inner_stride]));
-        }
-        for axis in (0..rank - 1).rev() {
-            index[axis] += 1;
-            if index[axis] < view.shape[axis] {
-                break;
-            }
-            index[axis] = 0;
-        }
-    }
-    out
-}

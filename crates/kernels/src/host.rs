@@ -16,6 +16,37 @@ pub struct HostView<'a> {
 }
 
 impl HostView<'_> {
+    /// The view's elements in row-major order.
+    pub fn to_row_major(&self) -> Vec<f32> {
+            let view = self;
+        let n: usize = view.shape.iter().product();
+        let mut out = Vec::with_capacity(n);
+        let rank = view.shape.len();
+        if rank == 0 {
+            return vec![view.data[0]];
+        }
+        let inner = view.shape[rank - 1];
+        let inner_stride = view.strides[rank - 1];
+        let outer: usize = view.shape[..rank - 1].iter().product();
+        let mut index = vec![0usize; rank - 1];
+        for _ in 0..outer {
+            let start: usize = index.iter().zip(&view.strides).map(|(i, s)| i * s).sum();
+            if inner_stride == 1 {
+                out.extend_from_slice(&view.data[start..start + inner]);
+            } else {
+                out.extend((0..inner).map(|c| view.data[start + c * inner_stride]));
+            }
+            for axis in (0..rank - 1).rev() {
+                index[axis] += 1;
+                if index[axis] < view.shape[axis] {
+                    break;
+                }
+                index[axis] = 0;
+            }
+        }
+        out
+    }
+
     /// Whether the last axis is contiguous (what the kernels' inner loops need).
     pub fn inner_contiguous(&self) -> bool {
         self.strides.last().is_none_or(|&s| s == 1) || self.shape.last() == Some(&1)
@@ -65,6 +96,58 @@ fn span(shape: &[usize], strides: &[usize]) -> usize {
         return 0;
     }
     shape.iter().zip(strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>() + 1
+}
+
+/// `tensor`'s values in row-major order, read in place; `None` unless [`readable`].
+pub fn to_vec<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<Vec<f32>> {
+    with_view(tensor, |v| v.to_row_major())
+}
+
+/// `buffer` `[b, heads, capacity, hd]` (row-major) with slots `start..start + n` overwritten by
+/// `new` `[b, heads, n, hd]`, in place: the KV cache's decode write. `None` (and the buffer
+/// handed back untouched) unless `B` is [`readable`] and nothing else holds the buffer.
+pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [b, heads, capacity, hd] = buffer.dims();
+    let [nb, nheads, n, nhd] = new.dims();
+    if !readable::<B>() || [nb, nheads, nhd] != [b, heads, hd] || start + n > capacity {
+        return Err(buffer);
+    }
+    let Some(values) = to_vec(new) else { return Err(buffer) };
+    let write = |dst: &mut [f32]| {
+        for (row, src) in values.chunks_exact(n * hd).enumerate() {
+            let offset = (row * capacity + start) * hd;
+            dst[offset..offset + n * hd].copy_from_slice(src);
+        }
+    };
+    let mut primitive = buffer.into_primitive().tensor();
+    let any = &mut primitive as &mut dyn Any;
+    let written = if let Some(NdArrayTensor::F32(storage)) = any.downcast_mut::<NdArrayTensor>() {
+        // Only a buffer nothing else shares: `as_slice_mut` would copy a shared one first.
+        match storage.is_unique().then(|| storage.ensure_owned().as_slice_mut()).flatten() {
+            Some(dst) => {
+                write(dst);
+                true
+            }
+            None => false,
+        }
+    } else if let Some(t) = any.downcast_mut::<FlexTensor>() {
+        let contiguous = t.dtype() == DType::F32 && t.is_contiguous() && t.layout().start_offset() == 0;
+        match t.try_storage_mut::<f32>() {
+            Some(dst) if contiguous => {
+                write(dst);
+                true
+            }
+            _ => false,
+        }
+    } else {
+        false
+    };
+    let buffer = Tensor::from_primitive(TensorPrimitive::Float(primitive));
+    if written {
+        Ok(buffer)
+    } else {
+        Err(buffer)
+    }
 }
 
 /// A tensor of `B` holding `values` in row-major `shape`; `None` unless [`readable`].

@@ -3,7 +3,7 @@
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::{backend::Backend, Bool, Distribution, Tensor, TensorData};
-use iapt_kernels::fused::{attention, rms_norm, rope};
+use iapt_kernels::fused::{attention, rms_norm, rope, swiglu};
 
 fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
     t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
@@ -31,6 +31,15 @@ fn rms_norm_matches<B: Backend>() {
         })
         .collect();
     assert_close(&got, &want, 1e-5, "rms_norm");
+}
+
+fn swiglu_matches<B: Backend>() {
+    let device = B::Device::default();
+    let gate = Tensor::<B, 3>::random([2, 3, 50], Distribution::Normal(0.0, 3.0), &device);
+    let up = Tensor::<B, 3>::random([2, 3, 50], Distribution::Normal(0.0, 1.0), &device).swap_dims(0, 1).swap_dims(0, 1);
+    let got = host(&swiglu(&gate, &up).expect("fused on an inference backend"));
+    let want: Vec<f64> = host(&gate).iter().zip(host(&up)).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    assert_close(&got, &want, 1e-6, "swiglu");
 }
 
 fn rope_matches<B: Backend>() {
@@ -95,7 +104,12 @@ fn attention_matches<B: Backend>() {
         // Row r has its first r slots invalid (left padding); one middle slot of row 0 invalid.
         let valid: Vec<bool> = (0..b).flat_map(|r| (0..s).map(move |j| j >= r && !(r == 0 && j == s / 2 && j < s - t))).collect();
         let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid.clone(), [b, s]), &device);
-        let got = host(&attention(&q, &k, &v, &mask).expect("fused on an inference backend"));
+        let got = host(&attention(&q, &k, &v, &mask, s).expect("fused on an inference backend"));
+        // The same slots inside bigger buffers (the KV cache's spare room) give the same result.
+        let spare = |t: Tensor<B, 4>| Tensor::cat(vec![t.clone(), Tensor::random([b, kv, 5, hd], Distribution::Normal(0.0, 1.0), &device)], 2);
+        let roomy_mask = Tensor::cat(vec![mask.clone(), Tensor::<B, 2, Bool>::full([b, 5], true, &device)], 1);
+        let roomy = host(&attention(&q, &spare(k.clone()), &spare(v.clone()), &roomy_mask, s).expect("fused on an inference backend"));
+        assert_eq!(got, roomy, "spare slots are never read");
         let want = naive_attention(&host(&q), &host(&k), &host(&v), &valid, b, t, heads, kv, s, hd);
         assert_close(&got, &want, 1e-5, &format!("attention b{b} t{t} s{s} heads{heads}/{kv} hd{hd}"));
     }
@@ -104,6 +118,7 @@ fn attention_matches<B: Backend>() {
 #[test]
 fn ndarray_fused_kernels_match_naive_f64() {
     rms_norm_matches::<NdArray>();
+    swiglu_matches::<NdArray>();
     rope_matches::<NdArray>();
     attention_matches::<NdArray>();
 }
@@ -111,6 +126,7 @@ fn ndarray_fused_kernels_match_naive_f64() {
 #[test]
 fn flex_fused_kernels_match_naive_f64() {
     rms_norm_matches::<Flex>();
+    swiglu_matches::<Flex>();
     rope_matches::<Flex>();
     attention_matches::<Flex>();
 }
@@ -122,4 +138,25 @@ fn autodiff_backends_keep_burns_ops() {
     let device = Default::default();
     let x = Tensor::<B, 3>::ones([1, 2, 4], &device);
     assert!(rms_norm(&x, &Tensor::ones([4], &device), 1e-5).is_none());
+}
+
+/// The KV cache's decode write goes in place into a buffer nothing else holds, and is refused
+/// (the buffer handed back unchanged) while a view of it is alive.
+fn slots_write_in_place<B: Backend>() {
+    let device = B::Device::default();
+    let buffer = Tensor::<B, 4>::zeros([2, 1, 4, 3], &device);
+    let new = Tensor::<B, 4>::ones([2, 1, 1, 3], &device);
+    let buffer = iapt_kernels::host::write_slots(buffer, 2, &new).expect("a unique buffer is written in place");
+    let held = buffer.clone();
+    let buffer = iapt_kernels::host::write_slots(buffer, 3, &new).expect_err("a shared buffer is refused");
+    let got: Vec<f32> = buffer.into_data().to_vec().unwrap();
+    let want: Vec<f32> = (0..24).map(|i| if (i % 12) / 3 == 2 { 1.0 } else { 0.0 }).collect();
+    assert_eq!(got, want, "the refused buffer is unchanged");
+    assert_eq!(held.into_data().to_vec::<f32>().unwrap(), want, "and so is what shares it");
+}
+
+#[test]
+fn kv_slots_are_written_in_place_on_both_backends() {
+    slots_write_in_place::<NdArray>();
+    slots_write_in_place::<Flex>();
 }

@@ -14,8 +14,10 @@ use std::time::Instant;
 pub enum Part {
     /// The frozen linear layers (q, k, v, o, gate, up, down) and tuners' deltas on them.
     Projections,
-    /// Scores, mask, softmax, weighted values, and the KV cache.
+    /// Scores, mask, softmax, weighted values.
     Attention,
+    /// Writing new keys/values into the KV cache.
+    KvCache,
     /// RMSNorms and rotary embeddings.
     NormsRope,
     /// Final hidden states to logits.
@@ -25,13 +27,14 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 5] = [Part::Projections, Part::Attention, Part::NormsRope, Part::LmHead, Part::Sampling];
+    pub const ALL: [Part; 6] = [Part::Projections, Part::Attention, Part::KvCache, Part::NormsRope, Part::LmHead, Part::Sampling];
 
     /// The key used in reports.
     pub fn name(self) -> &'static str {
         match self {
             Part::Projections => "projections",
             Part::Attention => "attention",
+            Part::KvCache => "kv_cache",
             Part::NormsRope => "norms_rope",
             Part::LmHead => "lm_head",
             Part::Sampling => "sampling",
@@ -42,7 +45,7 @@ impl Part {
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    static SECONDS: RefCell<[f64; 5]> = const { RefCell::new([0.0; 5]) };
+    static SECONDS: RefCell<[f64; 6]> = const { RefCell::new([0.0; 6]) };
 }
 
 /// Start (or stop) timing parts on every thread.
@@ -69,7 +72,7 @@ pub fn timed<T>(part: Part, f: impl FnOnce() -> T) -> T {
 }
 
 /// Seconds spent in each part on this thread since the last call, and reset.
-pub fn take() -> [(Part, f64); 5] {
+pub fn take() -> [(Part, f64); 6] {
     let seconds = SECONDS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     std::array::from_fn(|i| (Part::ALL[i], seconds[i]))
 }

@@ -117,15 +117,15 @@ impl<B: Backend> Attention<B> {
         layer: usize,
     ) -> Tensor<B, 3> {
         let [b, t, _] = normed.dims();
-        let (keys, values) = (cached.keys.clone(), cached.values.clone());
-        let s = keys.dims()[2];
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let groups = h / kv;
         let q = project(&self.q_proj, normed, hook, layer, Projection::Q);
         let q = timed(Part::NormsRope, || rope.apply(q.reshape([b, t, h, hd])));
-        if let Some(out) = timed(Part::Attention, || iapt_kernels::fused::attention(&q, &keys, &values, &cached.valid)) {
+        if let Some(out) = timed(Part::Attention, || iapt_kernels::fused::attention(&q, &cached.keys, &cached.values, &cached.valid, cached.len)) {
             return project(&self.o_proj, out, hook, layer, Projection::O);
         }
+        let (keys, values, _) = cached.filled();
+        let s = cached.len;
         let hidden = mask();
         let q = to_heads_major(q);
         let out = timed(Part::Attention, || {
@@ -173,9 +173,10 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, hook: &dyn ModelHook<B>, layer: usize) -> Tensor<B, 3> {
-        let gate = silu(project(&self.gate_proj, x.clone(), hook, layer, Projection::Gate));
+        let gate = project(&self.gate_proj, x.clone(), hook, layer, Projection::Gate);
         let up = project(&self.up_proj, x, hook, layer, Projection::Up);
-        project(&self.down_proj, gate * up, hook, layer, Projection::Down)
+        let gated = iapt_kernels::fused::swiglu(&gate, &up).unwrap_or_else(|| silu(gate) * up);
+        project(&self.down_proj, gated, hook, layer, Projection::Down)
     }
 }
 
@@ -218,7 +219,7 @@ impl<B: Backend> DecoderLayer<B> {
         let normed = timed(Part::NormsRope, || rms_norm(&self.input_layernorm, x.clone()));
 
         // At prefill (empty layer cache) the tuner may put a prefix in front of the sequence.
-        if cache.layers[layer].is_none() {
+        if cache.layer_is_empty(layer) {
             let input = LayerInput { hidden: &x, normed: &normed, instruction: &ctx.instruction };
             if let Some(prefix) = ctx.hook.layer_prefix(layer, &input) {
                 let (keys, values) = self.prefix_keys_values(prefix, ctx.hook, layer);
@@ -228,14 +229,14 @@ impl<B: Backend> DecoderLayer<B> {
         }
 
         let (keys, values) = self.self_attn.keys_values(normed.clone(), Some(&ctx.rope), ctx.hook, layer);
-        let all = timed(Part::Attention, || cache.append(layer, keys, values, ctx.valid.clone()));
-        let s = all.keys.dims()[2];
+        let all = timed(Part::KvCache, || cache.append(layer, keys, values, ctx.valid.clone()));
+        let s = all.len;
         let memo = &mut ctx.mask_memo;
         let mask = || {
             timed(Part::Attention, || match memo {
                 Some((memo_s, memo_t, m)) if *memo_s == s && *memo_t == t => m.clone(),
                 _ => {
-                    let m = attention_mask(&all.valid, t).bool_not();
+                    let m = attention_mask(&all.filled().2, t).bool_not();
                     *memo = Some((s, t, m.clone()));
                     m
                 }
