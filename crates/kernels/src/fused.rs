@@ -7,6 +7,10 @@ use crate::host::{from_vec, with_view, HostView};
 use burn::tensor::{backend::Backend, Bool, Tensor};
 use rayon::prelude::*;
 
+/// Queries per attention task: a block sees only the slots up to its last query, so a causal
+/// prefill skips most of the future, and short prompts still give every core work.
+const QUERY_BLOCK: usize = 16;
+
 /// Below this many output elements the work runs on the calling thread.
 const PARALLEL_ELEMENTS: usize = 1 << 15;
 
@@ -122,22 +126,28 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
                 // One task per (row, KV head): the `groups * t` queries that read this head get
                 // their scores against every slot in one register-tiled product, then a softmax
                 // over the visible slots and a weighted sum of values.
-                let task = |(row, kvh): (usize, usize)| {
+                // One task per (row, KV head, block of queries): the block's `groups * n` queries
+                // get their scores against the slots they can see (up to the block's last query)
+                // in one register-tiled product, then a softmax over the visible slots and a
+                // weighted sum of values.
+                let task = |(row, kvh, i0): (usize, usize, usize)| {
                     let ptr = ptr;
-                    let queries = groups * t;
+                    let n = QUERY_BLOCK.min(t - i0);
+                    let seen = s - t + i0 + n; // slots up to and including the block's last query
+                    let queries = groups * n;
                     let mut qbuf = vec![0.0f32; queries * hd];
                     for g in 0..groups {
-                        for i in 0..t {
+                        for i in 0..n {
                             let head = kvh * groups + g;
-                            qbuf[(g * t + i) * hd..][..hd].copy_from_slice(&q[((row * t + i) * heads + head) * hd..][..hd]);
+                            qbuf[(g * n + i) * hd..][..hd].copy_from_slice(&q[((row * t + i0 + i) * heads + head) * hd..][..hd]);
                         }
                     }
-                    let mut scores = vec![0.0f32; queries * s];
-                    let (keys, stride) = k.rows(row, kvh, s);
-                    crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, s, &mut scores);
+                    let mut scores = vec![0.0f32; queries * seen];
+                    let (keys, stride) = k.rows(row, kvh, seen);
+                    crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, seen, &mut scores);
                     let mut acc = vec![0.0f32; hd];
-                    for (query, scores) in scores.chunks_exact_mut(s).enumerate() {
-                        let (g, i) = (query / t, query % t);
+                    for (query, scores) in scores.chunks_exact_mut(seen).enumerate() {
+                        let (g, i) = (query / n, i0 + query % n);
                         let slot = s - t + i;
                         let visible = |j: usize| j == slot || (j < slot && valid[row * s + j]);
                         let mut max = f32::NEG_INFINITY;
@@ -158,14 +168,15 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
                             }
                         }
                         let head = kvh * groups + g;
-                        // SAFETY: task (row, kvh) alone writes the outputs of its query heads.
+                        // SAFETY: task (row, kvh, i0) alone writes these queries of its heads.
                         let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(((row * t + i) * heads + head) * hd), hd) };
                         for (o, a) in out.iter_mut().zip(&acc) {
                             *o = a / total;
                         }
                     }
                 };
-                let tasks: Vec<(usize, usize)> = (0..b).flat_map(|r| (0..kv_heads).map(move |h| (r, h))).collect();
+                let tasks: Vec<(usize, usize, usize)> =
+                    (0..b).flat_map(|r| (0..kv_heads).flat_map(move |h| (0..t).step_by(QUERY_BLOCK).map(move |i0| (r, h, i0)))).collect();
                 if t * s * heads * b * hd >= PARALLEL_ELEMENTS {
                     tasks.into_par_iter().for_each(task);
                 } else {

@@ -33,43 +33,46 @@ fn weight<B: Backend>(k: usize, n: usize, output_major: bool, device: &B::Device
     }
 }
 
-fn forward_matches<B: Backend>() {
-    assert!(accelerated::<B>(), "{} should run the kernels", std::any::type_name::<B>());
-    let device = B::Device::default();
+/// Every shape with both weight layouts: `(x, w, what)`.
+fn cases<B: Backend>(device: &B::Device) -> Vec<(Tensor<B, 2>, Tensor<B, 2>, String)> {
+    let mut cases = Vec::new();
     for (m, k, n) in shapes() {
         for output_major in [true, false] {
-            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-            let w = weight::<B>(k, n, output_major, &device);
-            let served = kernel_products();
-            let fast = frozen_matmul(x.clone(), w.clone());
-            assert!(kernel_products() > served, "the kernels served [{m},{k}]x[{k},{n}]");
-            let err = max_relative_error(fast, x.matmul(w));
-            assert!(err <= 1e-5, "[{m},{k}]x[{k},{n}] output_major={output_major}: relative error {err}");
+            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), device);
+            cases.push((x, weight::<B>(k, n, output_major, device), format!("[{m},{k}]x[{k},{n}] output_major={output_major}")));
         }
+    }
+    cases
+}
+
+fn forward_matches<B: Backend>() {
+    assert!(accelerated::<B>(), "{} should run the kernels", std::any::type_name::<B>());
+    for (x, w, what) in cases::<B>(&B::Device::default()) {
+        let served = kernel_products();
+        let fast = frozen_matmul(x.clone(), w.clone());
+        assert!(kernel_products() > served, "the kernels served {what}");
+        let err = max_relative_error(fast, x.matmul(w));
+        assert!(err <= 1e-5, "{what}: relative error {err}");
     }
 }
 
 fn input_gradient_matches<B: burn::tensor::backend::AutodiffBackend>() {
     assert!(accelerated::<B>(), "{} should run the kernels", std::any::type_name::<B>());
     let device = B::Device::default();
-    for (m, k, n) in shapes() {
-        for output_major in [true, false] {
-            let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
-            let w = weight::<B>(k, n, output_major, &device);
-            let upstream = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
-            let grad_of = |fast: bool| {
-                let x = x.clone().detach().require_grad();
-                let served = kernel_products();
-                let y = if fast { frozen_matmul(x.clone(), w.clone()) } else { x.clone().matmul(w.clone()) };
-                assert!(!fast || kernel_products() > served, "the kernels served the fast product");
-                let grads = (y * upstream.clone()).sum().backward();
-                (x.grad(&grads).expect("x has a gradient"), w.grad(&grads))
-            };
-            let ((fast, fast_w), (slow, _)) = (grad_of(true), grad_of(false));
-            let err = max_relative_error(fast, slow);
-            assert!(err <= 1e-5, "[{m},{k}]x[{k},{n}] output_major={output_major}: input-gradient relative error {err}");
-            assert!(fast_w.is_none(), "a frozen weight gets no gradient");
-        }
+    for (x, w, what) in cases::<B>(&device) {
+        let upstream = Tensor::<B, 2>::random([x.dims()[0], w.dims()[1]], Distribution::Normal(0.0, 1.0), &device);
+        let grad_of = |fast: bool| {
+            let x = x.clone().detach().require_grad();
+            let served = kernel_products();
+            let y = if fast { frozen_matmul(x.clone(), w.clone()) } else { x.clone().matmul(w.clone()) };
+            assert!(!fast || kernel_products() > served, "the kernels served the fast product");
+            let grads = (y * upstream.clone()).sum().backward();
+            (x.grad(&grads).expect("x has a gradient"), w.grad(&grads))
+        };
+        let ((fast, fast_w), (slow, _)) = (grad_of(true), grad_of(false));
+        let err = max_relative_error(fast, slow);
+        assert!(err <= 1e-5, "{what}: input-gradient relative error {err}");
+        assert!(fast_w.is_none(), "a frozen weight gets no gradient");
     }
 }
 
