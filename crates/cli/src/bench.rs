@@ -105,7 +105,7 @@ pub fn bench_generate<B: Backend>(
 /// Seconds per kind of work summed over runs, and the runs' whole time.
 #[derive(Default, Clone)]
 struct PartTotals {
-    seconds: [f64; 6],
+    seconds: [f64; iapt_model::profile::PARTS],
     total: f64,
 }
 

@@ -6,8 +6,9 @@
 //! calls one function on every backend, and only these four take the fast path.
 
 use crate::cpu::{self, MatRef};
+use crate::host::{self, HostView};
 use burn::tensor::backend::BackendTypes;
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
@@ -40,13 +41,13 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 
     let w = w.into_primitive().tensor();
     let float = TypeId::of::<B::FloatTensorPrimitive>();
     let out: B::FloatTensorPrimitive = if float == TypeId::of::<NdArrayTensor>() {
-        cast(ndarray_matmul(cast(x)?, cast(w)?)?)?
+        cast(host_matmul::<NdArrayTensor>(cast(x)?, cast(w)?)?)?
     } else if float == TypeId::of::<FlexTensor>() {
-        cast(flex_matmul(cast(x)?, cast(w)?)?)?
+        cast(host_matmul::<FlexTensor>(cast(x)?, cast(w)?)?)?
     } else if TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
-        cast(autodiff_matmul::<NdArrayCpu>(cast(x)?, cast(w)?, ndarray_matmul)?)?
+        cast(autodiff_matmul::<NdArrayCpu>(cast(x)?, cast(w)?, host_matmul::<NdArrayTensor>)?)?
     } else if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
-        cast(autodiff_matmul::<Flex>(cast(x)?, cast(w)?, flex_matmul)?)?
+        cast(autodiff_matmul::<Flex>(cast(x)?, cast(w)?, host_matmul::<FlexTensor>)?)?
     } else {
         return None;
     };
@@ -59,50 +60,24 @@ fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
     (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>().and_then(Option::take)
 }
 
-/// A 2-D f32 view with non-negative strides, from the start of the data it covers.
-fn view<'a>(data: &'a [f32], offset: usize, shape: &[usize], strides: &[isize]) -> Option<MatRef<'a>> {
-    let ([rows, cols], [rs, cs]) = (<[usize; 2]>::try_from(shape).ok()?, <[isize; 2]>::try_from(strides).ok()?);
-    if rs < 0 || cs < 0 {
-        return None;
-    }
-    MatRef::new(data.get(offset..)?, rows, cols, rs as usize, cs as usize)
+/// `x · w` on an inference CPU backend's primitives (`P` is `NdArrayTensor` or `FlexTensor`),
+/// both read in place.
+fn host_matmul<P: 'static>(x: P, w: P) -> Option<P> {
+    let out = host::with_primitive_view(&x, |x| {
+        host::with_primitive_view(&w, |w| {
+            let (a, b) = (matrix(&x)?, matrix(&w)?);
+            Some((cpu::matmul(a, b), [a.rows(), b.cols()]))
+        })
+    })???;
+    host::primitive_from_vec(out.0, &out.1)
 }
 
-fn ndarray_matmul(x: NdArrayTensor, w: NdArrayTensor) -> Option<NdArrayTensor> {
-    let (NdArrayTensor::F32(x), NdArrayTensor::F32(w)) = (&x, &w) else {
-        return None;
-    };
-    let (x, w) = (x.view(), w.view());
-    let out = {
-        // An ndarray view's pointer is its first element; the slice spans what its strides reach.
-        let as_ref = |v: &ndarray::ArrayViewD<'_, f32>| {
-            let (shape, strides) = (v.shape(), v.strides());
-            if strides.iter().any(|&s| s < 0) || shape.len() != 2 {
-                return None;
-            }
-            let span = if v.is_empty() { 0 } else { shape.iter().zip(strides).map(|(&d, &s)| (d - 1) * s as usize).sum::<usize>() + 1 };
-            // SAFETY: every element of the view lies within `span` elements of its first one.
-            let data = unsafe { std::slice::from_raw_parts(v.as_ptr(), span) };
-            view(data, 0, shape, strides)
-        };
-        cpu::matmul(as_ref(&x)?, as_ref(&w)?)
-    };
-    let shape = [x.shape()[0], w.shape()[1]];
-    let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), out).ok()?;
-    Some(NdArrayTensor::from(array.into_shared()))
-}
-
-fn flex_matmul(x: FlexTensor, w: FlexTensor) -> Option<FlexTensor> {
-    if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
-        return None;
+/// A 2-D view as a matrix.
+fn matrix<'a>(view: &HostView<'a>) -> Option<MatRef<'a>> {
+    match (view.shape.as_slice(), view.strides.as_slice()) {
+        (&[rows, cols], &[row_stride, col_stride]) => MatRef::new(view.data, rows, cols, row_stride, col_stride),
+        _ => None,
     }
-    fn as_ref(t: &FlexTensor) -> Option<MatRef<'_>> {
-        let layout = t.layout();
-        view(t.storage::<f32>(), layout.start_offset(), layout.shape(), layout.strides())
-    }
-    let (a, b) = (as_ref(&x)?, as_ref(&w)?);
-    let shape = [a.rows(), b.cols()];
-    Some(FlexTensor::from_data(TensorData::new(cpu::matmul(a, b), shape)))
 }
 
 /// `x · w` on an autodiff backend over `I`, with `w` constant: the node's backward gives `x` the

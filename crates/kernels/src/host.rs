@@ -64,9 +64,12 @@ pub fn with_view<B: Backend, const D: usize, R>(tensor: &Tensor<B, D>, f: impl F
     if !readable::<B>() {
         return None;
     }
-    let primitive = tensor.clone().into_primitive().tensor();
-    let any = &primitive as &dyn Any;
-    if let Some(t) = any.downcast_ref::<NdArrayTensor>() {
+    with_primitive_view(&tensor.clone().into_primitive().tensor(), f)
+}
+
+/// [`with_view`] on a backend's own tensor primitive (an `NdArrayTensor` or a `FlexTensor`).
+pub(crate) fn with_primitive_view<R>(primitive: &dyn Any, f: impl FnOnce(HostView<'_>) -> R) -> Option<R> {
+    if let Some(t) = primitive.downcast_ref::<NdArrayTensor>() {
         let NdArrayTensor::F32(storage) = t else { return None };
         let view = storage.view();
         let (shape, strides) = (view.shape().to_vec(), view.strides().to_vec());
@@ -76,7 +79,7 @@ pub fn with_view<B: Backend, const D: usize, R>(tensor: &Tensor<B, D>, f: impl F
         let data = unsafe { std::slice::from_raw_parts(view.as_ptr(), span) };
         return Some(f(HostView { data, shape, strides }));
     }
-    let t = any.downcast_ref::<FlexTensor>()?;
+    let t = primitive.downcast_ref::<FlexTensor>()?;
     if t.dtype() != DType::F32 {
         return None;
     }
@@ -152,15 +155,23 @@ pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<
 
 /// A tensor of `B` holding `values` in row-major `shape`; `None` unless [`readable`].
 pub fn from_vec<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<B, D>> {
-    let float = TypeId::of::<B::FloatTensorPrimitive>();
+    if !readable::<B>() {
+        return None;
+    }
+    let primitive = primitive_from_vec::<B::FloatTensorPrimitive>(values, &shape)?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+/// An `NdArrayTensor` or a `FlexTensor` (whichever `P` is) holding `values` in row-major `shape`.
+pub(crate) fn primitive_from_vec<P: 'static>(values: Vec<f32>, shape: &[usize]) -> Option<P> {
+    let float = TypeId::of::<P>();
     let boxed: Box<dyn Any> = if float == TypeId::of::<NdArrayTensor>() {
-        let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values).ok()?;
+        let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), values).ok()?;
         Box::new(NdArrayTensor::from(array.into_shared()))
     } else if float == TypeId::of::<FlexTensor>() {
-        Box::new(FlexTensor::from_data(TensorData::new(values, shape)))
+        Box::new(FlexTensor::from_data(TensorData::new(values, shape.to_vec())))
     } else {
         return None;
     };
-    let primitive = *boxed.downcast::<B::FloatTensorPrimitive>().ok()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+    boxed.downcast::<P>().ok().map(|p| *p)
 }

@@ -31,7 +31,7 @@ pub struct Generation {
 }
 
 /// Seconds spent in each [`crate::profile::Part`].
-pub type PartSeconds = [(crate::profile::Part, f64); 6];
+pub type PartSeconds = [(crate::profile::Part, f64); crate::profile::PARTS];
 
 /// Generate continuations for `prompts` (each non-empty) in one batch. Prompts are left-padded
 /// with `pad_id`; a row that stopped keeps being fed its stop token, and its output is cut there.

@@ -27,7 +27,7 @@ pub enum Part {
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [Part::Projections, Part::Attention, Part::KvCache, Part::NormsRope, Part::LmHead, Part::Sampling];
+    pub const ALL: [Part; PARTS] = [Part::Projections, Part::Attention, Part::KvCache, Part::NormsRope, Part::LmHead, Part::Sampling];
 
     /// The key used in reports.
     pub fn name(self) -> &'static str {
@@ -42,10 +42,13 @@ impl Part {
     }
 }
 
+/// How many kinds of work there are.
+pub const PARTS: usize = 6;
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    static SECONDS: RefCell<[f64; 6]> = const { RefCell::new([0.0; 6]) };
+    static SECONDS: RefCell<[f64; PARTS]> = const { RefCell::new([0.0; PARTS]) };
 }
 
 /// Start (or stop) timing parts on every thread.
@@ -72,7 +75,7 @@ pub fn timed<T>(part: Part, f: impl FnOnce() -> T) -> T {
 }
 
 /// Seconds spent in each part on this thread since the last call, and reset.
-pub fn take() -> [(Part, f64); 6] {
+pub fn take() -> [(Part, f64); PARTS] {
     let seconds = SECONDS.with(|s| std::mem::take(&mut *s.borrow_mut()));
     std::array::from_fn(|i| (Part::ALL[i], seconds[i]))
 }
