@@ -80,6 +80,22 @@ fn batched_generation_matches_one_prompt_at_a_time() {
     }
 }
 
+/// `iapt bench data`: every example encoded and batched once, and training's length grouping
+/// pads less than a plain shuffle.
+#[test]
+fn data_benchmark_batches_every_example_with_less_padding() {
+    if !enabled() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["bench", "data", "multiemo", "--n", "200"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["examples"].as_u64(), v["batch"]["rows"].as_u64(), v["batch"]["batches"].as_u64()), (Some(200), Some(200), Some(13)));
+    let (grouped, plain) = (v["batch"]["padding_fraction_bucketed"].as_f64().unwrap(), v["batch"]["padding_fraction_unbucketed"].as_f64().unwrap());
+    assert!(grouped < plain, "grouped {grouped} vs plain {plain}");
+    assert!(v["encode"]["tokens_per_s"].as_f64().unwrap() > 0.0 && v["encode"]["examples_per_s"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn a_missing_model_path_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["score", "--model", "/no/such/model.gguf", "--text", "hi there"]).output().unwrap();
@@ -100,14 +116,8 @@ fn train_then_eval_then_resume_on_real_data() {
     let _ = std::fs::remove_dir_all(&run);
     let run_s = run.to_str().unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/quickstart.toml");
-    let sets = [
-        "data.max_train_examples=8",
-        "data.max_dev_examples=4",
-        "train.epochs=1",
-        "train.batch_size=4",
-        "eval.max_examples=6",
-        "train.dashboard=\"off\"",
-    ];
+    let sets =
+        ["data.max_train_examples=8", "data.max_dev_examples=4", "train.epochs=1", "train.batch_size=4", "eval.max_examples=6", "train.dashboard=\"off\""];
     let train = || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_iapt"));
         cmd.args(["train", "--config", config, "--run-dir", run_s]);

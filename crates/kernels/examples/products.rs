@@ -23,7 +23,14 @@ fn main() {
             std::hint::black_box(matmul(a, b));
         }
         let s = start.elapsed().as_secs_f64();
-        println!("rows {rows}: {} products, {:.0} MB in {:.2} ms = {:.1} GB/s ({:.0}% of read bandwidth)", weights.len(), bytes as f64 / 1e6, s * 1e3, bytes as f64 / s / 1e9, 100.0 * bytes as f64 / s / bandwidth);
+        println!(
+            "rows {rows}: {} products, {:.0} MB in {:.2} ms = {:.1} GB/s ({:.0}% of read bandwidth)",
+            weights.len(),
+            bytes as f64 / 1e6,
+            s * 1e3,
+            bytes as f64 / s / 1e9,
+            100.0 * bytes as f64 / s / bandwidth
+        );
     }
     let head = vec![0.5f32; 49152 * d];
     for _ in 0..3 {

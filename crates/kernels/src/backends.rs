@@ -24,7 +24,8 @@ type FlexAutodiff = Autodiff<Flex>;
 
 /// A product on one inner backend's primitives: `None` when the kernels cannot take it (a dtype
 /// other than f32, negative strides), so the caller falls back to burn's matmul.
-type InnerMatmul<I> = fn(<I as BackendTypes>::FloatTensorPrimitive, <I as BackendTypes>::FloatTensorPrimitive) -> Option<<I as BackendTypes>::FloatTensorPrimitive>;
+type InnerMatmul<I> =
+    fn(<I as BackendTypes>::FloatTensorPrimitive, <I as BackendTypes>::FloatTensorPrimitive) -> Option<<I as BackendTypes>::FloatTensorPrimitive>;
 
 /// Whether [`matmul`] handles `B` (for f32 tensors).
 pub fn supported<B: Backend>() -> bool {

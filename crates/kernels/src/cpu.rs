@@ -234,7 +234,18 @@ mod x86 {
 
             #[target_feature(enable = $feature)]
             #[allow(clippy::too_many_arguments)]
-            pub(super) unsafe fn $band(a: *const f32, lda: usize, m: usize, bt: *const f32, ldb: usize, k: usize, j0: usize, j1: usize, out: *mut f32, ldo: usize) {
+            pub(super) unsafe fn $band(
+                a: *const f32,
+                lda: usize,
+                m: usize,
+                bt: *const f32,
+                ldb: usize,
+                k: usize,
+                j0: usize,
+                j1: usize,
+                out: *mut f32,
+                ldo: usize,
+            ) {
                 let mut j = j0;
                 while j < j1 {
                     let nr = (j1 - j).min(NR);

@@ -109,7 +109,15 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
     }
     let [b, t, heads, hd] = q.dims();
     let [kb, kv_heads, capacity, khd] = keys.dims();
-    if kb != b || khd != hd || values.dims() != keys.dims() || key_valid.dims() != [b, capacity] || kv_heads == 0 || heads % kv_heads != 0 || t > s || s > capacity {
+    if kb != b
+        || khd != hd
+        || values.dims() != keys.dims()
+        || key_valid.dims() != [b, capacity]
+        || kv_heads == 0
+        || heads % kv_heads != 0
+        || t > s
+        || s > capacity
+    {
         return None;
     }
     let all_valid: Vec<bool> = key_valid.clone().into_data().to_vec().ok()?;
@@ -221,4 +229,3 @@ impl<'a> Kv<'a> {
 struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
-

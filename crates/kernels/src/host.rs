@@ -18,7 +18,7 @@ pub struct HostView<'a> {
 impl HostView<'_> {
     /// The view's elements in row-major order.
     pub fn to_row_major(&self) -> Vec<f32> {
-            let view = self;
+        let view = self;
         let n: usize = view.shape.iter().product();
         let mut out = Vec::with_capacity(n);
         let rank = view.shape.len();

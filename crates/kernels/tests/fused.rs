@@ -85,7 +85,8 @@ fn naive_attention(q: &[f64], k: &[f64], v: &[f64], valid: &[bool], b: usize, t:
                 let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for d in 0..hd {
-                    out[((r * t + i) * heads + h) * hd + d] = seen.iter().zip(&weights).map(|(&j, w)| w * v[((r * kv + kvh) * s + j) * hd + d]).sum::<f64>() / total;
+                    out[((r * t + i) * heads + h) * hd + d] =
+                        seen.iter().zip(&weights).map(|(&j, w)| w * v[((r * kv + kvh) * s + j) * hd + d]).sum::<f64>() / total;
                 }
             }
         }

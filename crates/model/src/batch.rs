@@ -27,11 +27,7 @@ impl<B: Backend> TokenBatch<B> {
     /// Pad `rows` to the longest with `pad_id`. Rows must be non-empty.
     pub fn padded(rows: &[Vec<u32>], pad_id: u32, side: Padding, device: &B::Device) -> Self {
         let (ids, valid, shape) = pad_rows(rows, pad_id, side);
-        Self {
-            ids: Tensor::from_data(TensorData::new(ids, shape), device),
-            valid: Tensor::from_data(TensorData::new(valid, shape), device),
-            instruction: None,
-        }
+        Self { ids: Tensor::from_data(TensorData::new(ids, shape), device), valid: Tensor::from_data(TensorData::new(valid, shape), device), instruction: None }
     }
 
     /// Every token valid (decode steps).

@@ -51,8 +51,10 @@ impl<B: Backend> LayerSlots<B> {
         let capacity = slots.max(2 * self.len).next_multiple_of(64);
         let [b, heads, _, hd] = self.filled.keys.dims();
         let device = self.filled.keys.device();
-        let grow = |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..self.len, 0..hd], t.narrow(2, 0, self.len));
-        let valid = Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..self.len], self.filled.valid.clone().narrow(1, 0, self.len));
+        let grow =
+            |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..self.len, 0..hd], t.narrow(2, 0, self.len));
+        let valid =
+            Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..self.len], self.filled.valid.clone().narrow(1, 0, self.len));
         self.filled = LayerKv { keys: grow(self.filled.keys.clone()), values: grow(self.filled.values.clone()), valid, len: self.len };
     }
 }
@@ -102,7 +104,8 @@ impl<B: Backend> KvCache<B> {
                 let write = |buffer: Tensor<B, 4>, new: Tensor<B, 4>| {
                     iapt_kernels::host::write_slots(buffer, start, &new).unwrap_or_else(|buffer| buffer.slice_assign([0..b, 0..heads, start..end, 0..hd], new))
                 };
-                let filled = LayerKv { keys: write(kv.keys, keys), values: write(kv.values, values), valid: kv.valid.slice_assign([0..b, start..end], valid), len: end };
+                let filled =
+                    LayerKv { keys: write(kv.keys, keys), values: write(kv.values, values), valid: kv.valid.slice_assign([0..b, start..end], valid), len: end };
                 LayerSlots { filled, len: end }
             }
         };
@@ -135,7 +138,7 @@ mod tests {
             // On even steps nothing else holds the buffers (the in-place write); on odd steps the
             // last views are still alive (the copying write).
             if i % 2 == 0 {
-                all = None;
+                drop(all.take());
             }
             let next = cache.append(0, step(i, 1), step(i, 1).neg(), Tensor::full([2, 1], i % 3 != 0, &device));
             all = Some(next);

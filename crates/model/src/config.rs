@@ -1,5 +1,6 @@
 //! Shape and hyper-parameters of a LLaMA-2-family model, read from the checkpoint.
 
+use crate::hook::Projection;
 use serde::{Deserialize, Serialize};
 
 /// Everything that fixes a LLaMA-2-family architecture. Read from the checkpoint
@@ -57,14 +58,7 @@ impl LlamaConfig {
 
     /// LLaMA-2 13B shapes.
     pub fn llama2_13b() -> Self {
-        Self {
-            hidden_size: 5120,
-            intermediate_size: 13824,
-            num_layers: 40,
-            num_heads: 40,
-            num_kv_heads: 40,
-            ..Self::llama2_7b()
-        }
+        Self { hidden_size: 5120, intermediate_size: 13824, num_layers: 40, num_heads: 40, num_kv_heads: 40, ..Self::llama2_7b() }
     }
 
     /// A tiny random-weight shape for unit tests (GQA: 4 query heads share 2 KV heads).
@@ -127,13 +121,22 @@ impl LlamaConfig {
         }
     }
 
-    /// Check the shape is self-consistent; `what` names the source for the message.
+    /// `(in, out)` features of `projection` (the same in every layer).
+    pub fn projection_shape(&self, projection: Projection) -> (usize, usize) {
+        let (d, q, ff) = (self.hidden_size, self.num_heads * self.head_dim, self.intermediate_size);
+        match projection {
+            Projection::Q => (d, q),
+            Projection::K | Projection::V => (d, self.kv_dim()),
+            Projection::O => (q, d),
+            Projection::Gate | Projection::Up => (d, ff),
+            Projection::Down => (ff, d),
+        }
+    }
+
+    /// Check the shape is self-consistent (the caller names the file in its error).
     pub fn validate(&self) -> Result<(), String> {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
-            return Err(format!(
-                "num_heads ({}) must be a positive multiple of num_kv_heads ({})",
-                self.num_heads, self.num_kv_heads
-            ));
+            return Err(format!("num_heads ({}) must be a positive multiple of num_kv_heads ({})", self.num_heads, self.num_kv_heads));
         }
         if self.head_dim % 2 != 0 {
             return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));

@@ -35,17 +35,11 @@ pub type PartSeconds = [(crate::profile::Part, f64); crate::profile::PARTS];
 
 /// Generate continuations for `prompts` (each non-empty) in one batch. Prompts are left-padded
 /// with `pad_id`; a row that stopped keeps being fed its stop token, and its output is cut there.
-pub fn generate<B: Backend>(
-    model: &Llama<B>,
-    prompts: &[Vec<u32>],
-    pad_id: u32,
-    config: &GenerationConfig,
-    hook: &dyn ModelHook<B>,
-) -> Generation {
-    let device = model.embed_tokens.weight.device();
+pub fn generate<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], pad_id: u32, config: &GenerationConfig, hook: &dyn ModelHook<B>) -> Generation {
+    let device = model.device();
     let rows = prompts.len();
     let mut sampler = Sampler::new(config.sampling.clone());
-    let mut cache = KvCache::new(model.layers.len());
+    let mut cache = KvCache::new(model.num_layers());
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); rows];
     let mut done = vec![false; rows];
     if rows == 0 || config.max_new_tokens == 0 {
@@ -97,8 +91,7 @@ fn pick<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, sampler: &mut Sample
         let [b, _, vocab] = logits.dims();
         // burn-ndarray's `into_data` walks a dynamic-rank array element by element (10 ms for
         // 8 x 49152 logits); the CPU backends' memory is read directly instead.
-        let values: Vec<f32> = iapt_kernels::host::to_vec(&logits)
-            .unwrap_or_else(|| logits.into_data().convert::<f32>().to_vec().expect("f32 logits"));
+        let values: Vec<f32> = iapt_kernels::host::to_vec(&logits).unwrap_or_else(|| logits.into_data().convert::<f32>().to_vec().expect("f32 logits"));
         (0..b).map(|row| sampler.sample(&values[row * vocab..(row + 1) * vocab])).collect()
     })
 }

@@ -66,10 +66,46 @@ impl GgmlType {
 /// The ggml name of a type id (`Q6_K`, ...), for messages; `?` for ids ggml does not define.
 pub fn ggml_type_name(id: u32) -> &'static str {
     const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-        "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16",
-        "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4",
-        "IQ4_NL_4_8", "IQ4_NL_8_8", "MXFP4",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
     ];
     NAMES.get(id as usize).copied().unwrap_or("?")
 }
@@ -249,16 +285,9 @@ impl GgufFile {
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = BTreeMap::new();
         for (name, shape, ggml_type, offset) in infos {
-            let offset = usize::try_from(offset)
-                .ok()
-                .and_then(|o| data_start.checked_add(o))
-                .filter(|&o| o <= data.len())
-                .ok_or_else(|| {
-                    c.err(format!(
-                        "tensor `{name}`: data offset {offset} (data section at {data_start}) points past the end of the file ({} bytes)",
-                        data.len()
-                    ))
-                })?;
+            let offset = usize::try_from(offset).ok().and_then(|o| data_start.checked_add(o)).filter(|&o| o <= data.len()).ok_or_else(|| {
+                c.err(format!("tensor `{name}`: data offset {offset} (data section at {data_start}) points past the end of the file ({} bytes)", data.len()))
+            })?;
             tensors.insert(name, TensorInfo { shape, ggml_type, offset });
         }
         let file = Self { path: path.to_path_buf(), version, metadata, tensors, data };
@@ -285,13 +314,7 @@ impl GgufFile {
             .checked_add(len)
             .filter(|&end| end <= self.data.len())
             .map(|end| info.offset..end)
-            .ok_or_else(|| {
-                bad(format!(
-                    "{ty:?} data [{}, +{len}) lies past the end of the file ({} bytes; truncated?)",
-                    info.offset,
-                    self.data.len()
-                ))
-            })
+            .ok_or_else(|| bad(format!("{ty:?} data [{}, +{len}) lies past the end of the file ({} bytes; truncated?)", info.offset, self.data.len())))
     }
 
     fn field_err(&self, key: &str, reason: &str) -> LoadError {
@@ -382,11 +405,7 @@ impl GgufFile {
         let ty = GgmlType::from_id(info.ggml_type).ok_or_else(|| LoadError::UnsupportedDtype {
             path: self.path.clone(),
             tensor: name.into(),
-            dtype: format!(
-                "ggml type {} ({}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-                info.ggml_type,
-                ggml_type_name(info.ggml_type)
-            ),
+            dtype: format!("ggml type {} ({}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", info.ggml_type, ggml_type_name(info.ggml_type)),
         })?;
         let range = self.data_range(name, info, ty)?;
         Ok(HostTensor { shape: info.shape.clone(), data: dequantize(ty, &self.data[range]) })
@@ -508,10 +527,7 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig, LoadError> {
         Some(v) => v as usize,
         None if hidden % heads == 0 => hidden / heads,
         None => {
-            return Err(file.field_err(
-                &key("attention.key_length"),
-                &format!("missing, and embedding_length {hidden} is not a multiple of head_count {heads}"),
-            ))
+            return Err(file.field_err(&key("attention.key_length"), &format!("missing, and embedding_length {hidden} is not a multiple of head_count {heads}")))
         }
     };
     let vocab = match file.get_u64(&key("vocab_size"))? {
@@ -539,9 +555,7 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig, LoadError> {
         max_position_embeddings: file.get_u64(&key("context_length"))?.unwrap_or(4096) as usize,
         tie_word_embeddings: !file.tensors.contains_key("output.weight"),
     };
-    config
-        .validate()
-        .map_err(|reason| LoadError::format(&file.path, "GGUF", format!("inconsistent `{arch}` hyper-parameters: {reason}")))?;
+    config.validate().map_err(|reason| LoadError::format(&file.path, "GGUF", format!("inconsistent `{arch}` hyper-parameters: {reason}")))?;
     Ok(config)
 }
 
@@ -737,10 +751,13 @@ mod tests {
     }
 
     fn write_gguf(meta: &[(&str, MetaValue)], tensors: &[RawTensor]) -> Vec<u8> {
-        let meta: Vec<_> = meta.iter().map(|(k, v)| {
-            let (kind, bytes) = encode(v);
-            (*k, kind, bytes)
-        }).collect();
+        let meta: Vec<_> = meta
+            .iter()
+            .map(|(k, v)| {
+                let (kind, bytes) = encode(v);
+                (*k, kind, bytes)
+            })
+            .collect();
         write_raw(&meta, tensors, 32)
     }
 
@@ -755,7 +772,10 @@ mod tests {
     fn sample() -> Vec<u8> {
         let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         write_gguf(
-            &[("general.architecture", MetaValue::Str("llama".into())), ("x.list", MetaValue::Array(vec![MetaValue::Str("a".into()), MetaValue::Str("bc".into())]))],
+            &[
+                ("general.architecture", MetaValue::Str("llama".into())),
+                ("x.list", MetaValue::Array(vec![MetaValue::Str("a".into()), MetaValue::Str("bc".into())])),
+            ],
             &[("w", vec![2, 3], 0, f32s), ("odd", vec![32], 6, vec![0; 22])],
         )
     }
@@ -934,21 +954,13 @@ mod tests {
         let e = GgufFile::open(&temp_file("arr.gguf", &write_raw(&[("big.array", 9, arr)], &[], 32))).err().unwrap().to_string();
         assert!(e.contains("arr.gguf") && e.contains("big.array"), "{e}");
         // Dims whose product overflows, and dims that fit but need far more data than the file has.
-        let e = GgufFile::open(&temp_file("dims.gguf", &write_raw(&[], &[("huge", vec![1 << 40, 1 << 40], 0, vec![])], 32)))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = GgufFile::open(&temp_file("dims.gguf", &write_raw(&[], &[("huge", vec![1 << 40, 1 << 40], 0, vec![])], 32))).err().unwrap().to_string();
         assert!(e.contains("`huge`") && e.contains("overflows"), "{e}");
-        let e = GgufFile::open(&temp_file("big.gguf", &write_raw(&[], &[("big", vec![1 << 20, 1 << 20], 0, vec![0; 64])], 32)))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = GgufFile::open(&temp_file("big.gguf", &write_raw(&[], &[("big", vec![1 << 20, 1 << 20], 0, vec![0; 64])], 32))).err().unwrap().to_string();
         assert!(e.contains("`big`") && e.contains("past the end"), "{e}");
         // A bad alignment and a duplicate key.
-        let e = GgufFile::open(&temp_file("al.gguf", &write_raw(&[("general.alignment", 4, 24u32.to_le_bytes().to_vec())], &[], 32)))
-            .err()
-            .unwrap()
-            .to_string();
+        let e =
+            GgufFile::open(&temp_file("al.gguf", &write_raw(&[("general.alignment", 4, 24u32.to_le_bytes().to_vec())], &[], 32))).err().unwrap().to_string();
         assert!(e.contains("general.alignment"), "{e}");
         let dup = [("k", 4u32, 1u32.to_le_bytes().to_vec()), ("k", 4u32, 2u32.to_le_bytes().to_vec())];
         let e = GgufFile::open(&temp_file("dup.gguf", &write_raw(&dup, &[], 32))).err().unwrap().to_string();
@@ -981,10 +993,7 @@ mod tests {
             other => panic!("expected UnsupportedDtype, got {other}"),
         }
         // A quantised tensor whose rows are not whole blocks.
-        let e = GgufFile::open(&temp_file("ragged.gguf", &write_raw(&[], &[("ragged", vec![2, 16], 8, vec![0; 34])], 32)))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = GgufFile::open(&temp_file("ragged.gguf", &write_raw(&[], &[("ragged", vec![2, 16], 8, vec![0; 34])], 32))).err().unwrap().to_string();
         assert!(e.contains("`ragged`") && e.contains("block"), "{e}");
     }
 

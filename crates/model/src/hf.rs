@@ -56,13 +56,7 @@ pub fn load_llama_hf_dir(dir: &Path) -> Result<(LlamaConfig, WeightMap), LoadErr
         }
     }
 
-    Ok((
-        config,
-        WeightMap {
-            source: dir.to_path_buf(),
-            tensors,
-        },
-    ))
+    Ok((config, WeightMap { source: dir.to_path_buf(), tensors }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -77,44 +71,26 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig, LoadError> {
 fn parse_config(path: &Path, text: &str) -> Result<LlamaConfig, LoadError> {
     // serde_json's message carries "at line L column C".
     let value: Value = serde_json::from_str(text).map_err(|e| LoadError::format(path, "JSON", e.to_string()))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| LoadError::format(path, "config.json", "the top level is not a JSON object"))?;
+    let obj = value.as_object().ok_or_else(|| LoadError::format(path, "config.json", "the top level is not a JSON object"))?;
 
     check_architecture(path, obj)?;
 
     if let Some(v) = obj.get("rope_scaling") {
         if !v.is_null() {
-            return Err(LoadError::field(
-                path,
-                "rope_scaling",
-                format!("rope_scaling not supported (found {v}); only plain RoPE checkpoints can be loaded"),
-            ));
+            return Err(LoadError::field(path, "rope_scaling", format!("rope_scaling not supported (found {v}); only plain RoPE checkpoints can be loaded")));
         }
     }
     if let Some(v) = obj.get("hidden_act") {
         match v.as_str() {
             Some("silu") | Some("swish") => {}
-            _ => {
-                return Err(LoadError::field(
-                    path,
-                    "hidden_act",
-                    format!("only \"silu\" is supported, found {v}"),
-                ))
-            }
+            _ => return Err(LoadError::field(path, "hidden_act", format!("only \"silu\" is supported, found {v}"))),
         }
     }
     for flag in ["attention_bias", "mlp_bias"] {
         if let Some(v) = obj.get(flag) {
             match v.as_bool() {
                 Some(false) => {}
-                Some(true) => {
-                    return Err(LoadError::field(
-                        path,
-                        flag,
-                        "bias terms are not supported by this LLaMA implementation",
-                    ))
-                }
+                Some(true) => return Err(LoadError::field(path, flag, "bias terms are not supported by this LLaMA implementation")),
                 None => return Err(LoadError::field(path, flag, format!("expected a boolean, found {v}"))),
             }
         }
@@ -133,9 +109,7 @@ fn parse_config(path: &Path, text: &str) -> Result<LlamaConfig, LoadError> {
                 return Err(LoadError::field(
                     path,
                     "head_dim",
-                    format!(
-                        "absent, and hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_heads})"
-                    ),
+                    format!("absent, and hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_heads})"),
                 ));
             }
             hidden_size / num_heads
@@ -154,9 +128,7 @@ fn parse_config(path: &Path, text: &str) -> Result<LlamaConfig, LoadError> {
         max_position_embeddings: req_usize(path, obj, "max_position_embeddings")?,
         tie_word_embeddings: opt_bool(path, obj, "tie_word_embeddings")?.unwrap_or(false),
     };
-    config
-        .validate()
-        .map_err(|reason| LoadError::format(path, "LLaMA config", reason))?;
+    config.validate().map_err(|reason| LoadError::format(path, "LLaMA config", reason))?;
     Ok(config)
 }
 
@@ -164,35 +136,19 @@ fn check_architecture(path: &Path, obj: &Map<String, Value>) -> Result<(), LoadE
     let model_type = obj.get("model_type");
     let architectures = obj.get("architectures");
     if model_type.is_none() && architectures.is_none() {
-        return Err(LoadError::field(
-            path,
-            "model_type",
-            "missing (and no `architectures` either); expected \"llama\"",
-        ));
+        return Err(LoadError::field(path, "model_type", "missing (and no `architectures` either); expected \"llama\""));
     }
     if let Some(v) = model_type {
         if v.as_str() != Some("llama") {
-            return Err(LoadError::field(
-                path,
-                "model_type",
-                format!("only LLaMA checkpoints are supported (expected \"llama\", found {v})"),
-            ));
+            return Err(LoadError::field(path, "model_type", format!("only LLaMA checkpoints are supported (expected \"llama\", found {v})")));
         }
     }
     if let Some(v) = architectures {
-        let list = v
-            .as_array()
-            .ok_or_else(|| LoadError::field(path, "architectures", format!("expected a list of strings, found {v}")))?;
+        let list = v.as_array().ok_or_else(|| LoadError::field(path, "architectures", format!("expected a list of strings, found {v}")))?;
         for a in list {
             match a.as_str() {
                 Some("LlamaForCausalLM") => {}
-                _ => {
-                    return Err(LoadError::field(
-                        path,
-                        "architectures",
-                        format!("only LlamaForCausalLM is supported, found {a}"),
-                    ))
-                }
+                _ => return Err(LoadError::field(path, "architectures", format!("only LlamaForCausalLM is supported, found {a}"))),
             }
         }
     }
@@ -219,11 +175,7 @@ fn opt_f64(path: &Path, obj: &Map<String, Value>, field: &str) -> Result<Option<
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
-            _ => Err(LoadError::field(
-                path,
-                field,
-                format!("expected a positive number, found {v}"),
-            )),
+            _ => Err(LoadError::field(path, field, format!("expected a positive number, found {v}"))),
         },
     }
 }
@@ -235,10 +187,7 @@ fn req_f64(path: &Path, obj: &Map<String, Value>, field: &str) -> Result<f64, Lo
 fn opt_bool(path: &Path, obj: &Map<String, Value>, field: &str) -> Result<Option<bool>, LoadError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| LoadError::field(path, field, format!("expected true or false, found {v}"))),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| LoadError::field(path, field, format!("expected true or false, found {v}"))),
     }
 }
 
@@ -259,33 +208,21 @@ fn read_weights(dir: &Path) -> Result<BTreeMap<String, HostTensor>, LoadError> {
     } else {
         ""
     };
-    Err(LoadError::Other(format!(
-        "{}: neither {SINGLE_FILE} nor {INDEX_FILE} found{hint}",
-        dir.display()
-    )))
+    Err(LoadError::Other(format!("{}: neither {SINGLE_FILE} nor {INDEX_FILE} found{hint}", dir.display())))
 }
 
 fn read_sharded(dir: &Path, index: &Path) -> Result<BTreeMap<String, HostTensor>, LoadError> {
     let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
     let value: Value = serde_json::from_str(&text).map_err(|e| LoadError::format(index, "JSON", e.to_string()))?;
-    let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-        LoadError::field(
-            index,
-            "weight_map",
-            "missing or not an object of tensor name -> shard file",
-        )
-    })?;
+    let map = value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| LoadError::field(index, "weight_map", "missing or not an object of tensor name -> shard file"))?;
 
     // shard file -> tensor names the index assigns to it
     let mut shards: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            LoadError::field(
-                index,
-                format!("weight_map.{tensor}"),
-                format!("expected a file name, found {file}"),
-            )
-        })?;
+        let file = file.as_str().ok_or_else(|| LoadError::field(index, format!("weight_map.{tensor}"), format!("expected a file name, found {file}")))?;
         let plain = {
             let mut comps = Path::new(file).components();
             matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None))
@@ -303,17 +240,9 @@ fn read_sharded(dir: &Path, index: &Path) -> Result<BTreeMap<String, HostTensor>
         return Err(LoadError::field(index, "weight_map", "is empty"));
     }
     // Check every shard exists before reading any (a download cut short is the common case).
-    let missing: Vec<&str> = shards
-        .keys()
-        .filter(|f| !dir.join(f).is_file())
-        .map(String::as_str)
-        .collect();
+    let missing: Vec<&str> = shards.keys().filter(|f| !dir.join(f).is_file()).map(String::as_str).collect();
     if !missing.is_empty() {
-        return Err(LoadError::Other(format!(
-            "{}: shard file(s) listed in {INDEX_FILE} are missing: {}",
-            dir.display(),
-            missing.join(", ")
-        )));
+        return Err(LoadError::Other(format!("{}: shard file(s) listed in {INDEX_FILE} are missing: {}", dir.display(), missing.join(", "))));
     }
 
     let mut all: BTreeMap<String, HostTensor> = BTreeMap::new();
@@ -323,18 +252,12 @@ fn read_sharded(dir: &Path, index: &Path) -> Result<BTreeMap<String, HostTensor>
         let tensors = read_safetensors_file(&path)?;
         for name in expected {
             if !tensors.contains_key(name) && !is_rotary_buffer(name) {
-                return Err(LoadError::MissingTensor {
-                    path: path.clone(),
-                    tensor: name.clone(),
-                });
+                return Err(LoadError::MissingTensor { path: path.clone(), tensor: name.clone() });
             }
         }
         for (name, t) in tensors {
             if let Some(first) = origin.get(&name) {
-                return Err(LoadError::Other(format!(
-                    "{}: tensor `{name}` appears in two shards: {first} and {file}",
-                    dir.display()
-                )));
+                return Err(LoadError::Other(format!("{}: tensor `{name}` appears in two shards: {first} and {file}", dir.display())));
             }
             origin.insert(name.clone(), file.clone());
             all.insert(name, t);
@@ -354,8 +277,7 @@ pub fn read_safetensors_file(path: &Path) -> Result<BTreeMap<String, HostTensor>
     // while we read it is outside what we can defend against (same as every mmap loader).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
     let bytes: &[u8] = &mmap;
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(bytes).map_err(|e| LoadError::format(path, "safetensors", describe(&e)))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| LoadError::format(path, "safetensors", describe(&e)))?;
     let data = &bytes[8 + header_len..];
 
     let mut out = BTreeMap::new();
@@ -365,43 +287,22 @@ pub fn read_safetensors_file(path: &Path) -> Result<BTreeMap<String, HostTensor>
         }
         let (start, end) = info.data_offsets;
         // read_metadata validated offsets against the buffer; stay defensive anyway.
-        let raw = data.get(start..end).ok_or_else(|| {
-            LoadError::format(
-                path,
-                "safetensors",
-                format!("tensor `{name}` data lies outside the file"),
-            )
-        })?;
+        let raw = data.get(start..end).ok_or_else(|| LoadError::format(path, "safetensors", format!("tensor `{name}` data lies outside the file")))?;
         let values = to_f32(raw, info.dtype).ok_or_else(|| LoadError::UnsupportedDtype {
             path: path.to_path_buf(),
             tensor: name.clone(),
             dtype: format!("{:?} (only F32, F16 and BF16 are supported)", info.dtype),
         })?;
-        out.insert(
-            name,
-            HostTensor {
-                shape: info.shape.clone(),
-                data: values,
-            },
-        );
+        out.insert(name, HostTensor { shape: info.shape.clone(), data: values });
     }
     Ok(out)
 }
 
 fn to_f32(raw: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => raw
-            .chunks_exact(2)
-            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        Dtype::BF16 => raw
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
+        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+        Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
         _ => return None,
     })
 }
@@ -410,13 +311,9 @@ fn describe(e: &SafeTensorError) -> String {
     match e {
         SafeTensorError::HeaderTooSmall => "file is shorter than the 8-byte header length (truncated?)".into(),
         SafeTensorError::InvalidHeaderLength => "header length exceeds the file size (truncated?)".into(),
-        SafeTensorError::MetadataIncompleteBuffer => {
-            "file size does not match the tensor data the header describes (truncated or corrupt download?)".into()
-        }
+        SafeTensorError::MetadataIncompleteBuffer => "file size does not match the tensor data the header describes (truncated or corrupt download?)".into(),
         SafeTensorError::HeaderTooLarge => "header length field is implausibly large (corrupt file?)".into(),
-        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderDeserialization => {
-            "header is not valid JSON metadata (corrupt file?)".into()
-        }
+        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderDeserialization => "header is not valid JSON metadata (corrupt file?)".into(),
         other => format!("{other}"),
     }
 }
@@ -435,12 +332,7 @@ mod tests {
     impl TempDir {
         fn new(tag: &str) -> Self {
             static N: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "iapt-hf-test-{}-{}-{}",
-                tag,
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
+            let p = std::env::temp_dir().join(format!("iapt-hf-test-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
             let _ = std::fs::remove_dir_all(&p);
             std::fs::create_dir_all(&p).unwrap();
             TempDir(p)
@@ -478,10 +370,7 @@ mod tests {
         let d = c.hidden_size;
         let q = c.num_heads * c.head_dim;
         let kv = c.kv_dim();
-        let mut v = vec![
-            (EMBED.to_string(), vec![c.vocab_size, d]),
-            ("model.norm.weight".into(), vec![d]),
-        ];
+        let mut v = vec![(EMBED.to_string(), vec![c.vocab_size, d]), ("model.norm.weight".into(), vec![d])];
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
             v.push((format!("{p}.input_layernorm.weight"), vec![d]));
@@ -502,9 +391,7 @@ mod tests {
 
     /// Deterministic values exactly representable in bf16 and f16 (small multiples of 1/64).
     fn values(seed: usize, n: usize) -> Vec<f32> {
-        let mut s = (seed as u64)
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut s = (seed as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -516,14 +403,8 @@ mod tests {
     fn encode(v: &[f32], dtype: Dtype) -> Vec<u8> {
         match dtype {
             Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Dtype::F16 => v
-                .iter()
-                .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
-                .collect(),
-            Dtype::BF16 => v
-                .iter()
-                .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
-                .collect(),
+            Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes()).collect(),
+            Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect(),
             _ => unreachable!(),
         }
     }
@@ -575,10 +456,7 @@ mod tests {
         let c = LlamaConfig::tiny();
         write_config(dir, &config_json(&c));
         let (raw, expected) = make_tensors(&c);
-        let shard_names = [
-            "model-00001-of-00002.safetensors".to_string(),
-            "model-00002-of-00002.safetensors".to_string(),
-        ];
+        let shard_names = ["model-00001-of-00002.safetensors".to_string(), "model-00002-of-00002.safetensors".to_string()];
         let names: Vec<&String> = raw.keys().collect();
         let (a, b) = names.split_at(names.len() / 2);
         std::fs::write(dir.join(&shard_names[0]), serialize(&raw, a)).unwrap();
@@ -663,10 +541,7 @@ mod tests {
         std::fs::write(t.0.join(INDEX_FILE), serde_json::json!({"weight_map": map}).to_string()).unwrap();
         let msg = err_string(load_llama_hf_dir(&t.0));
         assert!(msg.contains("two shards"), "{msg}");
-        assert!(
-            msg.contains(names[0].as_str()) || msg.contains(names[1].as_str()),
-            "{msg}"
-        );
+        assert!(msg.contains(names[0].as_str()) || msg.contains(names[1].as_str()), "{msg}");
     }
 
     #[test]
@@ -697,10 +572,7 @@ mod tests {
         let c = LlamaConfig::tiny();
         write_config(&t.0, &config_json(&c));
         let bytes = vec![0u8; 8 * 4];
-        let views = vec![(
-            "model.norm.weight".to_string(),
-            TensorView::new(Dtype::F64, vec![4], &bytes).unwrap(),
-        )];
+        let views = vec![("model.norm.weight".to_string(), TensorView::new(Dtype::F64, vec![4], &bytes).unwrap())];
         std::fs::write(t.0.join(SINGLE_FILE), safetensors::serialize(views, &None).unwrap()).unwrap();
         match load_llama_hf_dir(&t.0) {
             Err(LoadError::UnsupportedDtype { tensor, .. }) => assert_eq!(tensor, "model.norm.weight"),
@@ -715,10 +587,7 @@ mod tests {
         let c = LlamaConfig::tiny();
         write_config(&t.0, &config_json(&c));
         let (mut raw, expected) = make_tensors(&c);
-        raw.insert(
-            "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
-            (Dtype::F32, vec![4], encode(&[1.0, 0.5, 0.25, 0.125], Dtype::F32)),
-        );
+        raw.insert("model.layers.0.self_attn.rotary_emb.inv_freq".into(), (Dtype::F32, vec![4], encode(&[1.0, 0.5, 0.25, 0.125], Dtype::F32)));
         let names: Vec<&String> = raw.keys().collect();
         std::fs::write(t.0.join(SINGLE_FILE), serialize(&raw, &names)).unwrap();
         let (_, w) = load_llama_hf_dir(&t.0).unwrap();
@@ -735,10 +604,7 @@ mod tests {
         assert!(!raw.contains_key(LM_HEAD));
         // Identical head (stored in another dtype holding the same values) is dropped.
         let embed = &expected[EMBED];
-        raw.insert(
-            LM_HEAD.into(),
-            (Dtype::F32, embed.shape.clone(), encode(&embed.data, Dtype::F32)),
-        );
+        raw.insert(LM_HEAD.into(), (Dtype::F32, embed.shape.clone(), encode(&embed.data, Dtype::F32)));
         let names: Vec<&String> = raw.keys().collect();
         std::fs::write(t.0.join(SINGLE_FILE), serialize(&raw, &names)).unwrap();
         let (config, w) = load_llama_hf_dir(&t.0).unwrap();
@@ -748,10 +614,7 @@ mod tests {
         // A different head contradicts the config.
         let mut other = embed.data.clone();
         other[0] += 0.5;
-        raw.insert(
-            LM_HEAD.into(),
-            (Dtype::F32, embed.shape.clone(), encode(&other, Dtype::F32)),
-        );
+        raw.insert(LM_HEAD.into(), (Dtype::F32, embed.shape.clone(), encode(&other, Dtype::F32)));
         let names: Vec<&String> = raw.keys().collect();
         std::fs::write(t.0.join(SINGLE_FILE), serialize(&raw, &names)).unwrap();
         let msg = err_string(load_llama_hf_dir(&t.0));
@@ -764,13 +627,7 @@ mod tests {
         let c = LlamaConfig::tiny();
         let mut v = config_json(&c);
         let obj = v.as_object_mut().unwrap();
-        for k in [
-            "num_key_value_heads",
-            "head_dim",
-            "rope_theta",
-            "tie_word_embeddings",
-            "rope_scaling",
-        ] {
+        for k in ["num_key_value_heads", "head_dim", "rope_theta", "tie_word_embeddings", "rope_scaling"] {
             obj.remove(k);
         }
         let cfg = parse_config(&t.0.join(CONFIG_FILE), &v.to_string()).unwrap();
@@ -807,11 +664,7 @@ mod tests {
             }
             write_config(&t.0, &v);
             match load_llama_hf_dir(&t.0) {
-                Err(LoadError::Field {
-                    path: p,
-                    field: f,
-                    reason,
-                }) => {
+                Err(LoadError::Field { path: p, field: f, reason }) => {
                     assert_eq!(p, path);
                     assert_eq!(f, field, "{reason}");
                 }
@@ -826,9 +679,7 @@ mod tests {
         let t = TempDir::new("validate");
         let mut v = config_json(&LlamaConfig::tiny());
         v["num_key_value_heads"] = serde_json::json!(3); // 4 heads not a multiple of 3
-        let msg = parse_config(&t.0.join(CONFIG_FILE), &v.to_string())
-            .unwrap_err()
-            .to_string();
+        let msg = parse_config(&t.0.join(CONFIG_FILE), &v.to_string()).unwrap_err().to_string();
         assert!(msg.contains("num_kv_heads"), "{msg}");
     }
 

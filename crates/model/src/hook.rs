@@ -78,6 +78,18 @@ pub trait ModelHook<B: Backend> {
     }
 }
 
+/// What a trainer needs to know about a tuner besides its hooks: its parameter groups. The
+/// defaults describe a tuner with one parameter group.
+pub trait TrainableTuner {
+    /// Parameters trained with the small learning rate (the training config's `rational_lr`)
+    /// and no weight decay — IAPT's rational-activation coefficients. Ids as in the tuner's
+    /// current parameters (they are asked for at every optimiser step, so ids restored from a
+    /// checkpoint are always the ones in use).
+    fn small_lr_params(&self) -> Vec<burn::module::ParamId> {
+        Vec::new()
+    }
+}
+
 /// The bare model: no tuner.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHook;

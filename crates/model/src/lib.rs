@@ -23,7 +23,7 @@ pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use error::LoadError;
 pub use generate::{generate, Generation, GenerationConfig};
-pub use hook::{LayerInput, LayerPrefix, ModelHook, NoHook, Projection};
+pub use hook::{LayerInput, LayerPrefix, ModelHook, NoHook, Projection, TrainableTuner};
 pub use load::{load_llama, read_checkpoint, read_checkpoint_config};
 pub use sampling::SamplingConfig;
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -49,11 +49,7 @@ pub fn load_llama<B: Backend>(path: &Path, device: &B::Device) -> Result<Llama<B
 
 /// Move host weights (HF names and layouts) into a model; fails on a missing, misshapen or
 /// unused tensor, naming it.
-pub fn llama_from_weights<B: Backend>(
-    config: &LlamaConfig,
-    mut weights: WeightMap,
-    device: &B::Device,
-) -> Result<Llama<B>, LoadError> {
+pub fn llama_from_weights<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device) -> Result<Llama<B>, LoadError> {
     config.validate().map_err(|reason| LoadError::field(&weights.source, "config", reason))?;
     let c = config;
     let (d, kv, qd, ff) = (c.hidden_size, c.kv_dim(), c.num_heads * c.head_dim, c.intermediate_size);

@@ -16,9 +16,7 @@ pub struct RopeAngles<B: Backend> {
 
 /// Inverse frequencies `theta^(-2i/hd)` for `i in 0..hd/2`, in f32 as HF computes them.
 pub fn inverse_frequencies(head_dim: usize, theta: f64) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect()
+    (0..head_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
 impl<B: Backend> RopeAngles<B> {
@@ -66,12 +64,7 @@ mod tests {
         let x = Tensor::<TB, 4>::from_floats([[[[1.0, 2.0, 3.0, 4.0]]]], &device);
         let y: Vec<f32> = rope.apply(x).into_data().to_vec().unwrap();
         let (a0, a1) = (3.0f32, 0.3f32);
-        let expect = [
-            1.0 * a0.cos() - 3.0 * a0.sin(),
-            2.0 * a1.cos() - 4.0 * a1.sin(),
-            3.0 * a0.cos() + 1.0 * a0.sin(),
-            4.0 * a1.cos() + 2.0 * a1.sin(),
-        ];
+        let expect = [1.0 * a0.cos() - 3.0 * a0.sin(), 2.0 * a1.cos() - 4.0 * a1.sin(), 3.0 * a0.cos() + 1.0 * a0.sin(), 4.0 * a1.cos() + 2.0 * a1.sin()];
         for (g, e) in y.iter().zip(expect) {
             assert!((g - e).abs() < 1e-5, "{y:?} vs {expect:?}");
         }

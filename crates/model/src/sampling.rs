@@ -99,8 +99,14 @@ mod tests {
         let mut s = Sampler::new(SamplingConfig { temperature: 1.0, top_k: 1, ..Default::default() });
         assert!((0..20).all(|_| s.sample(&logits) == 2));
         let cfg = SamplingConfig { temperature: 1.5, seed: 7, ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg.clone());
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != 2), "temperature sampling never left the argmax");
     }

@@ -18,10 +18,10 @@ pub fn next_token_nll<B: Backend>(logits: Tensor<B, 3>, ids: Tensor<B, 2, Int>) 
 /// Mean next-token NLL (nats) of `ids` under the model, and how many tokens were predicted.
 pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], hook: &dyn ModelHook<B>) -> (f64, usize) {
     assert!(ids.len() >= 2, "scoring needs at least two tokens");
-    let device = model.embed_tokens.weight.device();
+    let device = model.device();
     let batch = TokenBatch::<B>::padded(&[ids.to_vec()], 0, Padding::Right, &device);
     let ids_tensor = batch.ids.clone();
-    let hidden = model.forward(batch, &mut KvCache::new(model.layers.len()), hook);
+    let hidden = model.forward(batch, &mut KvCache::new(model.num_layers()), hook);
     let nll = next_token_nll(model.logits(hidden), ids_tensor);
     let n = ids.len() - 1;
     (nll.mean().into_scalar().elem::<f64>(), n)

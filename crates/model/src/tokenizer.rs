@@ -1,8 +1,8 @@
 //! Text <-> token ids, special tokens, and the checkpoint's chat template.
 
 use crate::error::LoadError;
-use serde::{Deserialize, Serialize};
 use crate::gguf::GgufFile;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Load the tokenizer of a checkpoint: a `.gguf` file's metadata, or a HF directory's
@@ -46,38 +46,22 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Wrap an already-built `tokenizers::Tokenizer`. `eos` must be a token of its vocabulary;
     /// `pad` defaults to `eos` (LLaMA-family checkpoints usually have no pad token).
-    pub fn from_parts(
-        inner: tokenizers::Tokenizer,
-        bos: Option<&str>,
-        eos: &str,
-        pad: Option<&str>,
-        chat_template: Option<String>,
-    ) -> Result<Self, String> {
+    pub fn from_parts(inner: tokenizers::Tokenizer, bos: Option<&str>, eos: &str, pad: Option<&str>, chat_template: Option<String>) -> Result<Self, String> {
         let id = |t: &str| inner.token_to_id(t).ok_or_else(|| format!("special token `{t}` is not in the vocabulary"));
         let bos_id = bos.map(id).transpose()?;
         let eos_id = id(eos)?;
         let pad_id = pad.map(id).transpose()?.unwrap_or(eos_id);
-        Ok(Self {
-            bos_id,
-            eos_id,
-            pad_id,
-            bos_token: bos.unwrap_or("").to_string(),
-            eos_token: eos.to_string(),
-            chat_template,
-            inner,
-        })
+        Ok(Self { bos_id, eos_id, pad_id, bos_token: bos.unwrap_or("").to_string(), eos_token: eos.to_string(), chat_template, inner })
     }
 
     /// Read a HF `tokenizer.json` (and, beside it, `tokenizer_config.json` for the special
     /// tokens and chat template when present).
     pub fn from_hf_dir(dir: &Path) -> Result<Self, LoadError> {
         let tok_path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| LoadError::format(&tok_path, "tokenizer.json", e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| LoadError::format(&tok_path, "tokenizer.json", e.to_string()))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s)
-                .map_err(|e| LoadError::format(&cfg_path, "JSON", e.to_string()))?,
+            Ok(s) => serde_json::from_str(&s).map_err(|e| LoadError::format(&cfg_path, "JSON", e.to_string()))?,
             Err(_) => serde_json::Value::Null,
         };
         // Special tokens are either plain strings or `{"content": "..."}` objects.
@@ -111,22 +95,14 @@ impl Tokenizer {
         let merges = file.get_str_array("tokenizer.ggml.merges")?.ok_or_else(|| field("tokenizer.ggml.merges", "missing"))?;
         let types = file.get_int_array("tokenizer.ggml.token_type")?.unwrap_or_default();
         if !types.is_empty() && types.len() != tokens.len() {
-            return Err(field(
-                "tokenizer.ggml.token_type",
-                &format!("has {} entries for {} tokens", types.len(), tokens.len()),
-            ));
+            return Err(field("tokenizer.ggml.token_type", &format!("has {} entries for {} tokens", types.len(), tokens.len())));
         }
         // `smollm`: every digit on its own, then the GPT-2 byte-level regex; `gpt-2`: the regex
         // alone. Older files have no `pre` key; they are read the SmolLM way.
         let split_digits = match file.get_str("tokenizer.ggml.pre")? {
             None | Some("smollm") => true,
             Some("gpt-2") | Some("gpt2") => false,
-            Some(other) => {
-                return Err(field(
-                    "tokenizer.ggml.pre",
-                    &format!("pre-tokenizer `{other}` is not supported (supported: smollm, gpt-2)"),
-                ))
-            }
+            Some(other) => return Err(field("tokenizer.ggml.pre", &format!("pre-tokenizer `{other}` is not supported (supported: smollm, gpt-2)"))),
         };
         // A token listed twice keeps its first id (later duplicates are unreachable anyway).
         let mut vocab = tokenizers::models::bpe::Vocab::default();
@@ -136,7 +112,11 @@ impl Tokenizer {
         let merges = merges
             .iter()
             .enumerate()
-            .map(|(i, m)| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| field("tokenizer.ggml.merges", &format!("entry {i} `{m}` is not two space-separated tokens"))))
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| field("tokenizer.ggml.merges", &format!("entry {i} `{m}` is not two space-separated tokens")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| field("tokenizer.ggml.merges", &e.to_string()))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
@@ -212,13 +192,7 @@ impl Tokenizer {
 }
 
 /// Render a HF-style Jinja chat template.
-pub fn render_chat_template(
-    template: &str,
-    messages: &[ChatMessage],
-    add_generation_prompt: bool,
-    bos_token: &str,
-    eos_token: &str,
-) -> Result<String, String> {
+pub fn render_chat_template(template: &str, messages: &[ChatMessage], add_generation_prompt: bool, bos_token: &str, eos_token: &str) -> Result<String, String> {
     let mut env = minijinja::Environment::new();
     // HF templates call python-style string methods (`.strip()`, `.startswith()`).
     env.set_unknown_method_callback(minijinja_contrib_pycompat);
@@ -244,9 +218,7 @@ fn minijinja_contrib_pycompat(
     args: &[minijinja::Value],
 ) -> Result<minijinja::Value, minijinja::Error> {
     use minijinja::{Error, ErrorKind, Value};
-    let s = value
-        .as_str()
-        .ok_or_else(|| Error::new(ErrorKind::UnknownMethod, format!("no method {method}")))?;
+    let s = value.as_str().ok_or_else(|| Error::new(ErrorKind::UnknownMethod, format!("no method {method}")))?;
     let arg = |i: usize| args.get(i).and_then(|v| v.as_str()).unwrap_or("");
     Ok(match method {
         "strip" => Value::from(s.trim()),

@@ -4,26 +4,21 @@ use crate::batch::TokenBatch;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
+use crate::profile::{timed, Part};
 use crate::rope::{inverse_frequencies, RopeAngles};
 use burn::module::Module;
-use crate::profile::{timed, Part};
-use iapt_kernels::{accelerated, frozen_matmul};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use iapt_kernels::{accelerated, frozen_matmul};
 
-/// Score given to masked attention slots. Finite, so a fully masked row (a padding query)
-/// yields a uniform distribution rather than NaN; exp of it underflows to exactly 0 in f32.
-const MASKED: f32 = -1.0e9;
+/// Score given to masked slots before a softmax (attention here, the tuners' pooling). Finite,
+/// so a fully masked row (a padding query) yields a uniform distribution rather than NaN; exp
+/// of it underflows to exactly 0 in f32.
+pub const MASKED: f32 = -1.0e9;
 
 /// A linear layer without bias whose output a tuner may add a delta to.
-fn project<B: Backend>(
-    linear: &Linear<B>,
-    x: Tensor<B, 3>,
-    hook: &dyn ModelHook<B>,
-    layer: usize,
-    projection: Projection,
-) -> Tensor<B, 3> {
+fn project<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>, hook: &dyn ModelHook<B>, layer: usize, projection: Projection) -> Tensor<B, 3> {
     // One [b*t, d_in] x [d_in, d_out] product rather than b batched ones: CPU backends pack
     // the weight once per product, and one tall product also blocks better.
     timed(Part::Projections, || {
@@ -92,13 +87,7 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Keys and values of `normed` (`[b, t, d]`), RoPE applied to keys when `rope` is given.
-    pub fn keys_values(
-        &self,
-        normed: Tensor<B, 3>,
-        rope: Option<&RopeAngles<B>>,
-        hook: &dyn ModelHook<B>,
-        layer: usize,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn keys_values(&self, normed: Tensor<B, 3>, rope: Option<&RopeAngles<B>>, hook: &dyn ModelHook<B>, layer: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let k = project(&self.k_proj, normed.clone(), hook, layer, Projection::K);
         let v = project(&self.v_proj, normed, hook, layer, Projection::V);
         timed(Part::NormsRope, || (self.split_heads(k, self.num_kv_heads, rope), self.split_heads(v, self.num_kv_heads, None)))
@@ -137,7 +126,11 @@ impl<B: Backend> Attention<B> {
             let probs = softmax(scores, 3).reshape([b, kv, groups * t, s]);
             let out = probs.matmul(values).reshape([b, h, t, hd]);
             // `[b, h, t, hd]` -> `[b, t, h*hd]`; with one token the order is already right.
-            if t == 1 { out.reshape([b, 1, h * hd]) } else { out.swap_dims(1, 2).reshape([b, t, h * hd]) }
+            if t == 1 {
+                out.reshape([b, 1, h * hd])
+            } else {
+                out.swap_dims(1, 2).reshape([b, t, h * hd])
+            }
         });
         project(&self.o_proj, out, hook, layer, Projection::O)
     }
@@ -205,12 +198,7 @@ struct StepContext<'a, B: Backend> {
 impl<B: Backend> DecoderLayer<B> {
     fn new(c: &LlamaConfig, device: &B::Device) -> Self {
         let norm = || RmsNormConfig::new(c.hidden_size).with_epsilon(c.rms_norm_eps).init(device);
-        Self {
-            input_layernorm: norm(),
-            self_attn: Attention::new(c, device),
-            post_attention_layernorm: norm(),
-            mlp: Mlp::new(c, device),
-        }
+        Self { input_layernorm: norm(), self_attn: Attention::new(c, device), post_attention_layernorm: norm(), mlp: Mlp::new(c, device) }
     }
 
     fn forward(&self, x: Tensor<B, 3>, layer: usize, cache: &mut KvCache<B>, ctx: &mut StepContext<'_, B>) -> Tensor<B, 3> {
@@ -314,8 +302,7 @@ impl<B: Backend> Llama<B> {
             embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
             layers: (0..config.num_layers).map(|_| DecoderLayer::new(config, device)).collect(),
             norm: RmsNormConfig::new(config.hidden_size).with_epsilon(config.rms_norm_eps).init(device),
-            lm_head: (!config.tie_word_embeddings)
-                .then(|| LinearConfig::new(config.hidden_size, config.vocab_size).with_bias(false).init(device)),
+            lm_head: (!config.tie_word_embeddings).then(|| LinearConfig::new(config.hidden_size, config.vocab_size).with_bias(false).init(device)),
             config: config.clone(),
         };
         materialize(model)
@@ -323,6 +310,31 @@ impl<B: Backend> Llama<B> {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// The frozen `Linear` behind `projection` in `layer`, for code that rewrites backbone
+    /// weights (merging LoRA). Panics on a layer the model does not have.
+    pub fn projection_mut(&mut self, layer: usize, projection: Projection) -> &mut Linear<B> {
+        let layer = &mut self.layers[layer];
+        match projection {
+            Projection::Q => &mut layer.self_attn.q_proj,
+            Projection::K => &mut layer.self_attn.k_proj,
+            Projection::V => &mut layer.self_attn.v_proj,
+            Projection::O => &mut layer.self_attn.o_proj,
+            Projection::Gate => &mut layer.mlp.gate_proj,
+            Projection::Up => &mut layer.mlp.up_proj,
+            Projection::Down => &mut layer.mlp.down_proj,
+        }
+    }
+
+    /// The number of decoder layers (the KV cache needs one slot per layer).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.weight.device()
     }
 
     /// Run `batch` through the model, appending to `cache`, and return the final hidden states
@@ -402,5 +414,4 @@ impl<B: Backend> Llama<B> {
             }
         }
     }
-
 }

@@ -24,17 +24,9 @@ pub struct WeightMap {
 impl WeightMap {
     /// Remove and return a tensor, checking its shape.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor, LoadError> {
-        let t = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor {
-            path: self.source.clone(),
-            tensor: name.to_string(),
-        })?;
+        let t = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor { path: self.source.clone(), tensor: name.to_string() })?;
         if t.shape != expected {
-            return Err(LoadError::ShapeMismatch {
-                path: self.source.clone(),
-                tensor: name.to_string(),
-                found: t.shape,
-                expected: expected.to_vec(),
-            });
+            return Err(LoadError::ShapeMismatch { path: self.source.clone(), tensor: name.to_string(), found: t.shape, expected: expected.to_vec() });
         }
         Ok(t)
     }
@@ -45,11 +37,7 @@ impl WeightMap {
             return Ok(());
         }
         let names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
-        let shown = if names.len() > 8 {
-            format!("{} ... ({} in all)", names[..8].join(", "), names.len())
-        } else {
-            names.join(", ")
-        };
+        let shown = if names.len() > 8 { format!("{} ... ({} in all)", names[..8].join(", "), names.len()) } else { names.join(", ") };
         Err(LoadError::UnusedTensors { path: self.source, tensors: shown })
     }
 }

@@ -31,10 +31,7 @@ fn smollm2_gguf_config_and_weights() {
     assert_eq!(weights.tensors.len(), 272);
     assert!(!weights.tensors.contains_key("lm_head.weight"), "SmolLM2 ties its embeddings");
     let (d, hd) = (config.hidden_size, config.head_dim);
-    let mut expected = vec![
-        ("model.embed_tokens.weight".to_string(), vec![config.vocab_size, d]),
-        ("model.norm.weight".to_string(), vec![d]),
-    ];
+    let mut expected = vec![("model.embed_tokens.weight".to_string(), vec![config.vocab_size, d]), ("model.norm.weight".to_string(), vec![d])];
     for l in 0..config.num_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}.weight");
         expected.extend([
@@ -88,9 +85,7 @@ fn smollm2_gguf_tokenizer_and_chat_template() {
         assert_eq!(tok.decode(&tok.encode(text).unwrap(), false).unwrap(), text);
     }
 
-    let chat = tok
-        .apply_chat_template(&[ChatMessage::new("user", "What is the capital of Germany?")], true)
-        .unwrap();
+    let chat = tok.apply_chat_template(&[ChatMessage::new("user", "What is the capital of Germany?")], true).unwrap();
     assert_eq!(
         chat,
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\

@@ -23,7 +23,7 @@ fn rows_of(t: Tensor<TB, 3>) -> Vec<Vec<Vec<f32>>> {
 
 fn full_logits(model: &Llama<TB>, rows: &[Vec<u32>], side: Padding, hook: &dyn ModelHook<TB>) -> Vec<Vec<Vec<f32>>> {
     let batch = TokenBatch::padded(rows, 0, side, &Default::default());
-    let hidden = model.forward(batch, &mut KvCache::new(model.layers.len()), hook);
+    let hidden = model.forward(batch, &mut KvCache::new(model.num_layers()), hook);
     rows_of(model.logits(hidden))
 }
 
@@ -46,7 +46,7 @@ fn cached_decoding_equals_full_recompute() {
     let model = tiny(2, false);
     let full = &full_logits(&model, &[SEQ.to_vec()], Padding::Right, &NoHook)[0];
     let device = Default::default();
-    let mut cache = KvCache::new(model.layers.len());
+    let mut cache = KvCache::new(model.num_layers());
     // prefill 3 tokens, then one at a time
     let prefill = TokenBatch::padded(&[SEQ[..3].to_vec()], 0, Padding::Left, &device);
     let mut got = rows_of(model.logits(model.forward(prefill, &mut cache, &NoHook))).remove(0);
@@ -99,9 +99,7 @@ fn gqa_equals_multi_head_attention_with_repeated_kv() {
     // Repeat each KV head's columns `groups` times (burn stores [in, out]).
     let repeat = |w: Tensor<TB, 2>| {
         let [d, _] = w.dims();
-        let heads: Vec<_> = (0..c.num_kv_heads)
-            .flat_map(|i| std::iter::repeat_n(w.clone().narrow(1, i * c.head_dim, c.head_dim), groups))
-            .collect();
+        let heads: Vec<_> = (0..c.num_kv_heads).flat_map(|i| std::iter::repeat_n(w.clone().narrow(1, i * c.head_dim, c.head_dim), groups)).collect();
         let out = Tensor::cat(heads, 1);
         assert_eq!(out.dims(), [d, c.num_heads * c.head_dim]);
         out

@@ -71,7 +71,14 @@ pub type SoftTokens<'a> = dyn Fn(usize, &[Vec<f64>], &[Vec<f64>]) -> Option<Vec<
 /// tokens' hidden states entering that layer (and their input-RMSNormed version). With
 /// `rope_soft` false the soft tokens' keys are not rotated; with `norm_soft` false the soft tokens
 /// skip the input RMSNorm (they are already in the normed space).
-pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], offset: usize, rope_soft: bool, norm_soft: bool, soft: &SoftTokens<'_>) -> Vec<Vec<f64>> {
+pub fn reference_logits_generated<B: Backend>(
+    model: &Llama<B>,
+    ids: &[u32],
+    offset: usize,
+    rope_soft: bool,
+    norm_soft: bool,
+    soft: &SoftTokens<'_>,
+) -> Vec<Vec<f64>> {
     let c = model.config().clone();
     let embed = Mat::from_tensor(model.embed_tokens.weight.val());
     let mut xs: Vec<Vec<f64>> = ids.iter().map(|&t| embed.data[t as usize * c.hidden_size..(t as usize + 1) * c.hidden_size].to_vec()).collect();
@@ -80,7 +87,12 @@ pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], off
         let g_in = vec1(layer.input_layernorm.gamma.val());
         let g_post = vec1(layer.post_attention_layernorm.gamma.val());
         let a = &layer.self_attn;
-        let (wq, wk, wv, wo) = (Mat::from_tensor(a.q_proj.weight.val()), Mat::from_tensor(a.k_proj.weight.val()), Mat::from_tensor(a.v_proj.weight.val()), Mat::from_tensor(a.o_proj.weight.val()));
+        let (wq, wk, wv, wo) = (
+            Mat::from_tensor(a.q_proj.weight.val()),
+            Mat::from_tensor(a.k_proj.weight.val()),
+            Mat::from_tensor(a.v_proj.weight.val()),
+            Mat::from_tensor(a.o_proj.weight.val()),
+        );
         let m = &layer.mlp;
         let (wg, wu, wd) = (Mat::from_tensor(m.gate_proj.weight.val()), Mat::from_tensor(m.up_proj.weight.val()), Mat::from_tensor(m.down_proj.weight.val()));
 
@@ -89,11 +101,8 @@ pub fn reference_logits_generated<B: Backend>(model: &Llama<B>, ids: &[u32], off
         let n_soft = soft_here.len();
         let seq: Vec<Vec<f64>> = soft_here.iter().cloned().chain(xs.iter().cloned()).collect();
         let positions: Vec<f64> = (0..n_soft).map(|p| p as f64).chain((0..xs.len()).map(|p| (p + offset) as f64)).collect();
-        let normed: Vec<Vec<f64>> = seq
-            .iter()
-            .enumerate()
-            .map(|(i, x)| if i < n_soft && !norm_soft { x.clone() } else { rms_norm(x, &g_in, c.rms_norm_eps) })
-            .collect();
+        let normed: Vec<Vec<f64>> =
+            seq.iter().enumerate().map(|(i, x)| if i < n_soft && !norm_soft { x.clone() } else { rms_norm(x, &g_in, c.rms_norm_eps) }).collect();
         let qs: Vec<Vec<f64>> = normed.iter().map(|x| wq.apply(x)).collect();
         let ks: Vec<Vec<f64>> = normed.iter().map(|x| wk.apply(x)).collect();
         let vs: Vec<Vec<f64>> = normed.iter().map(|x| wv.apply(x)).collect();

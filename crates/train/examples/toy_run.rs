@@ -7,8 +7,8 @@ use burn::data::dataset::InMemDataset;
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use iapt_model::{Llama, LlamaConfig, ModelHook};
-use iapt_train::{train, LmExample, TrainConfig, TrainableTuner, TunedLm};
+use iapt_model::{Llama, LlamaConfig, ModelHook, TrainableTuner};
+use iapt_train::{train, LmExample, TrainConfig, TunedLm};
 
 type AD = burn::backend::Autodiff<burn::backend::NdArray>;
 
@@ -35,21 +35,12 @@ fn main() {
     let device = Default::default();
     let config = LlamaConfig::tiny();
     let backbone = Llama::<AD>::random(&config, &device);
-    let tuner = PromptPrefix {
-        tokens: Param::from_tensor(Tensor::random([8, config.hidden_size], Distribution::Normal(0.0, 0.5), &device)),
-    };
-    let examples: Vec<LmExample> =
-        (0..64u32).map(|i| LmExample::new(vec![1, 3 + i % 40, 50 + i % 7, 60 + i % 5, 2], 2).unwrap()).collect();
+    let tuner = PromptPrefix { tokens: Param::from_tensor(Tensor::random([8, config.hidden_size], Distribution::Normal(0.0, 0.5), &device)) };
+    let examples: Vec<LmExample> = (0..64u32).map(|i| LmExample::new(vec![1, 3 + i % 40, 50 + i % 7, 60 + i % 5, 2], 2).unwrap()).collect();
     let (train_set, dev_set) = examples.split_at(48);
     let train_config = TrainConfig { epochs, batch_size: 4, learning_rate: 1e-2, log_every: 5, ..Default::default() };
-    let trained = train(
-        &train_config,
-        TunedLm::new(backbone, tuner),
-        InMemDataset::new(train_set.to_vec()),
-        InMemDataset::new(dev_set.to_vec()),
-        &run_dir,
-    )
-    .expect("training");
+    let trained = train(&train_config, TunedLm::new(backbone, tuner), InMemDataset::new(train_set.to_vec()), InMemDataset::new(dev_set.to_vec()), &run_dir)
+        .expect("training");
     let report = trained.report;
     println!(
         "stopped: {:?}; best epoch {:?} (dev loss {:?}); checkpoints in {}",

@@ -58,11 +58,7 @@ impl LmExample {
             return Err("instruction_len must be at least 1 (the first token is never predicted)".into());
         }
         if self.instruction_len >= self.ids.len() {
-            return Err(format!(
-                "no response tokens: instruction_len {} >= length {}",
-                self.instruction_len,
-                self.ids.len()
-            ));
+            return Err(format!("no response tokens: instruction_len {} >= length {}", self.instruction_len, self.ids.len()));
         }
         Ok(())
     }

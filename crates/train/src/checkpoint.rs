@@ -23,10 +23,10 @@ use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Re
 use burn::tensor::backend::Backend;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
+use iapt_assets::atomic::write_atomically;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The recorder checkpoints are written with: named MessagePack, full precision, atomic.
@@ -58,11 +58,7 @@ impl<R: FileRecorder<B>, B: Backend> Recorder<B> for AtomicRecorder<R> {
         self.inner.save_item(item, temporary_base.clone())?;
         let temporary = with_extension(&temporary_base, extension);
         let target = with_extension(&path, extension);
-        let io = |e: std::io::Error| RecorderError::Unknown(format!("{}: {e}", target.display()));
-        fs::File::open(&temporary).and_then(|f| f.sync_all()).map_err(io)?;
-        fs::rename(&temporary, &target).map_err(io)?;
-        sync_directory(&target);
-        Ok(())
+        iapt_assets::atomic::rename_durably(&temporary, &target).map_err(|e| RecorderError::Unknown(format!("{}: {e}", target.display())))
     }
 
     fn load_item<I: DeserializeOwned>(&self, path: &mut PathBuf) -> Result<I, RecorderError> {
@@ -83,28 +79,6 @@ fn with_extension(path: &Path, extension: &str) -> PathBuf {
     path
 }
 
-/// Make a rename durable (best effort: not every platform can open a directory).
-fn sync_directory(file: &Path) {
-    if let Some(dir) = file.parent() {
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-}
-
-/// Write `bytes` to `path` atomically (temporary file, fsync, rename).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!("{name}.partial"));
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temporary, path)?;
-    sync_directory(path);
-    Ok(())
-}
-
 /// Epochs with a complete checkpoint (all of [`CHECKPOINT_PARTS`]) in `dir`.
 pub fn complete_epochs(dir: &Path, extension: &str) -> BTreeSet<usize> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -112,12 +86,7 @@ pub fn complete_epochs(dir: &Path, extension: &str) -> BTreeSet<usize> {
     };
     let names: BTreeSet<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     let epochs_of = |part: &str| -> BTreeSet<usize> {
-        names
-            .iter()
-            .filter_map(|n| {
-                n.strip_prefix(part)?.strip_prefix('-')?.strip_suffix(extension)?.strip_suffix('.')?.parse().ok()
-            })
-            .collect()
+        names.iter().filter_map(|n| n.strip_prefix(part)?.strip_prefix('-')?.strip_suffix(extension)?.strip_suffix('.')?.parse().ok()).collect()
     };
     let mut complete = epochs_of(CHECKPOINT_PARTS[0]);
     for part in &CHECKPOINT_PARTS[1..] {
@@ -146,12 +115,7 @@ pub struct CheckpointPolicy {
 
 impl CheckpointPolicy {
     /// `already_saved`: complete checkpoints found on disk when the run (re)started.
-    pub fn new(
-        monitor: StepMonitor,
-        keep_last: usize,
-        checkpoint_dir: PathBuf,
-        already_saved: BTreeSet<usize>,
-    ) -> Self {
+    pub fn new(monitor: StepMonitor, keep_last: usize, checkpoint_dir: PathBuf, already_saved: BTreeSet<usize>) -> Self {
         Self { monitor, keep_last: keep_last.max(1), saved: already_saved, checkpoint_dir }
     }
 }
@@ -172,8 +136,7 @@ impl CheckpointPolicy {
         }
         self.saved.insert(epoch);
         let best = self.monitor.best_dev_epoch().map(|(e, _)| e);
-        let stale: Vec<usize> =
-            self.saved.iter().copied().filter(|&e| e + self.keep_last <= epoch && Some(e) != best).collect();
+        let stale: Vec<usize> = self.saved.iter().copied().filter(|&e| e + self.keep_last <= epoch && Some(e) != best).collect();
         for e in &stale {
             self.saved.remove(e);
         }
@@ -210,13 +173,10 @@ mod tests {
     fn atomic_recorder_round_trips_and_leaves_no_temporary() {
         let dir = temp_dir("atomic");
         let device = Default::default();
-        let module = Small::<TestBackend> {
-            w: Param::from_tensor(Tensor::from_data(TensorData::from([1.5f32, -2.0]), &device)),
-        };
+        let module = Small::<TestBackend> { w: Param::from_tensor(Tensor::from_data(TensorData::from([1.5f32, -2.0]), &device)) };
         let recorder = CheckpointRecorder::default();
         Recorder::<TestBackend>::record(&recorder, module.clone().into_record(), dir.join("model-3")).unwrap();
-        let files: Vec<String> =
-            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let files: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(files, vec!["model-3.mpk".to_string()]);
         let record = Recorder::<TestBackend>::load(&recorder, dir.join("model-3"), &device).unwrap();
         let loaded = Small::<TestBackend> { w: Param::from_tensor(Tensor::zeros([2], &device)) }.load_record(record);
@@ -227,9 +187,7 @@ mod tests {
     #[test]
     fn only_epochs_with_every_part_count_as_complete() {
         let dir = temp_dir("complete");
-        for name in
-            ["model-1.mpk", "optim-1.mpk", "scheduler-1.mpk", "model-2.mpk", "optim-2.mpk", "model-2-partial.mpk"]
-        {
+        for name in ["model-1.mpk", "optim-1.mpk", "scheduler-1.mpk", "model-2.mpk", "optim-2.mpk", "model-2-partial.mpk"] {
             fs::write(dir.join(name), b"x").unwrap();
         }
         assert_eq!(complete_epochs(&dir, "mpk"), BTreeSet::from([1]));

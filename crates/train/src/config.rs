@@ -90,8 +90,7 @@ impl Default for TrainConfig {
 
 /// Fields that change only how a run is shown or kept, not its trajectory: a resumed run may
 /// differ from the original in these.
-const PRESENTATION_FIELDS: [&str; 7] =
-    ["dashboard", "log_every", "resume", "restore_best", "keep_last", "patience", "sharded_optimizer"];
+const PRESENTATION_FIELDS: [&str; 7] = ["dashboard", "log_every", "resume", "restore_best", "keep_last", "patience", "sharded_optimizer"];
 
 impl TrainConfig {
     /// Check the values are usable.
@@ -129,15 +128,10 @@ impl TrainConfig {
 
     /// Names of the trajectory-shaping fields where `self` and `other` differ.
     pub fn trajectory_differences(&self, other: &TrainConfig) -> Vec<String> {
-        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
-            (serde_json::to_value(self), serde_json::to_value(other))
-        else {
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (serde_json::to_value(self), serde_json::to_value(other)) else {
             return vec!["<unserialisable>".into()];
         };
-        a.iter()
-            .filter(|(k, v)| !PRESENTATION_FIELDS.contains(&k.as_str()) && b.get(k.as_str()) != Some(v))
-            .map(|(k, _)| k.clone())
-            .collect()
+        a.iter().filter(|(k, v)| !PRESENTATION_FIELDS.contains(&k.as_str()) && b.get(k.as_str()) != Some(v)).map(|(k, _)| k.clone()).collect()
     }
 }
 

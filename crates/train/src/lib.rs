@@ -6,7 +6,7 @@
 //! per epoch → [`TrainReport`]. Start at [`train`].
 //!
 //! A tuner plugs in by implementing burn's `Module` (its parameters are what is trained), the
-//! model crate's `ModelHook` (how it changes the forward pass) and [`TrainableTuner`] (which of
+//! model crate's `ModelHook` (how it changes the forward pass) and `TrainableTuner` (which of
 //! its parameters get the small learning rate).
 
 #![warn(missing_docs)]
@@ -27,7 +27,7 @@ pub mod train;
 
 pub use batch::{LmBatch, LmBatcher, LmExample};
 pub use config::TrainConfig;
-pub use model::{response_log_probs, LmOutput, TrainableTuner, TunedLm};
+pub use model::{response_log_probs, LmOutput, TunedLm};
 pub use monitor::EpochLosses;
 pub use progress::Dashboard;
 pub use schedule::WarmupLinearDecay;

@@ -43,17 +43,9 @@ pub const LENGTH_WINDOW_BATCHES: usize = 16;
 impl<B: Backend> EpochLoader<B> {
     /// A loader over all of `dataset`; with `seed`, each epoch is shuffled, and the first
     /// `iter()` serves epoch index `first_epoch` (0-based: a run resumed after 3 epochs passes 3).
-    pub fn new(
-        dataset: Arc<dyn Dataset<LmExample>>,
-        batch_size: usize,
-        batcher: LmBatcher,
-        device: B::Device,
-        seed: Option<u64>,
-        first_epoch: usize,
-    ) -> Self {
+    pub fn new(dataset: Arc<dyn Dataset<LmExample>>, batch_size: usize, batcher: LmBatcher, device: B::Device, seed: Option<u64>, first_epoch: usize) -> Self {
         let end = dataset.len();
-        let (lengths, classes): (Vec<usize>, Vec<Option<usize>>) =
-            dataset.iter().map(|e| (e.ids.len(), e.class)).unzip();
+        let (lengths, classes): (Vec<usize>, Vec<Option<usize>>) = dataset.iter().map(|e| (e.ids.len(), e.class)).unzip();
         Self {
             dataset,
             start: 0,
@@ -204,10 +196,7 @@ impl<B: Backend> Iterator for EpochIter<'_, B> {
             return None;
         }
         let end = (self.next + self.loader.batch_size).min(self.order.len());
-        let items = self.order[self.next..end]
-            .iter()
-            .map(|&i| self.loader.dataset.get(i).unwrap_or_else(|| panic!("dataset has no item {i}")))
-            .collect();
+        let items = self.order[self.next..end].iter().map(|&i| self.loader.dataset.get(i).unwrap_or_else(|| panic!("dataset has no item {i}"))).collect();
         self.next = end;
         Some(self.loader.batcher.batch(items, &self.loader.device))
     }
@@ -260,18 +249,25 @@ mod tests {
 
     fn loader(first_epoch: usize) -> EpochLoader<TestBackend> {
         let items = (0..10).map(|i| LmExample::new(vec![1, 2 + i], 1).unwrap()).collect();
-        EpochLoader::new(
-            Arc::new(InMemDataset::new(items)),
-            4,
-            LmBatcher::default(),
-            Default::default(),
-            Some(7),
-            first_epoch,
-        )
+        EpochLoader::new(Arc::new(InMemDataset::new(items)), 4, LmBatcher::default(), Default::default(), Some(7), first_epoch)
     }
 
     fn epoch_ids(l: &dyn DataLoader<TestBackend, LmBatch<TestBackend>>) -> Vec<i64> {
         l.iter().flat_map(|b| b.ids.narrow(1, 1, 1).into_data().to_vec::<i64>().unwrap()).collect()
+    }
+
+    #[test]
+    fn splitmix64_matches_the_reference_sequence() {
+        // Reference values of SplitMix64 with seed 0 (Vigna's splitmix64.c).
+        let mut rng = SplitMix64(0);
+        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        let mut v: Vec<u32> = (0..10).collect();
+        SplitMix64(5).shuffle(&mut v);
+        let mut w: Vec<u32> = (0..10).collect();
+        SplitMix64(5).shuffle(&mut w);
+        assert_eq!(v, w);
+        assert_ne!(v, (0..10).collect::<Vec<_>>());
     }
 
     #[test]
@@ -290,17 +286,20 @@ mod tests {
     /// 150 examples of lengths 2..=151 in a scrambled order, batches of 4 (the last one partial).
     fn varied_loader(group: bool) -> EpochLoader<TestBackend> {
         let items = (0..150).map(|i| LmExample::new(vec![1; 2 + (i * 37) % 150], 1).unwrap()).collect();
-        EpochLoader::new(Arc::new(InMemDataset::new(items)), 4, LmBatcher::default(), Default::default(), Some(3), 0)
-            .with_length_grouping(group)
+        EpochLoader::new(Arc::new(InMemDataset::new(items)), 4, LmBatcher::default(), Default::default(), Some(3), 0).with_length_grouping(group)
     }
 
     #[test]
     fn length_grouping_cuts_padding_and_keeps_a_permutation() {
         let lengths = |l: &EpochLoader<TestBackend>| -> Vec<Vec<usize>> {
-            l.iter().map(|b| b.ids.dims()[1]).zip(l.order(0).chunks(4).map(|c| c.to_vec())).map(|(t, c)| {
-                assert!(c.iter().all(|&i| 2 + (i * 37) % 150 <= t), "a batch is as wide as its longest example");
-                c.iter().map(|&i| 2 + (i * 37) % 150).collect()
-            }).collect()
+            l.iter()
+                .map(|b| b.ids.dims()[1])
+                .zip(l.order(0).chunks(4).map(|c| c.to_vec()))
+                .map(|(t, c)| {
+                    assert!(c.iter().all(|&i| 2 + (i * 37) % 150 <= t), "a batch is as wide as its longest example");
+                    c.iter().map(|&i| 2 + (i * 37) % 150).collect()
+                })
+                .collect()
         };
         let padded = |batches: &[Vec<usize>]| -> usize { batches.iter().map(|b| b.len() * b.iter().max().unwrap()).sum() };
         let (plain, grouped) = (varied_loader(false), varied_loader(true));
@@ -327,7 +326,13 @@ mod tests {
 
     /// Class of example `i` of `classed_loader`: 0, 1, 2 in proportions 1/2 : 1/3 : 1/6.
     fn class(i: usize) -> usize {
-        if i % 6 < 3 { 0 } else if i % 6 < 5 { 1 } else { 2 }
+        if i % 6 < 3 {
+            0
+        } else if i % 6 < 5 {
+            1
+        } else {
+            2
+        }
     }
 
     /// 150 examples with classes from `class`, lengths as in `varied_loader`.
@@ -342,9 +347,12 @@ mod tests {
     fn class_balance_gives_every_batch_the_overall_class_mix() {
         // Per batch of 6: the largest deviation from the expected 3 / 2 / 1 of any class.
         let worst = |order: &[usize]| -> usize {
-            order.chunks(6).filter(|b| b.len() == 6).map(|b| {
-                (0..3).map(|c| (b.iter().filter(|&&i| class(i) == c).count() as isize - [3, 2, 1][c]).unsigned_abs()).max().unwrap()
-            }).max().unwrap()
+            order
+                .chunks(6)
+                .filter(|b| b.len() == 6)
+                .map(|b| (0..3).map(|c| (b.iter().filter(|&&i| class(i) == c).count() as isize - [3, 2, 1][c]).unsigned_abs()).max().unwrap())
+                .max()
+                .unwrap()
         };
         for group in [false, true] {
             let balanced = classed_loader(group, true);

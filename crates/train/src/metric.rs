@@ -12,8 +12,7 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
-    Adaptor, LossInput, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
-    SerializedEntry,
+    Adaptor, LossInput, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry, SerializedEntry,
 };
 use std::sync::Arc;
 
@@ -159,12 +158,7 @@ mod tests {
     use burn::train::metric::LossMetric;
 
     fn metadata() -> MetricMetadata {
-        MetricMetadata {
-            progress: Progress::new(1, 1),
-            global_progress: Progress::new(1, 1),
-            iteration: Some(1),
-            lr: None,
-        }
+        MetricMetadata { progress: Progress::new(1, 1), global_progress: Progress::new(1, 1), iteration: Some(1), lr: None }
     }
 
     #[test]

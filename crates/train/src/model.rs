@@ -8,9 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, Transaction};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
-use iapt_model::{KvCache, Llama, ModelHook};
-
-pub use iapt_tuners::TrainableTuner;
+use iapt_model::{KvCache, Llama, ModelHook, TrainableTuner};
 
 /// Frozen backbone + trainable tuner.
 ///
@@ -59,14 +57,10 @@ impl<B: Backend, T: Module<B> + ModelHook<B>> TunedLm<B, T> {
 /// Only the positions that predict a response token go through the LM head: for a 49k
 /// vocabulary the `[batch, tokens, vocab]` logits of every position would dominate memory and
 /// time, while prompts are usually much longer than responses.
-pub fn response_log_probs<B: Backend>(
-    backbone: &Llama<B>,
-    hook: &dyn ModelHook<B>,
-    batch: &LmBatch<B>,
-) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+pub fn response_log_probs<B: Backend>(backbone: &Llama<B>, hook: &dyn ModelHook<B>, batch: &LmBatch<B>) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
     let [b, t] = batch.ids.dims();
     assert!(t >= 2, "sequences need at least two tokens");
-    let hidden = backbone.forward(batch.tokens(), &mut KvCache::new(backbone.layers.len()), hook);
+    let hidden = backbone.forward(batch.tokens(), &mut KvCache::new(backbone.num_layers()), hook);
     // An input prefix (prompt tuning) adds positions in front: keep the real tokens only.
     let [_, total, d] = hidden.dims();
     let hidden = hidden.narrow(1, total - t, t);
@@ -114,12 +108,8 @@ impl<B: Backend> ItemLazy for LmOutput<B> {
     type ItemSync = LmStepStats;
 
     fn sync(self) -> LmStepStats {
-        let [nll, correct]: [_; 2] = Transaction::default()
-            .register(self.token_nll)
-            .register(self.correct.int().sum())
-            .execute()
-            .try_into()
-            .expect("two tensors registered");
+        let [nll, correct]: [_; 2] =
+            Transaction::default().register(self.token_nll).register(self.correct.int().sum()).execute().try_into().expect("two tensors registered");
         let token_nll = nll.convert::<f32>().to_vec::<f32>().expect("float data");
         let correct = correct.iter::<i64>().next().unwrap_or(0) as usize;
         LmStepStats { token_nll, correct }
@@ -195,11 +185,7 @@ mod tests {
         assert_eq!(output.token_nll.dims(), [4]);
         let loss = output.loss.into_scalar();
         assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
-        let stats = LmOutput {
-            loss: Tensor::zeros([1], &device),
-            ..model.forward_loss(LmBatch::from_examples(&examples, 0, &device))
-        }
-        .sync();
+        let stats = LmOutput { loss: Tensor::zeros([1], &device), ..model.forward_loss(LmBatch::from_examples(&examples, 0, &device)) }.sync();
         assert_eq!(stats.token_nll.len(), 4);
         assert!(stats.correct <= 4);
     }

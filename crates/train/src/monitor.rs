@@ -87,9 +87,7 @@ impl StepMonitor {
         state.batch_losses.push(mean);
         if !mean.is_finite() {
             if state.non_finite.is_none() {
-                let message = format!(
-                    "training loss became {mean} at batch {batch} of this session; stopped, keeping the last good checkpoint"
-                );
+                let message = format!("training loss became {mean} at batch {batch} of this session; stopped, keeping the last good checkpoint");
                 self.interrupter.stop(Some(&message));
                 state.non_finite = Some(message);
             }
@@ -137,13 +135,10 @@ impl StepMonitor {
 
     /// The epoch with the lowest finite dev loss (the earliest on ties).
     pub fn best_dev_epoch(&self) -> Option<(usize, f64)> {
-        self.lock().epochs.values().filter_map(|e| e.dev_loss.filter(|l| l.is_finite()).map(|l| (e.epoch, l))).fold(
-            None,
-            |best, (epoch, loss)| match best {
-                Some((_, b)) if b <= loss => best,
-                _ => Some((epoch, loss)),
-            },
-        )
+        self.lock().epochs.values().filter_map(|e| e.dev_loss.filter(|l| l.is_finite()).map(|l| (e.epoch, l))).fold(None, |best, (epoch, loss)| match best {
+            Some((_, b)) if b <= loss => best,
+            _ => Some((epoch, loss)),
+        })
     }
 
     /// Mean loss of every training batch of this session, in completion order.

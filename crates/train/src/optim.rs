@@ -9,13 +9,13 @@
 //! the same module, the small group at `lr * small_lr_ratio` with no weight decay. Both groups
 //! follow the same schedule, and the optimiser state is the pair of the two adaptors' records.
 
-use crate::model::TrainableTuner;
 use crate::monitor::StepMonitor;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, LearningRate, MultiGradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use iapt_model::TrainableTuner;
 use std::collections::HashSet;
 
 /// How [`GroupedAdamW`] is set up.
@@ -40,15 +40,7 @@ pub struct GroupedAdamWConfig {
 
 impl Default for GroupedAdamWConfig {
     fn default() -> Self {
-        Self {
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-8,
-            weight_decay: 0.0,
-            small_lr_ratio: 1.0,
-            max_grad_norm: None,
-            grad_scale: 1.0,
-        }
+        Self { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8, weight_decay: 0.0, small_lr_ratio: 1.0, max_grad_norm: None, grad_scale: 1.0 }
     }
 }
 
@@ -57,12 +49,7 @@ impl GroupedAdamWConfig {
     /// model keeps its last finite parameters.
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self, monitor: StepMonitor) -> GroupedAdamW<M, B> {
         let adamw = |decay: f32| {
-            AdamWConfig::new()
-                .with_beta_1(self.beta_1)
-                .with_beta_2(self.beta_2)
-                .with_epsilon(self.epsilon)
-                .with_weight_decay(decay)
-                .init::<B, M>()
+            AdamWConfig::new().with_beta_1(self.beta_1).with_beta_2(self.beta_2).with_epsilon(self.epsilon).with_weight_decay(decay).init::<B, M>()
         };
         GroupedAdamW { main: adamw(self.weight_decay), small: adamw(0.0), config: *self, monitor }
     }
@@ -97,12 +84,7 @@ where
             return module;
         }
         let scale = self.gradient_scale(&module, &grads);
-        let mut regroup = Regroup::<B> {
-            grads: &mut grads,
-            small: GradientsParams::new(),
-            small_ids: module.small_lr_params().into_iter().collect(),
-            scale,
-        };
+        let mut regroup = Regroup::<B> { grads: &mut grads, small: GradientsParams::new(), small_ids: module.small_lr_params().into_iter().collect(), scale };
         module.visit(&mut regroup);
         let small = regroup.small;
         let module = self.main.step(lr, module, grads);

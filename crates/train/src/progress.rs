@@ -8,8 +8,7 @@
 use crate::metric::{LEARNING_RATE, LOSS, PERPLEXITY, TOKEN_ACCURACY};
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
 use burn::train::renderer::{
-    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
-    MetricsRendererTraining, ProgressType, TrainingProgress,
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation, MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -123,9 +122,7 @@ impl Tally {
         if let Some(lr) = self.last.get(LEARNING_RATE) {
             parts.push(format!("lr {lr:.2e}"));
         }
-        for name in
-            self.running.keys().filter(|n| ![LOSS, PERPLEXITY, TOKEN_ACCURACY, LEARNING_RATE].contains(&n.as_str()))
-        {
+        for name in self.running.keys().filter(|n| ![LOSS, PERPLEXITY, TOKEN_ACCURACY, LEARNING_RATE].contains(&n.as_str())) {
             if let Some(v) = self.mean(name) {
                 parts.push(format!("{} {}", name.to_lowercase(), fixed(v)));
             }
@@ -150,14 +147,7 @@ impl ProgressLog {
 
     /// A renderer writing to `sink` every `every` batches.
     pub fn with_sink(every: usize, sink: Sink) -> Self {
-        Self {
-            every: every.max(1),
-            sink,
-            names: HashMap::new(),
-            train: Tally::default(),
-            valid: Tally::default(),
-            started: Instant::now(),
-        }
+        Self { every: every.max(1), sink, names: HashMap::new(), train: Tally::default(), valid: Tally::default(), started: Instant::now() }
     }
 
     fn name_of(&self, id: &MetricId) -> String {
@@ -205,12 +195,7 @@ impl MetricsRendererTraining for ProgressLog {
         let epoch = item.global_progress.items_processed;
         self.valid.settle(epoch);
         if item.progress.as_ref().is_some_and(|p| p.items_processed >= p.items_total) {
-            self.sink.emit(format!(
-                "[{}] epoch {epoch}/{} dev    {}",
-                self.elapsed(),
-                item.global_progress.items_total,
-                self.valid.describe()
-            ));
+            self.sink.emit(format!("[{}] epoch {epoch}/{} dev    {}", self.elapsed(), item.global_progress.items_total, self.valid.describe()));
         }
     }
 }
@@ -236,12 +221,7 @@ mod tests {
     use burn::train::metric::{MetricAttributes, MetricEntry, SerializedEntry};
 
     fn definition(id: &MetricId, name: &str) -> MetricDefinition {
-        MetricDefinition {
-            metric_id: id.clone(),
-            name: name.into(),
-            description: None,
-            attributes: MetricAttributes::None,
-        }
+        MetricDefinition { metric_id: id.clone(), name: name.into(), description: None, attributes: MetricAttributes::None }
     }
 
     #[test]
@@ -252,28 +232,11 @@ mod tests {
         log.register_metric(definition(&loss, LOSS));
         let entry = || MetricEntry::new(loss.clone(), SerializedEntry::new(String::new(), String::new()));
         for (i, value) in [(1, 2.0), (2, 4.0), (3, 6.0)] {
-            log.update_train(MetricState::Numeric(
-                entry(),
-                NumericEntry::Aggregated { aggregated_value: value, count: 1 },
-            ));
-            log.render_train(
-                TrainingProgress {
-                    progress: Some(Progress::new(i, 3)),
-                    global_progress: Progress::new(1, 5),
-                    iteration: Some(i),
-                },
-                vec![],
-            );
+            log.update_train(MetricState::Numeric(entry(), NumericEntry::Aggregated { aggregated_value: value, count: 1 }));
+            log.render_train(TrainingProgress { progress: Some(Progress::new(i, 3)), global_progress: Progress::new(1, 5), iteration: Some(i) }, vec![]);
         }
         log.update_valid(MetricState::Numeric(entry(), NumericEntry::Aggregated { aggregated_value: 1.0, count: 4 }));
-        log.render_valid(
-            TrainingProgress {
-                progress: Some(Progress::new(4, 4)),
-                global_progress: Progress::new(1, 5),
-                iteration: Some(1),
-            },
-            vec![],
-        );
+        log.render_valid(TrainingProgress { progress: Some(Progress::new(4, 4)), global_progress: Progress::new(1, 5), iteration: Some(1) }, vec![]);
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].contains("epoch 1/5 train") && lines[0].contains("loss 3.0000"), "{}", lines[0]);

@@ -16,7 +16,7 @@ use crate::config::TrainConfig;
 use crate::interrupt::CtrlCWatch;
 use crate::loader::EpochLoader;
 use crate::metric::{PerplexityMetric, TokenAccuracyMetric};
-use crate::model::{TrainableTuner, TunedLm};
+use crate::model::TunedLm;
 use crate::monitor::{EpochLosses, StepMonitor};
 use crate::optim::GroupedAdamWConfig;
 use crate::progress::{Dashboard, ProgressLog, Sink};
@@ -31,6 +31,7 @@ use burn::train::metric::{LearningRateMetric, LossMetric};
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
 use iapt_model::ModelHook;
+use iapt_model::TrainableTuner;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -192,8 +193,7 @@ where
     let devices = if devices.is_empty() { model.devices().into_iter().take(1).collect() } else { devices };
     let layout = Layout::Local { devices: devices.len() };
     let strategy = if devices.len() > 1 {
-        let optim =
-            if config.sharded_optimizer { MultiDeviceOptim::OptimSharded } else { MultiDeviceOptim::OptimMainDevice };
+        let optim = if config.sharded_optimizer { MultiDeviceOptim::OptimSharded } else { MultiDeviceOptim::OptimMainDevice };
         ExecutionStrategy::multi(devices, optim)
     } else {
         ExecutionStrategy::single(devices[0].clone())
@@ -300,14 +300,10 @@ where
     // One schedule step per batch (one device) or per round of one batch per device; DDP
     // workers step once per device for each of their batches.
     let (steps_per_epoch, grad_scale) = match layout {
-        Layout::Local { devices } => (
-            schedule_steps_per_epoch(train_data.len(), config.batch_size, devices),
-            1.0 / (config.grad_accumulation * devices) as f32,
-        ),
-        Layout::Ddp { devices } => (
-            schedule_steps_per_epoch(train_data.len(), config.batch_size, devices) * devices,
-            1.0 / config.grad_accumulation as f32,
-        ),
+        Layout::Local { devices } => {
+            (schedule_steps_per_epoch(train_data.len(), config.batch_size, devices), 1.0 / (config.grad_accumulation * devices) as f32)
+        }
+        Layout::Ddp { devices } => (schedule_steps_per_epoch(train_data.len(), config.batch_size, devices) * devices, 1.0 / config.grad_accumulation as f32),
     };
     let total_steps = steps_per_epoch * config.epochs;
     let schedule = WarmupLinearDecay::new(config.learning_rate, config.warmup_fraction, total_steps);
@@ -334,14 +330,7 @@ where
     )
     .with_length_grouping(config.group_by_length)
     .with_class_balance(config.balance_classes);
-    let dev_loader = EpochLoader::<B::InnerBackend>::new(
-        Arc::new(dev_data),
-        config.batch_size,
-        batcher,
-        Default::default(),
-        None,
-        0,
-    );
+    let dev_loader = EpochLoader::<B::InnerBackend>::new(Arc::new(dev_data), config.batch_size, batcher, Default::default(), None, 0);
 
     let policy = CheckpointPolicy::new(monitor.clone(), config.keep_last, checkpoint_dir.clone(), saved);
     let mut training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(dev_loader))
@@ -352,9 +341,7 @@ where
         .num_epochs(config.epochs)
         .with_interrupter(interrupter.clone());
     training = match config.dashboard {
-        dashboard if dashboard.uses_tui() => {
-            training.renderer(TuiMetricsRendererWrapper::new(interrupter.clone(), resume_epoch))
-        }
+        dashboard if dashboard.uses_tui() => training.renderer(TuiMetricsRendererWrapper::new(interrupter.clone(), resume_epoch)),
         Dashboard::Off => training.renderer(ProgressLog::with_sink(config.log_every, Sink::Discard)),
         _ => training.renderer(ProgressLog::new(config.log_every)),
     };
@@ -448,7 +435,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let json = serde_json::to_vec_pretty(value).expect("serialisable");
-    checkpoint::write_atomically(path, &json).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+    iapt_assets::atomic::write_atomically(path, &json).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

@@ -5,11 +5,8 @@ use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use iapt_model::{Llama, LlamaConfig, ModelHook, Projection};
-use iapt_train::{
-    train, train_on_devices, Dashboard, LmBatch, LmExample, StopReason, TrainConfig, TrainError, TrainableTuner,
-    TunedLm,
-};
+use iapt_model::{Llama, LlamaConfig, ModelHook, Projection, TrainableTuner};
+use iapt_train::{train, train_on_devices, Dashboard, LmBatch, LmExample, StopReason, TrainConfig, TrainError, TunedLm};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,23 +36,12 @@ struct Poison {
     calls: Arc<AtomicUsize>,
 }
 
-fn projection_shape(c: &LlamaConfig, p: Projection) -> (usize, usize) {
-    let (d, q, kv, ff) = (c.hidden_size, c.num_heads * c.head_dim, c.kv_dim(), c.intermediate_size);
-    match p {
-        Projection::Q => (d, q),
-        Projection::K | Projection::V => (d, kv),
-        Projection::O => (q, d),
-        Projection::Gate | Projection::Up => (d, ff),
-        Projection::Down => (ff, d),
-    }
-}
-
 impl<B: Backend> TestTuner<B> {
     fn new(c: &LlamaConfig, device: &B::Device) -> Self {
         let (mut down, mut up) = (Vec::new(), Vec::new());
         for _ in 0..c.num_layers {
             for p in Projection::ALL {
-                let (i, o) = projection_shape(c, p);
+                let (i, o) = c.projection_shape(p);
                 down.push(Param::from_tensor(Tensor::random([i, RANK], Distribution::Normal(0.0, 0.3), device)));
                 up.push(Param::from_tensor(Tensor::zeros([RANK, o], device)));
             }
@@ -120,11 +106,7 @@ fn model_with(backbone_seed: u64, tuner_seed: u64) -> TunedLm<AD, TestTuner<AD>>
 
 /// `n` prompt/response pairs: distinct prompts, 3-token responses ending in EOS (2).
 fn examples(n: usize, offset: u32) -> Vec<LmExample> {
-    (0..n as u32)
-        .map(|i| {
-            LmExample::new(vec![1, 10 + i, 30 + (i * 7) % 20, 60 + offset + i, 80 + (i + offset) % 10, 2], 3).unwrap()
-        })
-        .collect()
+    (0..n as u32).map(|i| LmExample::new(vec![1, 10 + i, 30 + (i * 7) % 20, 60 + offset + i, 80 + (i + offset) % 10, 2], 3).unwrap()).collect()
 }
 
 fn dataset(items: Vec<LmExample>) -> InMemDataset<LmExample> {
@@ -160,8 +142,7 @@ fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 }
 
 fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     names
 }
@@ -185,29 +166,15 @@ fn overfits_a_handful_of_examples_and_leaves_the_backbone_untouched() {
     let model = model(2);
     let backbone_before = values(&model.backbone);
     let tuner_before = values(&model.tuner);
-    let config = quiet(TrainConfig {
-        epochs: 60,
-        batch_size: 4,
-        learning_rate: 1e-2,
-        rational_lr: 1e-4,
-        weight_decay: 0.0,
-        patience: None,
-        ..Default::default()
-    });
+    let config =
+        quiet(TrainConfig { epochs: 60, batch_size: 4, learning_rate: 1e-2, rational_lr: 1e-4, weight_decay: 0.0, patience: None, ..Default::default() });
     let data = examples(4, 0);
     let trained = train(&config, model, dataset(data.clone()), dataset(data.clone()), &dir).unwrap();
     let report = &trained.report;
-    eprintln!(
-        "overfit: dev loss per epoch {:?}",
-        report.epochs.iter().map(|e| e.dev_loss.unwrap()).collect::<Vec<_>>()
-    );
+    eprintln!("overfit: dev loss per epoch {:?}", report.epochs.iter().map(|e| e.dev_loss.unwrap()).collect::<Vec<_>>());
     assert_eq!(report.stop, StopReason::Completed);
     let last = report.epochs.last().unwrap();
-    assert!(
-        last.dev_loss.unwrap() < 0.05,
-        "dev loss {:?}",
-        report.epochs.iter().map(|e| e.dev_loss).collect::<Vec<_>>()
-    );
+    assert!(last.dev_loss.unwrap() < 0.05, "dev loss {:?}", report.epochs.iter().map(|e| e.dev_loss).collect::<Vec<_>>());
     assert!(last.train_loss.unwrap() < report.epochs[0].train_loss.unwrap());
     assert_eq!(report.total_steps, 60);
     assert_eq!(report.batch_losses.len(), 60);
@@ -261,10 +228,7 @@ fn small_lr_group_moves_slower() {
     assert_eq!(gains_after, gains_before, "rational_lr 0 and no decay: the small group never moves");
     let prefix_moved = trained.model.tuner.prefix.val().into_data().to_vec::<f32>().unwrap();
     assert_ne!(prefix_moved, model_prefix, "the main group does move");
-    assert_eq!(
-        trained.report.total_steps, 6,
-        "the schedule counts batches; 3 optimiser steps of 2 accumulated batches"
-    );
+    assert_eq!(trained.report.total_steps, 6, "the schedule counts batches; 3 optimiser steps of 2 accumulated batches");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -305,8 +269,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
     for (a, b) in resumed.report.batch_losses.iter().zip(tail) {
         assert!((a - b).abs() < 1e-6, "resumed {:?} vs uninterrupted {tail:?}", resumed.report.batch_losses);
     }
-    let epochs =
-        |r: &iapt_train::TrainReport| r.epochs.iter().map(|e| (e.epoch, e.dev_loss.unwrap())).collect::<Vec<_>>();
+    let epochs = |r: &iapt_train::TrainReport| r.epochs.iter().map(|e| (e.epoch, e.dev_loss.unwrap())).collect::<Vec<_>>();
     assert_eq!(epochs(&resumed.report).len(), 4, "history restored for epochs 1-2");
     for ((ea, a), (eb, b)) in epochs(&resumed.report).into_iter().zip(epochs(&full.report)) {
         assert_eq!(ea, eb);
@@ -359,17 +322,11 @@ fn early_stopping_on_dev_loss() {
     let dir = run_dir("early");
     // Dev answers contradict the training answers: fitting one makes the other worse.
     let train_set = examples(4, 0);
-    let dev_set: Vec<LmExample> =
-        train_set.iter().map(|e| LmExample::new(vec![e.ids[0], e.ids[1], e.ids[2], 95, 96, 2], 3).unwrap()).collect();
-    let config =
-        quiet(TrainConfig { epochs: 40, batch_size: 4, learning_rate: 1e-2, patience: Some(2), ..Default::default() });
+    let dev_set: Vec<LmExample> = train_set.iter().map(|e| LmExample::new(vec![e.ids[0], e.ids[1], e.ids[2], 95, 96, 2], 3).unwrap()).collect();
+    let config = quiet(TrainConfig { epochs: 40, batch_size: 4, learning_rate: 1e-2, patience: Some(2), ..Default::default() });
     let trained = train(&config, model(6), dataset(train_set), dataset(dev_set), &dir).unwrap();
     let report = trained.report;
-    eprintln!(
-        "early stopping: {:?}, dev {:?}",
-        report.stop,
-        report.epochs.iter().map(|e| e.dev_loss.unwrap()).collect::<Vec<_>>()
-    );
+    eprintln!("early stopping: {:?}, dev {:?}", report.stop, report.epochs.iter().map(|e| e.dev_loss.unwrap()).collect::<Vec<_>>());
     let StopReason::EarlyStopped { epoch } = report.stop else { panic!("{:?}", report.stop) };
     assert!(epoch < 40);
     assert_eq!(report.best_epoch.unwrap() + 2, epoch);
@@ -383,14 +340,7 @@ fn data_parallel_on_two_cpu_devices() {
         let dir = run_dir(if sharded { "ddp-sharded" } else { "ddp-main" });
         let model = model(7);
         let backbone_before = values(&model.backbone);
-        let config = quiet(TrainConfig {
-            epochs: 4,
-            batch_size: 2,
-            learning_rate: 1e-2,
-            patience: None,
-            sharded_optimizer: sharded,
-            ..Default::default()
-        });
+        let config = quiet(TrainConfig { epochs: 4, batch_size: 2, learning_rate: 1e-2, patience: None, sharded_optimizer: sharded, ..Default::default() });
         let devices = vec![Default::default(), Default::default()];
         let data = examples(8, 0);
         let trained = train_on_devices(&config, model, dataset(data.clone()), dataset(data), &dir, devices).unwrap();
@@ -399,10 +349,7 @@ fn data_parallel_on_two_cpu_devices() {
         assert_eq!(report.batch_losses.len(), 4 * 4, "every device's batches ran");
         let first = report.epochs[0].train_loss.unwrap();
         let last = report.epochs.last().unwrap().train_loss.unwrap();
-        eprintln!(
-            "data parallel (sharded {sharded}): train loss per epoch {:?}",
-            report.epochs.iter().map(|e| e.train_loss.unwrap()).collect::<Vec<_>>()
-        );
+        eprintln!("data parallel (sharded {sharded}): train loss per epoch {:?}", report.epochs.iter().map(|e| e.train_loss.unwrap()).collect::<Vec<_>>());
         assert!(last < first, "loss {first} -> {last}");
         assert_eq!(values(&trained.model.backbone), backbone_before);
         std::fs::remove_dir_all(dir).unwrap();
@@ -413,8 +360,7 @@ fn data_parallel_on_two_cpu_devices() {
 fn invalid_inputs_are_reported_before_training() {
     let dir = run_dir("invalid");
     let bad = vec![LmExample { ids: vec![1, 2], instruction_len: 2, class: None }];
-    let err =
-        train(&quiet(TrainConfig::default()), model(8), dataset(bad), dataset(examples(1, 0)), &dir).err().unwrap();
+    let err = train(&quiet(TrainConfig::default()), model(8), dataset(bad), dataset(examples(1, 0)), &dir).err().unwrap();
     assert!(matches!(err, TrainError::Data { split: "training", .. }), "{err}");
     let config = TrainConfig { batch_size: 0, ..TrainConfig::default() };
     let err = train(&config, model(8), dataset(examples(1, 0)), dataset(examples(1, 0)), &dir).err().unwrap();

@@ -3,12 +3,7 @@
 //! shape) and `adapter_model.safetensors` (f32 tensors named by module path, e.g.
 //! `layers.3.pooler.queries`, `shared.down.weight`). Files are written atomically.
 
-use crate::iapt::Iapt;
-use crate::lora::Lora;
-use crate::prefix_tuning::PrefixTuning;
-use crate::prompt_tuning::PromptTuning;
-pub use crate::tuner::TunerConfig;
-use crate::tuner::Tuner;
+use crate::tuner::{Tuner, TunerConfig, TunerModule};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
 use iapt_model::{HostTensor, LlamaConfig};
@@ -110,7 +105,8 @@ impl AdapterConfig {
     pub fn read(dir: &Path) -> Result<Self, AdapterError> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|source| AdapterError::Io { path: path.clone(), source })?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| AdapterError::Config { path: path.clone(), reason: format!("invalid JSON: {e}") })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AdapterError::Config { path: path.clone(), reason: format!("invalid JSON: {e}") })?;
         Self::from_json(&value, &path)
     }
 
@@ -129,12 +125,12 @@ impl AdapterConfig {
 /// Save `tuner` into `dir` (created if needed). `base_name` identifies the backbone (a name or
 /// path); its shape comes from the tuner itself.
 pub fn save_tuner<B: Backend>(dir: &Path, tuner: &Tuner<B>, base_name: &str) -> Result<(), AdapterError> {
-    save_parts(dir, &tuner_tensors(tuner), tuner.config(), tuner.base(), base_name)
+    save_parts(dir, &tuner.tensors(), tuner.config(), tuner.base(), base_name)
 }
 
-/// Save an IAPT adapter; the same files as [`save_tuner`] on `Tuner::Iapt`.
-pub fn save_iapt<B: Backend>(dir: &Path, iapt: &Iapt<B>, base_name: &str) -> Result<(), AdapterError> {
-    save_parts(dir, &module_tensors(iapt), TunerConfig::Iapt(iapt.config.clone()), &iapt.base, base_name)
+/// Save one tuner's own module (e.g. an `Iapt`); the same files as [`save_tuner`] on the enum.
+pub fn save_module<B: Backend, M: TunerModule<B>>(dir: &Path, module: &M, base_name: &str) -> Result<(), AdapterError> {
+    save_parts(dir, &module_tensors(module), module.tuner_config(), module.base(), base_name)
 }
 
 fn save_parts(dir: &Path, tensors: &BTreeMap<String, HostTensor>, tuner: TunerConfig, base: &LlamaConfig, base_name: &str) -> Result<(), AdapterError> {
@@ -150,36 +146,11 @@ pub fn load_tuner<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device
     load_checked(dir, base, device, None)
 }
 
-/// Load the IAPT adapter in `dir`; an adapter of another tuner is refused (`WrongTuner`).
-pub fn load_iapt<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<Iapt<B>, AdapterError> {
-    match load_checked(dir, base, device, Some("iapt"))? {
-        Tuner::Iapt(t) => Ok(t),
-        _ => unreachable!("the tag was checked"),
-    }
-}
-
-/// Load the prompt-tuning adapter in `dir`; an adapter of another tuner is refused.
-pub fn load_prompt_tuning<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<PromptTuning<B>, AdapterError> {
-    match load_checked(dir, base, device, Some("prompt_tuning"))? {
-        Tuner::PromptTuning(t) => Ok(t),
-        _ => unreachable!("the tag was checked"),
-    }
-}
-
-/// Load the P-tuning v2 adapter in `dir`; an adapter of another tuner is refused.
-pub fn load_prefix_tuning<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<PrefixTuning<B>, AdapterError> {
-    match load_checked(dir, base, device, Some("p_tuning_v2"))? {
-        Tuner::PrefixTuning(t) => Ok(t),
-        _ => unreachable!("the tag was checked"),
-    }
-}
-
-/// Load the LoRA adapter in `dir`; an adapter of another tuner is refused.
-pub fn load_lora<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<Lora<B>, AdapterError> {
-    match load_checked(dir, base, device, Some("lora"))? {
-        Tuner::Lora(t) => Ok(t),
-        _ => unreachable!("the tag was checked"),
-    }
+/// Load the adapter in `dir` as tuner `M` (e.g. `Iapt<B>`); an adapter of another tuner is
+/// refused (`WrongTuner`) before its weights are read.
+pub fn load_module<B: Backend, M: TunerModule<B>>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<M, AdapterError> {
+    let tuner = load_checked(dir, base, device, Some(M::NAME))?;
+    M::from_tuner(tuner).map_err(|other| AdapterError::WrongTuner { path: dir.join(CONFIG_FILE), found: other.name().into(), expected: M::NAME.into() })
 }
 
 /// Read the config, check the tuner tag (when `expected`) and the base shape, then the weights.
@@ -192,28 +163,8 @@ fn load_checked<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device, 
     config.check_base(base, &config_path)?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let tensors = read_safetensors(&weights_path)?;
-    load_tuner_tensors(config.tuner.init::<B>(base, device), tensors, &weights_path)
-}
-
-/// The variant's tensors by its own module paths (burn's enum visitor would prefix the variant
-/// name; files stay independent of the enum).
-pub fn tuner_tensors<B: Backend>(tuner: &Tuner<B>) -> BTreeMap<String, HostTensor> {
-    match tuner {
-        Tuner::Iapt(t) => module_tensors(t),
-        Tuner::PromptTuning(t) => module_tensors(t),
-        Tuner::PrefixTuning(t) => module_tensors(t),
-        Tuner::Lora(t) => module_tensors(t),
-    }
-}
-
-/// [`load_module_tensors`] on the variant, by its own module paths.
-pub fn load_tuner_tensors<B: Backend>(tuner: Tuner<B>, tensors: BTreeMap<String, HostTensor>, path: &Path) -> Result<Tuner<B>, AdapterError> {
-    Ok(match tuner {
-        Tuner::Iapt(t) => Tuner::Iapt(load_module_tensors(t, tensors, path)?),
-        Tuner::PromptTuning(t) => Tuner::PromptTuning(load_module_tensors(t, tensors, path)?),
-        Tuner::PrefixTuning(t) => Tuner::PrefixTuning(load_module_tensors(t, tensors, path)?),
-        Tuner::Lora(t) => Tuner::Lora(load_module_tensors(t, tensors, path)?),
-    })
+    let tuner = config.tuner.init::<B>(base, device).map_err(|reason| AdapterError::Config { path: config_path, reason })?;
+    tuner.load_tensors(tensors, &weights_path)
 }
 
 /// Every float parameter of `module` as an f32 host tensor, keyed by its module path.
@@ -292,10 +243,17 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(module: M, mut tensors: BTr
 
 /// Write named f32 tensors as safetensors, atomically.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<(), AdapterError> {
-    let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = tensors.iter().map(|(name, t)| (name, t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), &t.shape)).collect();
+    let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> =
+        tensors.iter().map(|(name, t)| (name, t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), &t.shape)).collect();
     let views = bytes
         .iter()
-        .map(|(name, data, shape)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.to_vec(), data).map_err(|e| AdapterError::Weights { path: path.to_path_buf(), reason: format!("{name}: {e}") })?)))
+        .map(|(name, data, shape)| {
+            Ok((
+                name.as_str(),
+                TensorView::new(Dtype::F32, shape.to_vec(), data)
+                    .map_err(|e| AdapterError::Weights { path: path.to_path_buf(), reason: format!("{name}: {e}") })?,
+            ))
+        })
         .collect::<Result<Vec<_>, AdapterError>>()?;
     let metadata: Option<HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into());
     let out = safetensors::tensor::serialize(views, &metadata).map_err(|e| AdapterError::Weights { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -317,24 +275,9 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Ada
     Ok(out)
 }
 
-/// Write `bytes` to a temporary file in `path`'s directory, then rename it over `path`, so a
-/// reader never sees a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
-    use std::io::Write;
-    let io = |source| AdapterError::Io { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("adapter");
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.map_err(io)
+/// [`iapt_assets::atomic::write_atomically`], its error naming `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
+    iapt_assets::atomic::write_atomically(path, bytes).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })
 }
 
 /// Trainable vs total parameters, printed as `trainable 82.3K / total 134.6M (0.061%)`.
@@ -382,33 +325,38 @@ impl fmt::Display for ParamCount {
 mod tests {
     use super::*;
     use crate::iapt::IaptConfig;
+    use crate::kind::TunerKind;
     type TB = burn::backend::NdArray;
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("iapt-tuners-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     #[test]
     fn tensor_names_follow_module_paths() {
         let base = LlamaConfig::tiny();
-        let shared = module_tensors(&IaptConfig::new(8).init::<TB>(&base, &Default::default()));
+        let shared = module_tensors(&IaptConfig::new(8).init::<TB>(&base, &Default::default()).unwrap());
         let names: Vec<&str> = shared.keys().map(String::as_str).collect();
-        for want in ["shared.down.weight", "shared.down.bias", "shared.up.weight", "shared.up.bias", "layers.1.pooler.queries", "layers.0.activation.rational.numerator", "layers.1.activation.rational.denominator"] {
+        for want in [
+            "shared.down.weight",
+            "shared.down.bias",
+            "shared.up.weight",
+            "shared.up.bias",
+            "layers.1.pooler.queries",
+            "layers.0.activation.rational.numerator",
+            "layers.1.activation.rational.denominator",
+        ] {
             assert!(names.contains(&want), "{want} not in {names:?}");
         }
         assert_eq!(shared["shared.down.weight"].shape, vec![32, 8]);
         assert_eq!(shared["layers.0.pooler.queries"].shape, vec![8, 4]);
         assert_eq!(names.len(), 4 + 2 * 3);
-        let unshared = module_tensors(&IaptConfig::new(8).with_share_projections(false).init::<TB>(&base, &Default::default()));
+        let unshared = module_tensors(&IaptConfig::new(8).with_share_projections(false).init::<TB>(&base, &Default::default()).unwrap());
         assert!(unshared.contains_key("layers.1.projections.up.weight") && !unshared.keys().any(|k| k.starts_with("shared.")));
     }
 
     #[test]
     fn config_json_layout_round_trips() {
-        let config = AdapterConfig { tuner: TunerConfig::Iapt(IaptConfig::new(16).with_num_soft_tokens(2)), base_model: BaseModel { name: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), config: LlamaConfig::smollm2_135m() } };
+        let config = AdapterConfig {
+            tuner: TunerConfig::Iapt(IaptConfig::new(16).with_num_soft_tokens(2)),
+            base_model: BaseModel { name: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), config: LlamaConfig::smollm2_135m() },
+        };
         let json = config.to_json();
         assert_eq!(json["tuner"], "iapt");
         assert_eq!(json["config"]["num_soft_tokens"], 2);
@@ -421,17 +369,6 @@ mod tests {
         let mut other = json;
         other["format_version"] = 9.into();
         assert!(AdapterConfig::from_json(&other, path).unwrap_err().to_string().contains("format_version 9"));
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_temporary_file() {
-        let dir = temp_dir("atomic");
-        let path = dir.join("f.bin");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -64,10 +64,7 @@ pub fn eval_rational(numerator: &[f64], denominator: &[f64], x: f64) -> f64 {
 
 /// Largest `|g(x) - gelu(x)|` over `points` evenly spaced points of `[lo, hi]`.
 pub fn max_gelu_error(numerator: &[f64], denominator: &[f64], lo: f64, hi: f64, points: usize) -> f64 {
-    (0..points)
-        .map(|i| lo + (hi - lo) * i as f64 / (points - 1) as f64)
-        .map(|x| (eval_rational(numerator, denominator, x) - gelu(x)).abs())
-        .fold(0.0, f64::max)
+    (0..points).map(|i| lo + (hi - lo) * i as f64 / (points - 1) as f64).map(|x| (eval_rational(numerator, denominator, x) - gelu(x)).abs()).fold(0.0, f64::max)
 }
 
 /// A fitted rational and its max error on the fitting interval.
@@ -135,9 +132,8 @@ pub fn fit_gelu(p: usize, q: usize, range: f64) -> RationalFit {
 
 /// Minimise `sum w_i (g(x_i) - f_i)^2` over `theta = [a0..ap, b1..bq]`.
 fn levenberg_marquardt(xs: &[f64], fs: &[f64], weights: &[f64], mut theta: Vec<f64>, p: usize) -> Vec<f64> {
-    let residuals = |th: &[f64]| -> Vec<f64> {
-        xs.iter().zip(fs).zip(weights).map(|((&x, &f), &w)| w.sqrt() * (eval_rational(&th[..=p], &th[p + 1..], x) - f)).collect()
-    };
+    let residuals =
+        |th: &[f64]| -> Vec<f64> { xs.iter().zip(fs).zip(weights).map(|((&x, &f), &w)| w.sqrt() * (eval_rational(&th[..=p], &th[p + 1..], x) - f)).collect() };
     let cost = |r: &[f64]| r.iter().map(|v| v * v).sum::<f64>();
     let n = theta.len();
     let mut lambda = 1e-3;
@@ -230,7 +226,13 @@ mod tests {
     /// Reference values of erf (Abramowitz & Stegun table 7.1, and erf(4) to 16 digits).
     #[test]
     fn erf_matches_tabulated_values() {
-        for (x, want) in [(0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (2.0, 0.995_322_265_018_952_7), (3.5, 0.999_999_256_901_627_7), (4.0, 0.999_999_984_582_742_1)] {
+        for (x, want) in [
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.5, 0.999_999_256_901_627_7),
+            (4.0, 0.999_999_984_582_742_1),
+        ] {
             assert!((erf(x) - want).abs() < 1e-14, "erf({x}) = {} want {want}", erf(x));
             assert!((erf(-x) + want).abs() < 1e-14);
         }

@@ -28,9 +28,7 @@ impl ProjectionsConfig {
         let up = match self.up_init_std {
             None => LinearConfig::new(self.bottleneck, self.d_model).init(device),
             Some(std) => {
-                let mut up = LinearConfig::new(self.bottleneck, self.d_model)
-                    .with_initializer(Initializer::Normal { mean: 0.0, std })
-                    .init(device);
+                let mut up = LinearConfig::new(self.bottleneck, self.d_model).with_initializer(Initializer::Normal { mean: 0.0, std }).init(device);
                 up.bias = Some(Initializer::Zeros.init([self.d_model], device));
                 up
             }
@@ -114,11 +112,7 @@ impl<B: Backend> PromptGenerator<B> {
     /// own. The computation runs in the parameters' dtype (pooler softmax and activation in f32),
     /// and the result comes back in `hidden`'s dtype.
     pub fn forward(&self, hidden: Tensor<B, 3>, instruction: Tensor<B, 2, Bool>, shared: Option<&Projections<B>>) -> Tensor<B, 3> {
-        let projections = self
-            .projections
-            .as_ref()
-            .or(shared)
-            .expect("a prompt generator needs its own or shared projections");
+        let projections = self.projections.as_ref().or(shared).expect("a prompt generator needs its own or shared projections");
         let dtype = hidden.dtype();
         let hidden = hidden.cast(FloatDType::from(projections.down.weight.val().dtype()));
         let x = projections.down.forward(hidden); // [b, n, m]
@@ -152,7 +146,8 @@ mod tests {
         let got = host(generator.forward(h.clone(), mask, None));
 
         let p = generator.projections.as_ref().unwrap();
-        let (wd, bd, wu, bu) = (host(p.down.weight.val()), host(p.down.bias.as_ref().unwrap().val()), host(p.up.weight.val()), host(p.up.bias.as_ref().unwrap().val()));
+        let (wd, bd, wu, bu) =
+            (host(p.down.weight.val()), host(p.down.bias.as_ref().unwrap().val()), host(p.up.weight.val()), host(p.up.bias.as_ref().unwrap().val()));
         let wq = host(generator.pooler.queries.as_ref().unwrap().val());
         let h = host(h);
         let x: Vec<Vec<f64>> = (0..3).map(|i| (0..m).map(|k| bd[k] + (0..d).map(|j| h[i * d + j] * wd[j * m + k]).sum::<f64>()).collect()).collect();

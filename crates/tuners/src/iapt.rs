@@ -3,12 +3,13 @@
 
 use crate::config_json::parse_validated;
 use crate::generator::{Projections, PromptGenerator, PromptGeneratorConfig};
+use crate::kind::TunerKind;
 use crate::pooler::PoolerKind;
 use crate::rational::{ActivationConfig, ActivationKind, RationalConfig};
-use crate::tuner::TrainableTuner;
 use burn::config::Config;
 use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Bool, Tensor};
+use iapt_model::hook::TrainableTuner;
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::LlamaConfig;
 use serde::{Deserialize, Serialize};
@@ -75,17 +76,8 @@ pub struct IaptConfig {
     #[config(default = "SoftTokenSpace::Hidden")]
     pub soft_token_space: SoftTokenSpace,
     /// Init of W_up. `None` (default): burn's `Linear` default, Kaiming-uniform with bound
-    /// 1/sqrt(m), the same as W_down; `Some(s)`: N(0, s) with b_up = 0.
-    ///
-    /// Why not a tiny W_up "to start near the base model": the soft tokens pass through the
-    /// layer's RMSNorm before W_k/W_v, and RMSNorm is scale-invariant, so shrinking P does not
-    /// shrink their keys/values; any prefix takes attention mass from the real tokens from the
-    /// first step (zero tokens give k = v = 0, which still dilutes attention). A tiny P only
-    /// moves it towards the RMSNorm's eps regime, where the norm's Jacobian ~ 1/|P| (1/sqrt(eps)
-    /// ~ 316 at P = 0) blows up the gradients. `Some(0.0)` gives P = 0 exactly at step 0: then
-    /// W_up still gets gradients (dL/dW_up = g(p)^T dL/dP), the rest of the generator none until
-    /// W_up moves — available as an ablation, not the default. With `soft_token_space =
-    /// "normed"` the norm is skipped and `Some(0.0)` is a smooth start from k = v = 0.
+    /// 1/sqrt(m), the same as W_down; `Some(s)`: N(0, s) with b_up = 0. Why the default is not a
+    /// tiny W_up: `docs/method.md`, section 4.
     #[config(default = "None")]
     pub up_init_std: Option<f64>,
 }
@@ -100,21 +92,19 @@ impl IaptConfig {
             .with_own_projections(!self.share_projections)
             .with_up_init_std(self.up_init_std)
     }
+}
 
-    /// Parse a possibly partial JSON object: absent fields take their defaults (burn's derived
-    /// `Deserialize` requires every field), unknown fields are refused by name (typos in config
-    /// files must not pass silently). Only `bottleneck` is required.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let bottleneck = value
-            .get("bottleneck")
-            .ok_or("missing field `bottleneck`")?
-            .as_u64()
-            .ok_or("field `bottleneck` must be a non-negative integer")?;
+impl TunerKind for IaptConfig {
+    const NAME: &'static str = "iapt";
+    type Module<B: Backend> = Iapt<B>;
+
+    /// Only `bottleneck` is required.
+    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let bottleneck = value.get("bottleneck").ok_or("missing field `bottleneck`")?.as_u64().ok_or("field `bottleneck` must be a non-negative integer")?;
         parse_validated(&IaptConfig::new(bottleneck as usize), value, Self::validate)
     }
 
-    /// Check the values make sense (called by `init` and when loading an adapter).
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.bottleneck == 0 {
             return Err("bottleneck must be positive".into());
         }
@@ -132,12 +122,18 @@ impl IaptConfig {
         Ok(())
     }
 
-    /// Build the tuner for a backbone of shape `base`. Panics on an invalid config (see
-    /// [`IaptConfig::validate`]).
-    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Iapt<B> {
-        if let Err(e) = self.validate() {
-            panic!("invalid IAPT config: {e}");
-        }
+    /// Shared: `(2dm + m + d) + L (m l_sp + r)`; unshared: `L (2dm + m + d + m l_sp + r)`, with
+    /// `r` = rational coefficients (10 for degrees (5, 4); 0 for fixed activations) and the
+    /// `m l_sp` pooler queries only for the self-attention pooler.
+    fn num_params(&self, base: &LlamaConfig) -> usize {
+        let generator = self.generator(base);
+        let per_layer = generator.num_params();
+        let shared = if self.share_projections { generator.shared_projections().num_params() } else { 0 };
+        shared + base.num_layers * per_layer
+    }
+
+    fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Result<Iapt<B>, String> {
+        self.validate().map_err(|e| format!("invalid IAPT config: {e}"))?;
         let generator = self.generator(base);
         let iapt = Iapt {
             shared: self.share_projections.then(|| generator.shared_projections().init(device)),
@@ -146,18 +142,20 @@ impl IaptConfig {
             base: base.clone(),
         };
         // Draw every lazy parameter now, so clones of this module are copies, not fresh draws.
-        iapt_model::transformer::materialize(iapt)
+        Ok(iapt_model::transformer::materialize(iapt))
     }
 
-    /// Trainable parameters for a backbone of shape `base`, by formula:
-    /// shared: `(2dm + m + d) + L (m l_sp + r)`; unshared: `L (2dm + m + d + m l_sp + r)`,
-    /// with `r` = rational coefficients (10 for degrees (5, 4); 0 for fixed activations) and the
-    /// `m l_sp` pooler queries only for the self-attention pooler.
-    pub fn num_params(&self, base: &LlamaConfig) -> usize {
-        let generator = self.generator(base);
-        let per_layer = generator.num_params();
-        let shared = if self.share_projections { generator.shared_projections().num_params() } else { 0 };
-        shared + base.num_layers * per_layer
+    fn of<B: Backend>(module: &Iapt<B>) -> (&Self, &LlamaConfig) {
+        (&module.config, &module.base)
+    }
+
+    /// The bottleneck `m`.
+    fn size(&self) -> usize {
+        self.bottleneck
+    }
+
+    fn with_size(&self, size: usize) -> Self {
+        Self { bottleneck: size, ..self.clone() }
     }
 }
 
@@ -179,9 +177,7 @@ impl<B: Backend> Iapt<B> {
     /// The soft tokens `[b, l_sp, d]` of `layer` for hidden states `[b, n, d]` (already chosen
     /// per `generator_input`), reading only rows where `instruction` is true.
     pub fn soft_tokens(&self, layer: usize, hidden: Tensor<B, 3>, instruction: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let generator = self.layers.get(layer).unwrap_or_else(|| {
-            panic!("IAPT built for {} layers was asked for layer {layer}", self.layers.len())
-        });
+        let generator = self.layers.get(layer).unwrap_or_else(|| panic!("IAPT built for {} layers was asked for layer {layer}", self.layers.len()));
         generator.forward(hidden, instruction, self.shared.as_ref())
     }
 
@@ -199,11 +195,7 @@ impl<B: Backend> TrainableTuner for Iapt<B> {
     /// Every layer's rational coefficients (spec §3/§5: their own small learning rate, no
     /// weight decay).
     fn small_lr_params(&self) -> Vec<ParamId> {
-        self.layers
-            .iter()
-            .filter_map(|g| g.activation.rational.as_ref())
-            .flat_map(|r| [r.numerator.id, r.denominator.id])
-            .collect()
+        self.layers.iter().filter_map(|g| g.activation.rational.as_ref()).flat_map(|r| [r.numerator.id, r.denominator.id]).collect()
     }
 }
 
@@ -247,7 +239,10 @@ mod tests {
         // Missing optional fields take their defaults; an unknown enum value is refused.
         let parse = |s: &str| IaptConfig::from_json(&serde_json::from_str(s).unwrap());
         let minimal = parse(r#"{"bottleneck": 8, "prefix_positions": "none", "rational": {"denominator_degree": 3}}"#).unwrap();
-        assert_eq!(minimal, IaptConfig::new(8).with_prefix_positions(PrefixPositions::Unrotated).with_rational(RationalConfig::new().with_denominator_degree(3)));
+        assert_eq!(
+            minimal,
+            IaptConfig::new(8).with_prefix_positions(PrefixPositions::Unrotated).with_rational(RationalConfig::new().with_denominator_degree(3))
+        );
         assert!(parse(r#"{"bottleneck": 8, "pooler": "sum"}"#).unwrap_err().contains("sum"));
         assert!(parse(r#"{"bottleneck": 8, "rational": {"degree": 3}}"#).unwrap_err().contains("rational.degree"));
         assert!(parse(r#"{"num_soft_tokens": 8}"#).unwrap_err().contains("bottleneck"));
@@ -260,7 +255,7 @@ mod tests {
         for share in [true, false] {
             for (activation, pooler) in [(ActivationKind::Rational, PoolerKind::SelfAttn), (ActivationKind::Gelu, PoolerKind::Max)] {
                 let config = IaptConfig::new(8).with_share_projections(share).with_activation(activation).with_pooler(pooler);
-                let iapt = config.init::<TB>(&base, &Default::default());
+                let iapt = config.init::<TB>(&base, &Default::default()).unwrap();
                 assert_eq!(Module::num_params(&iapt), config.num_params(&base), "share={share} {activation:?} {pooler:?}");
             }
         }
@@ -274,12 +269,12 @@ mod tests {
     #[test]
     fn small_lr_group_is_exactly_the_rational_coefficients() {
         let base = LlamaConfig::tiny();
-        let iapt = IaptConfig::new(8).init::<TB>(&base, &Default::default());
+        let iapt = IaptConfig::new(8).init::<TB>(&base, &Default::default()).unwrap();
         let ids = iapt.small_lr_params();
         assert_eq!(ids.len(), 2 * base.num_layers);
         let coefficient_count: usize = iapt.layers.iter().map(|g| Module::num_params(&g.activation)).sum();
         assert_eq!(coefficient_count, 10 * base.num_layers);
-        let gelu = IaptConfig::new(8).with_activation(ActivationKind::Gelu).init::<TB>(&base, &Default::default());
+        let gelu = IaptConfig::new(8).with_activation(ActivationKind::Gelu).init::<TB>(&base, &Default::default()).unwrap();
         assert!(gelu.small_lr_params().is_empty());
     }
 

@@ -7,15 +7,16 @@
 //!
 //! The baselines it is compared with use the same hooks: [`prompt_tuning`] (input embeddings),
 //! [`prefix_tuning`] (P-tuning v2: learned per-layer keys/values) and [`lora`] (low-rank
-//! projection deltas). [`tuner`] holds what they share (parameter groups, the runtime-selected
-//! [`Tuner`] and its [`TunerConfig`]); [`adapter`] the adapter files, one layout for all;
-//! [`config_json`] the partial-JSON config parsing.
+//! projection deltas). [`kind`] says what a tuner provides; [`tuner`] is the registry that lists
+//! them once and builds the runtime-selected [`Tuner`] and its [`TunerConfig`]; [`adapter`] the
+//! adapter files, one layout for all; [`config_json`] the partial-JSON config parsing.
 
 pub mod adapter;
 pub mod config_json;
 pub mod gelu_fit;
 pub mod generator;
 pub mod iapt;
+pub mod kind;
 pub mod lora;
 pub mod pooler;
 pub mod prefix_tuning;
@@ -23,14 +24,13 @@ pub mod prompt_tuning;
 pub mod rational;
 pub mod tuner;
 
-pub use adapter::{
-    load_iapt, load_lora, load_prefix_tuning, load_prompt_tuning, load_tuner, save_iapt, save_tuner, AdapterConfig, AdapterError, BaseModel, ParamCount,
-};
+pub use adapter::{load_module, load_tuner, save_module, save_tuner, AdapterConfig, AdapterError, BaseModel, ParamCount};
 pub use generator::{Projections, ProjectionsConfig, PromptGenerator, PromptGeneratorConfig};
 pub use iapt::{GeneratorInput, Iapt, IaptConfig, PrefixPositions, SoftTokenSpace};
+pub use kind::TunerKind;
 pub use lora::{merge_lora, Lora, LoraConfig, LoraLayer, LoraPair};
 pub use pooler::{Pooler, PoolerConfig, PoolerKind};
 pub use prefix_tuning::{PrefixEncoder, PrefixTuning, PrefixTuningConfig};
 pub use prompt_tuning::{PromptInit, PromptTuning, PromptTuningConfig};
 pub use rational::{Activation, ActivationConfig, ActivationKind, Rational, RationalConfig};
-pub use tuner::{TrainableTuner, Tuner, TunerConfig};
+pub use tuner::{Tuner, TunerConfig, TunerModule};

@@ -4,13 +4,12 @@
 //! cost IAPT avoids; [`merge_lora`] folds it into the weights for deployment.
 
 use crate::config_json::parse_validated;
-use crate::tuner::TrainableTuner;
+use crate::kind::TunerKind;
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
-use iapt_model::hook::{ModelHook, Projection};
-use iapt_model::transformer::DecoderLayer;
+use iapt_model::hook::{ModelHook, Projection, TrainableTuner};
 use iapt_model::{Llama, LlamaConfig};
 
 /// LoRA's hyper-parameters; saved verbatim in `adapter_config.json`.
@@ -32,12 +31,21 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
-    /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+impl TunerKind for LoraConfig {
+    const NAME: &'static str = "lora";
+    type Module<B: Backend> = Lora<B>;
+
+    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
         parse_validated(&Self::new(), value, Self::validate)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.rank == 0 {
             return Err("rank must be positive".into());
         }
@@ -58,34 +66,28 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// `alpha / rank`.
-    pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
-    }
-
     /// `L Σ_targets r (in + out)`.
-    pub fn num_params(&self, base: &LlamaConfig) -> usize {
-        let per_layer: usize = self.targets.iter().map(|&p| {
-            let (i, o) = projection_shape(base, p);
-            self.rank * (i + o)
-        }).sum();
+    fn num_params(&self, base: &LlamaConfig) -> usize {
+        let per_layer: usize = self
+            .targets
+            .iter()
+            .map(|&p| {
+                let (i, o) = base.projection_shape(p);
+                self.rank * (i + o)
+            })
+            .sum();
         base.num_layers * per_layer
     }
 
     /// Build the tuner: `A` Kaiming-uniform with bound `1/sqrt(in)` (as HF PEFT), `B = 0`, so the
-    /// tuned model starts exactly at the base model. Panics on an invalid config.
-    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Lora<B> {
-        if let Err(e) = self.validate() {
-            panic!("invalid LoRA config: {e}");
-        }
+    /// tuned model starts exactly at the base model.
+    fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Result<Lora<B>, String> {
+        self.validate().map_err(|e| format!("invalid LoRA config: {e}"))?;
         let pair = |p: Projection| {
             self.targets.contains(&p).then(|| {
-                let (i, o) = projection_shape(base, p);
+                let (i, o) = base.projection_shape(p);
                 let a = Initializer::KaimingUniform { gain: 1.0 / 3f64.sqrt(), fan_out_only: false };
-                LoraPair {
-                    lora_a: a.init_with([i, self.rank], Some(i), Some(self.rank), device),
-                    lora_b: Initializer::Zeros.init([self.rank, o], device),
-                }
+                LoraPair { lora_a: a.init_with([i, self.rank], Some(i), Some(self.rank), device), lora_b: Initializer::Zeros.init([self.rank, o], device) }
             })
         };
         let layer = || LoraLayer {
@@ -103,20 +105,20 @@ impl LoraConfig {
             config: self.clone(),
             base: base.clone(),
         };
-        iapt_model::transformer::materialize(lora)
+        Ok(iapt_model::transformer::materialize(lora))
     }
-}
 
-/// `(in, out)` features of `projection` in a backbone of shape `base`.
-pub fn projection_shape(base: &LlamaConfig, projection: Projection) -> (usize, usize) {
-    let d = base.hidden_size;
-    let q = base.num_heads * base.head_dim;
-    match projection {
-        Projection::Q => (d, q),
-        Projection::K | Projection::V => (d, base.kv_dim()),
-        Projection::O => (q, d),
-        Projection::Gate | Projection::Up => (d, base.intermediate_size),
-        Projection::Down => (base.intermediate_size, d),
+    fn of<B: Backend>(module: &Lora<B>) -> (&Self, &LlamaConfig) {
+        (&module.config, &module.base)
+    }
+
+    /// The rank `r`.
+    fn size(&self) -> usize {
+        self.rank
+    }
+
+    fn with_size(&self, size: usize) -> Self {
+        Self { rank: size, ..self.clone() }
     }
 }
 
@@ -201,12 +203,12 @@ impl<B: Backend> ModelHook<B> for Lora<B> {
 /// the base model's cost. The merged weights are constants: they keep the backbone's
 /// `require_grad` state and carry no gradient path to the LoRA factors.
 pub fn merge_lora<B: Backend>(model: &Llama<B>, lora: &Lora<B>) -> Llama<B> {
-    assert_eq!(model.layers.len(), lora.layers.len(), "LoRA and backbone differ in layer count");
+    assert_eq!(model.num_layers(), lora.layers.len(), "LoRA and backbone differ in layer count");
     let mut merged = model.clone();
-    for (layer, deltas) in merged.layers.iter_mut().zip(&lora.layers) {
+    for (layer, deltas) in lora.layers.iter().enumerate() {
         for projection in Projection::ALL {
             if let Some(pair) = deltas.get(projection) {
-                let linear = linear_mut(layer, projection);
+                let linear = merged.projection_mut(layer, projection);
                 let delta = pair.product().detach() * lora.config.scale();
                 linear.weight = linear.weight.clone().map(|w| {
                     let tracked = w.is_require_grad();
@@ -217,19 +219,6 @@ pub fn merge_lora<B: Backend>(model: &Llama<B>, lora: &Lora<B>) -> Llama<B> {
         }
     }
     merged
-}
-
-/// The frozen `Linear` behind `projection` in `layer`.
-fn linear_mut<B: Backend>(layer: &mut DecoderLayer<B>, projection: Projection) -> &mut Linear<B> {
-    match projection {
-        Projection::Q => &mut layer.self_attn.q_proj,
-        Projection::K => &mut layer.self_attn.k_proj,
-        Projection::V => &mut layer.self_attn.v_proj,
-        Projection::O => &mut layer.self_attn.o_proj,
-        Projection::Gate => &mut layer.mlp.gate_proj,
-        Projection::Up => &mut layer.mlp.up_proj,
-        Projection::Down => &mut layer.mlp.down_proj,
-    }
 }
 
 #[cfg(test)]
@@ -258,7 +247,7 @@ mod tests {
     #[test]
     fn a_is_kaiming_uniform_and_b_is_zero() {
         let base = LlamaConfig::tiny();
-        let lora = LoraConfig::new().with_rank(4).with_targets(vec![Projection::Down]).init::<TB>(&base, &Default::default());
+        let lora = LoraConfig::new().with_rank(4).with_targets(vec![Projection::Down]).init::<TB>(&base, &Default::default()).unwrap();
         let pair = lora.layers[0].down.as_ref().unwrap();
         assert_eq!(pair.lora_a.dims(), [base.intermediate_size, 4]);
         assert_eq!(pair.lora_b.dims(), [4, base.hidden_size]);

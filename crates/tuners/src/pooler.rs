@@ -7,9 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// Score given to masked rows before the softmax: finite (no NaN from `-inf - -inf`), and its
-/// exponential underflows to exactly 0 in f32.
-const MASKED: f32 = -1.0e9;
+use iapt_model::transformer::MASKED;
 
 /// How one layer's generator summarises the instruction.
 ///
@@ -47,9 +45,8 @@ impl PoolerConfig {
     /// and distinct random queries break the symmetry between soft tokens (zeros would make all
     /// `l_sp` tokens identical, and with unrotated prefixes they would stay identical).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Pooler<B> {
-        let queries = (self.kind == PoolerKind::SelfAttn).then(|| {
-            Initializer::Normal { mean: 0.0, std: 1.0 / (self.d_input as f64).sqrt() }.init([self.d_input, self.num_tokens], device)
-        });
+        let queries = (self.kind == PoolerKind::SelfAttn)
+            .then(|| Initializer::Normal { mean: 0.0, std: 1.0 / (self.d_input as f64).sqrt() }.init([self.d_input, self.num_tokens], device));
         Pooler { queries, kind: self.kind, num_tokens: self.num_tokens, scale: self.scale }
     }
 
@@ -181,24 +178,20 @@ mod tests {
             let (a, b) = (host(pooler.forward(x.clone(), m.clone())), host(pooler.forward(changed, m.clone())));
             assert_eq!(a, b, "{kind:?}: masked-out rows changed the pooled vectors");
             // ... while an instruction row does change it.
-            let bumped = x.clone() + Tensor::<TB, 3>::ones([2, 5, 3], &device) * mask(&[vec![false, false, true, false, false], vec![false, false, false, true, false]]).float().reshape([2, 5, 1]);
+            let bumped = x.clone()
+                + Tensor::<TB, 3>::ones([2, 5, 3], &device)
+                    * mask(&[vec![false, false, true, false, false], vec![false, false, false, true, false]]).float().reshape([2, 5, 1]);
             assert_ne!(a, host(pooler.forward(bumped, m.clone())), "{kind:?}: instruction rows do not matter");
         }
     }
 
     #[test]
     fn mean_max_last_by_hand() {
-        let x = tensor3(&[
-            vec![vec![1.0, -4.0], vec![3.0, 2.0], vec![9.0, 9.0]],
-            vec![vec![5.0, 5.0], vec![-1.0, -2.0], vec![-3.0, 0.5]],
-        ]);
+        let x = tensor3(&[vec![vec![1.0, -4.0], vec![3.0, 2.0], vec![9.0, 9.0]], vec![vec![5.0, 5.0], vec![-1.0, -2.0], vec![-3.0, 0.5]]]);
         let m = mask(&[vec![true, true, false], vec![false, true, true]]);
         let run = |kind| host(PoolerConfig::new(2, 3).with_kind(kind).init::<TB>(&Default::default()).forward(x.clone(), m.clone()));
-        let want = [
-            (PoolerKind::Mean, [[2.0, -1.0], [-2.0, -0.75]]),
-            (PoolerKind::Max, [[3.0, 2.0], [-1.0, 0.5]]),
-            (PoolerKind::Last, [[3.0, 2.0], [-3.0, 0.5]]),
-        ];
+        let want =
+            [(PoolerKind::Mean, [[2.0, -1.0], [-2.0, -0.75]]), (PoolerKind::Max, [[3.0, 2.0], [-1.0, 0.5]]), (PoolerKind::Last, [[3.0, 2.0], [-3.0, 0.5]])];
         for (kind, rows) in want {
             let got = run(kind);
             for (b, row) in rows.iter().enumerate() {

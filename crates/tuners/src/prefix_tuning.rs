@@ -10,12 +10,13 @@
 //! a fixed orthogonal map, which the free keys (or the MLP's last linear map) absorb.
 
 use crate::config_json::parse_validated;
-use crate::tuner::TrainableTuner;
+use crate::kind::TunerKind;
 use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::tanh;
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
+use iapt_model::hook::TrainableTuner;
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::LlamaConfig;
 
@@ -32,13 +33,15 @@ pub struct PrefixTuningConfig {
     pub reparam_hidden: Option<usize>,
 }
 
-impl PrefixTuningConfig {
-    /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+impl TunerKind for PrefixTuningConfig {
+    const NAME: &'static str = "p_tuning_v2";
+    type Module<B: Backend> = PrefixTuning<B>;
+
+    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
         parse_validated(&Self::new(), value, Self::validate)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.num_tokens == 0 {
             return Err("num_tokens must be positive".into());
         }
@@ -49,7 +52,7 @@ impl PrefixTuningConfig {
     }
 
     /// Direct: `2 L n kv_dim`. Reparameterised: `n d + (d h + h) + (h + 1) 2 L kv_dim`.
-    pub fn num_params(&self, base: &LlamaConfig) -> usize {
+    fn num_params(&self, base: &LlamaConfig) -> usize {
         let prefix = 2 * base.num_layers * base.kv_dim();
         match self.reparam_hidden {
             None => self.num_tokens * prefix,
@@ -59,11 +62,9 @@ impl PrefixTuningConfig {
 
     /// Build the tuner for a backbone of shape `base`. Direct keys/values and the MLP's input
     /// embeddings start as `N(0, 1)` (HF PEFT's prefix encoder: an `nn.Embedding`); the MLP's
-    /// linear maps take burn's default init. Panics on an invalid config.
-    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> PrefixTuning<B> {
-        if let Err(e) = self.validate() {
-            panic!("invalid prefix tuning config: {e}");
-        }
+    /// linear maps take burn's default init.
+    fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Result<PrefixTuning<B>, String> {
+        self.validate().map_err(|e| format!("invalid prefix tuning config: {e}"))?;
         let (n, d, layers) = (self.num_tokens, base.hidden_size, base.num_layers);
         let unit = Initializer::Normal { mean: 0.0, std: 1.0 };
         let direct = || unit.init([layers, base.num_kv_heads, n, base.head_dim], device);
@@ -79,7 +80,20 @@ impl PrefixTuningConfig {
             }
         };
         let tuner = PrefixTuning { keys, values, encoder, config: self.clone(), base: base.clone() };
-        iapt_model::transformer::materialize(tuner)
+        Ok(iapt_model::transformer::materialize(tuner))
+    }
+
+    fn of<B: Backend>(module: &PrefixTuning<B>) -> (&Self, &LlamaConfig) {
+        (&module.config, &module.base)
+    }
+
+    /// The prefix length `n`.
+    fn size(&self) -> usize {
+        self.num_tokens
+    }
+
+    fn with_size(&self, size: usize) -> Self {
+        Self { num_tokens: size, ..self.clone() }
     }
 }
 
@@ -150,13 +164,7 @@ impl<B: Backend> PrefixTuning<B> {
         let layers = 0..self.base.num_layers;
         let (keys, values): (Vec<_>, Vec<_>) = layers.map(|l| self.layer_keys_values(l)).unzip();
         let param = |t: Vec<Tensor<B, 3>>| Some(Param::from_tensor(Tensor::stack::<4>(t, 0).detach()));
-        PrefixTuning {
-            keys: param(keys),
-            values: param(values),
-            encoder: None,
-            config: self.config.clone().with_reparam_hidden(None),
-            base: self.base.clone(),
-        }
+        PrefixTuning { keys: param(keys), values: param(values), encoder: None, config: self.config.clone().with_reparam_hidden(None), base: self.base.clone() }
     }
 }
 
@@ -193,7 +201,7 @@ mod tests {
     #[test]
     fn encoder_layers_are_column_blocks_of_one_mlp_pass() {
         let base = LlamaConfig::tiny();
-        let tuner = PrefixTuningConfig::new().with_num_tokens(3).with_reparam_hidden(Some(5)).init::<TB>(&base, &Default::default());
+        let tuner = PrefixTuningConfig::new().with_num_tokens(3).with_reparam_hidden(Some(5)).init::<TB>(&base, &Default::default()).unwrap();
         let encoder = tuner.encoder.as_ref().unwrap();
         let full = encoder.out.forward(tanh(encoder.hidden.forward(encoder.embedding.val()))); // [n, L 2 kv]
         let kv = base.kv_dim();

@@ -4,11 +4,12 @@
 //! itself (positions count the prefix as valid tokens), so no position offset is declared here.
 
 use crate::config_json::parse_validated;
-use crate::tuner::TrainableTuner;
+use crate::kind::TunerKind;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 use iapt_model::hook::ModelHook;
+use iapt_model::hook::TrainableTuner;
 use iapt_model::{Llama, LlamaConfig};
 use serde::{Deserialize, Serialize};
 
@@ -39,12 +40,20 @@ pub struct PromptTuningConfig {
 }
 
 impl PromptTuningConfig {
-    /// Parse a possibly partial JSON object (absent fields default, unknown ones are refused).
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+    fn build<B: Backend>(&self, base: &LlamaConfig, prompt: Tensor<B, 2>) -> PromptTuning<B> {
+        PromptTuning { prompt: Param::from_tensor(prompt), config: self.clone(), base: base.clone() }
+    }
+}
+
+impl TunerKind for PromptTuningConfig {
+    const NAME: &'static str = "prompt_tuning";
+    type Module<B: Backend> = PromptTuning<B>;
+
+    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
         parse_validated(&Self::new(), value, Self::validate)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.num_tokens == 0 {
             return Err("num_tokens must be positive".into());
         }
@@ -52,23 +61,24 @@ impl PromptTuningConfig {
     }
 
     /// `n d`.
-    pub fn num_params(&self, base: &LlamaConfig) -> usize {
+    fn num_params(&self, base: &LlamaConfig) -> usize {
         self.num_tokens * base.hidden_size
     }
 
     /// A prompt of the right shape drawn from `N(0, DEFAULT_INIT_STD^2)` whatever `init` says:
     /// without the backbone there are no embeddings to copy or measure. Right for loading an
     /// adapter (the values are replaced); to start training use
-    /// [`PromptTuningConfig::init_from_backbone`], which honours `init`. Panics on an invalid
-    /// config.
-    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> PromptTuning<B> {
+    /// [`TunerKind::init_from_backbone`], which honours `init`.
+    fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Result<PromptTuning<B>, String> {
+        self.validate().map_err(|e| format!("invalid prompt tuning config: {e}"))?;
         let prompt = Tensor::random([self.num_tokens, base.hidden_size], Distribution::Normal(0.0, DEFAULT_INIT_STD), device);
-        self.build(base, prompt)
+        Ok(self.build(base, prompt))
     }
 
     /// The prompt initialised as `init` says from `backbone`'s embedding table `[vocab, d]`.
-    /// Draws use the backend's RNG (seed it for reproducible starts). Panics on an invalid config.
-    pub fn init_from_backbone<B: Backend>(&self, backbone: &Llama<B>) -> PromptTuning<B> {
+    /// Draws use the backend's RNG (seed it for reproducible starts).
+    fn init_from_backbone<B: Backend>(&self, backbone: &Llama<B>) -> Result<PromptTuning<B>, String> {
+        self.validate().map_err(|e| format!("invalid prompt tuning config: {e}"))?;
         let table = backbone.embed_tokens.weight.val().detach();
         let [vocab, d] = table.dims();
         let device = table.device();
@@ -86,14 +96,20 @@ impl PromptTuningConfig {
         };
         // Drawn from the (frozen) table, the prompt is an op's output; on an autodiff backend a
         // parameter must be a leaf of its own, so it starts a new graph here.
-        self.build(backbone.config(), prompt.detach())
+        Ok(self.build(backbone.config(), prompt.detach()))
     }
 
-    fn build<B: Backend>(&self, base: &LlamaConfig, prompt: Tensor<B, 2>) -> PromptTuning<B> {
-        if let Err(e) = self.validate() {
-            panic!("invalid prompt tuning config: {e}");
-        }
-        PromptTuning { prompt: Param::from_tensor(prompt), config: self.clone(), base: base.clone() }
+    fn of<B: Backend>(module: &PromptTuning<B>) -> (&Self, &LlamaConfig) {
+        (&module.config, &module.base)
+    }
+
+    /// The prompt length `n`.
+    fn size(&self) -> usize {
+        self.num_tokens
+    }
+
+    fn with_size(&self, size: usize) -> Self {
+        Self { num_tokens: size, ..self.clone() }
     }
 }
 
@@ -140,12 +156,12 @@ mod tests {
         let backbone = Llama::<TB>::random(&base, &device);
         let table: Vec<f32> = backbone.embed_tokens.weight.val().into_data().to_vec().unwrap();
         let rows: Vec<&[f32]> = table.chunks(base.hidden_size).collect();
-        let vocab = PromptTuningConfig::new().with_num_tokens(5).init_from_backbone(&backbone);
+        let vocab = PromptTuningConfig::new().with_num_tokens(5).init_from_backbone(&backbone).unwrap();
         let prompt: Vec<f32> = vocab.prompt.val().into_data().to_vec().unwrap();
         for token in prompt.chunks(base.hidden_size) {
             assert!(rows.contains(&token), "a vocab-initialised soft token is not an embedding row");
         }
-        let random = PromptTuningConfig::new().with_num_tokens(64).with_init(PromptInit::Random).init_from_backbone(&backbone);
+        let random = PromptTuningConfig::new().with_num_tokens(64).with_init(PromptInit::Random).init_from_backbone(&backbone).unwrap();
         let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
         let got: Vec<f32> = random.prompt.val().into_data().to_vec().unwrap();
         assert!((rms(&got) / rms(&table) - 1.0).abs() < 0.1, "{} vs {}", rms(&got), rms(&table));

@@ -25,12 +25,7 @@ pub const GELU_NUMERATOR_5_4: [f64; 6] = [
 /// GELU-fitted denominator `b1..b4` of the (5, 4) rational (same fit as [`GELU_NUMERATOR_5_4`]).
 /// The odd terms come out ~0: GELU(x) - x/2 is even, so the fit is essentially
 /// x/2 + even(x) with an even denominator.
-pub const GELU_DENOMINATOR_5_4: [f64; 4] = [
-    5.958_904_362_492_838e-9,
-    1.507_306_566_068_639_4e-1,
-    1.375_552_243_401_100_9e-9,
-    -7.046_269_968_964_62e-3,
-];
+pub const GELU_DENOMINATOR_5_4: [f64; 4] = [5.958_904_362_492_838e-9, 1.507_306_566_068_639_4e-1, 1.375_552_243_401_100_9e-9, -7.046_269_968_964_62e-3];
 
 /// Degrees of the rational `P(x) / (1 + |Q(x)|)`; coefficients start as a GELU fit on [-3, 3].
 #[derive(Config, Debug, PartialEq)]

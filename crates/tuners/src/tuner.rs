@@ -1,178 +1,187 @@
-//! What every tuner is to the rest of the project: a burn `Module`, a `ModelHook`, and a
-//! [`TrainableTuner`]; plus the runtime choice between them — [`TunerConfig`] (what the `"tuner"`
-//! tag of a config selects) and the [`Tuner`] module it builds, so the trainer, the adapter
-//! files and evaluation handle every method through one type.
+//! The tuner registry: every tuner the project knows, listed once in [`tuners!`], and the two
+//! runtime-selected types built from that list — [`TunerConfig`] (what the `"tuner"` tag of a
+//! config selects) and the [`Tuner`] module it builds — so the trainer, the adapter files,
+//! evaluation and `iapt compare` handle every method through one type.
+//!
+//! Adding a tuner: its module and config (with `impl TunerKind`, see [`crate::kind`]) in their
+//! own file, and one line in the `tuners!` invocation below.
 
 use crate::iapt::{Iapt, IaptConfig};
+use crate::kind::TunerKind;
 use crate::lora::{Lora, LoraConfig};
 use crate::prefix_tuning::{PrefixTuning, PrefixTuningConfig};
 use crate::prompt_tuning::{PromptTuning, PromptTuningConfig};
 use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Tensor};
-use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
-use iapt_model::{Llama, LlamaConfig};
+use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook, Projection, TrainableTuner};
+use iapt_model::{HostTensor, Llama, LlamaConfig};
+use std::collections::BTreeMap;
+use std::path::Path;
 
-/// Parameter groups of a tuner. The defaults describe a tuner with one parameter group.
-pub trait TrainableTuner {
-    /// Parameters trained with the small learning rate (the training config's `rational_lr`)
-    /// and no weight decay — IAPT's rational-activation coefficients. Ids as in the tuner's
-    /// current parameters (they are asked for at every optimiser step, so ids restored from a
-    /// checkpoint are always the ones in use).
-    fn small_lr_params(&self) -> Vec<ParamId> {
-        Vec::new()
-    }
-}
-
-/// Which tuner, with its hyper-parameters. Serialised as a `"tuner"` tag (see
-/// [`TunerConfig::KINDS`]) next to the variant's own config object.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TunerConfig {
-    Iapt(IaptConfig),
-    PromptTuning(PromptTuningConfig),
-    /// Deep prefix tuning, tagged `p_tuning_v2`.
-    PrefixTuning(PrefixTuningConfig),
-    Lora(LoraConfig),
-}
-
-impl TunerConfig {
-    /// Every `"tuner"` tag, in variant order.
-    pub const KINDS: [&'static str; 4] = ["iapt", "prompt_tuning", "p_tuning_v2", "lora"];
-
+/// A registered tuner's own module type, recovered from (and turned into) the enum.
+pub trait TunerModule<B: Backend>: Module<B> + Into<Tuner<B>> {
     /// The `"tuner"` tag.
-    pub fn name(&self) -> &'static str {
-        let index = match self {
-            Self::Iapt(_) => 0,
-            Self::PromptTuning(_) => 1,
-            Self::PrefixTuning(_) => 2,
-            Self::Lora(_) => 3,
-        };
-        Self::KINDS[index]
-    }
-
-    /// Parse the config object of tuner `kind`: absent fields take their defaults (IAPT requires
-    /// `bottleneck`), unknown fields and invalid values are refused naming the field.
-    pub fn from_json(kind: &str, config: &serde_json::Value) -> Result<Self, String> {
-        Ok(match kind {
-            "iapt" => Self::Iapt(IaptConfig::from_json(config)?),
-            "prompt_tuning" => Self::PromptTuning(PromptTuningConfig::from_json(config)?),
-            "p_tuning_v2" => Self::PrefixTuning(PrefixTuningConfig::from_json(config)?),
-            "lora" => Self::Lora(LoraConfig::from_json(config)?),
-            other => return Err(format!("unknown tuner `{other}` (known: {})", Self::KINDS.join(", "))),
-        })
-    }
-
-    /// The variant's config object, every field present (the `"tuner"` tag is [`Self::name`]).
-    pub fn to_json(&self) -> serde_json::Value {
-        let value = match self {
-            Self::Iapt(c) => serde_json::to_value(c),
-            Self::PromptTuning(c) => serde_json::to_value(c),
-            Self::PrefixTuning(c) => serde_json::to_value(c),
-            Self::Lora(c) => serde_json::to_value(c),
-        };
-        value.expect("tuner configs serialise")
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            Self::Iapt(c) => c.validate(),
-            Self::PromptTuning(c) => c.validate(),
-            Self::PrefixTuning(c) => c.validate(),
-            Self::Lora(c) => c.validate(),
-        }
-    }
-
-    /// Trainable parameters for a backbone of shape `base`, by each tuner's formula.
-    pub fn num_params(&self, base: &LlamaConfig) -> usize {
-        match self {
-            Self::Iapt(c) => c.num_params(base),
-            Self::PromptTuning(c) => c.num_params(base),
-            Self::PrefixTuning(c) => c.num_params(base),
-            Self::Lora(c) => c.num_params(base),
-        }
-    }
-
-    /// Build the tuner from the backbone's shape alone. Right for loading (the values are then
-    /// replaced); prompt tuning's `vocab`/`random` init needs the embedding table, so training
-    /// should start from [`TunerConfig::init_from_backbone`]. Panics on an invalid config.
-    pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Tuner<B> {
-        match self {
-            Self::Iapt(c) => Tuner::Iapt(c.init(base, device)),
-            Self::PromptTuning(c) => Tuner::PromptTuning(c.init(base, device)),
-            Self::PrefixTuning(c) => Tuner::PrefixTuning(c.init(base, device)),
-            Self::Lora(c) => Tuner::Lora(c.init(base, device)),
-        }
-    }
-
-    /// Build the tuner to start training on `backbone`: as [`TunerConfig::init`], except that
-    /// prompt tuning initialises from the embedding table as its `init` says.
-    pub fn init_from_backbone<B: Backend>(&self, backbone: &Llama<B>) -> Tuner<B> {
-        match self {
-            Self::PromptTuning(c) => Tuner::PromptTuning(c.init_from_backbone(backbone)),
-            other => other.init(backbone.config(), &backbone.embed_tokens.weight.device()),
-        }
-    }
-}
-
-/// Any tuner, chosen at run time. Delegates `ModelHook` and `TrainableTuner` to the variant.
-///
-/// burn's derived visitors name the variant in module paths (`Lora.layers.0...`); adapter
-/// files use the variant's own paths instead (see `adapter`), so a file does not depend on
-/// whether it was written from the enum or from the bare tuner.
-///
-/// Variants are unboxed (burn's `Module` derive needs the modules themselves); a tuner is built
-/// once per run, so the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Tuner<B: Backend> {
-    Iapt(Iapt<B>),
-    PromptTuning(PromptTuning<B>),
-    PrefixTuning(PrefixTuning<B>),
-    Lora(Lora<B>),
-}
-
-impl<B: Backend> Tuner<B> {
+    const NAME: &'static str;
+    /// The module inside `tuner`, or `tuner` back when it holds another kind.
+    fn from_tuner(tuner: Tuner<B>) -> Result<Self, Tuner<B>>;
     /// The config it was built from.
-    pub fn config(&self) -> TunerConfig {
-        match self {
-            Self::Iapt(t) => TunerConfig::Iapt(t.config.clone()),
-            Self::PromptTuning(t) => TunerConfig::PromptTuning(t.config.clone()),
-            Self::PrefixTuning(t) => TunerConfig::PrefixTuning(t.config.clone()),
-            Self::Lora(t) => TunerConfig::Lora(t.config.clone()),
-        }
-    }
-
-    /// The `"tuner"` tag.
-    pub fn name(&self) -> &'static str {
-        self.config().name()
-    }
-
+    fn tuner_config(&self) -> TunerConfig;
     /// The backbone shape it was built for.
-    pub fn base(&self) -> &LlamaConfig {
-        match self {
-            Self::Iapt(t) => &t.base,
-            Self::PromptTuning(t) => &t.base,
-            Self::PrefixTuning(t) => &t.base,
-            Self::Lora(t) => &t.base,
-        }
-    }
+    fn base(&self) -> &LlamaConfig;
+}
 
-    fn hook(&self) -> &dyn ModelHook<B> {
-        match self {
-            Self::Iapt(t) => t,
-            Self::PromptTuning(t) => t,
-            Self::PrefixTuning(t) => t,
-            Self::Lora(t) => t,
+/// Generates [`TunerConfig`] and [`Tuner`], one variant per registered tuner, and every
+/// dispatch between them. Each entry: `Variant(Module, Config)`, where `Config: TunerKind`
+/// builds `Module<B>` (its `NAME` is the tag).
+macro_rules! tuners {
+    ($($(#[$doc:meta])* $variant:ident($module:ident, $config:ident)),+ $(,)?) => {
+        /// Which tuner, with its hyper-parameters. Serialised as a `"tuner"` tag (see
+        /// [`TunerConfig::KINDS`]) next to the variant's own config object.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum TunerConfig {
+            $($(#[$doc])* $variant($config),)+
         }
-    }
 
-    fn trainable(&self) -> &dyn TrainableTuner {
-        match self {
-            Self::Iapt(t) => t,
-            Self::PromptTuning(t) => t,
-            Self::PrefixTuning(t) => t,
-            Self::Lora(t) => t,
+        /// Any tuner, chosen at run time. Delegates `ModelHook` and `TrainableTuner` to the
+        /// variant.
+        ///
+        /// burn's derived visitors name the variant in module paths (`Lora.layers.0...`);
+        /// adapter files use the variant's own paths instead ([`Tuner::tensors`]), so a file
+        /// does not depend on whether it was written from the enum or from the bare tuner.
+        ///
+        /// Variants are unboxed (burn's `Module` derive needs the modules themselves); a tuner
+        /// is built once per run, so the size difference between variants costs nothing.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Module, Debug)]
+        pub enum Tuner<B: Backend> {
+            $($(#[$doc])* $variant($module<B>),)+
         }
-    }
+
+        impl TunerConfig {
+            /// Every `"tuner"` tag, in registry order.
+            pub const KINDS: &'static [&'static str] = &[$(<$config as TunerKind>::NAME),+];
+
+            /// The `"tuner"` tag.
+            pub fn name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => <$config as TunerKind>::NAME,)+ }
+            }
+
+            /// Parse the config object of tuner `kind`: absent fields take their defaults,
+            /// unknown fields and invalid values are refused naming the field.
+            pub fn from_json(kind: &str, config: &serde_json::Value) -> Result<Self, String> {
+                $(if kind == <$config as TunerKind>::NAME {
+                    return Ok(Self::$variant(<$config as TunerKind>::from_json(config)?));
+                })+
+                Err(format!("unknown tuner `{kind}` (known: {})", Self::KINDS.join(", ")))
+            }
+
+            /// The variant's config object, every field present (the `"tuner"` tag is
+            /// [`Self::name`]).
+            pub fn to_json(&self) -> serde_json::Value {
+                let value = match self { $(Self::$variant(c) => serde_json::to_value(c),)+ };
+                value.expect("tuner configs serialise")
+            }
+
+            pub fn validate(&self) -> Result<(), String> {
+                match self { $(Self::$variant(c) => c.validate(),)+ }
+            }
+
+            /// Trainable parameters for a backbone of shape `base`, by each tuner's formula.
+            pub fn num_params(&self, base: &LlamaConfig) -> usize {
+                match self { $(Self::$variant(c) => c.num_params(base),)+ }
+            }
+
+            /// The main size knob (see [`TunerKind::size`]).
+            pub fn size(&self) -> usize {
+                match self { $(Self::$variant(c) => c.size(),)+ }
+            }
+
+            /// The same config with its main size knob set to `size`.
+            pub fn with_size(&self, size: usize) -> Self {
+                match self { $(Self::$variant(c) => Self::$variant(c.with_size(size)),)+ }
+            }
+
+            /// Build the tuner from the backbone's shape alone (an invalid config is refused).
+            /// Right for loading (the values are then replaced); prompt tuning's
+            /// `vocab`/`random` init needs the embedding table, so training should start from
+            /// [`TunerConfig::init_from_backbone`].
+            pub fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Result<Tuner<B>, String> {
+                Ok(match self { $(Self::$variant(c) => Tuner::$variant(c.init(base, device)?),)+ })
+            }
+
+            /// Build the tuner to start training on `backbone`: as [`TunerConfig::init`],
+            /// except where a tuner initialises from the backbone's weights.
+            pub fn init_from_backbone<B: Backend>(&self, backbone: &Llama<B>) -> Result<Tuner<B>, String> {
+                Ok(match self { $(Self::$variant(c) => Tuner::$variant(c.init_from_backbone(backbone)?),)+ })
+            }
+        }
+
+        impl<B: Backend> Tuner<B> {
+            /// The config it was built from.
+            pub fn config(&self) -> TunerConfig {
+                match self { $(Self::$variant(t) => TunerConfig::$variant(<$config as TunerKind>::of(t).0.clone()),)+ }
+            }
+
+            /// The `"tuner"` tag.
+            pub fn name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => <$config as TunerKind>::NAME,)+ }
+            }
+
+            /// The backbone shape it was built for.
+            pub fn base(&self) -> &LlamaConfig {
+                match self { $(Self::$variant(t) => <$config as TunerKind>::of(t).1,)+ }
+            }
+
+            fn hook(&self) -> &dyn ModelHook<B> {
+                match self { $(Self::$variant(t) => t,)+ }
+            }
+
+            fn trainable(&self) -> &dyn TrainableTuner {
+                match self { $(Self::$variant(t) => t,)+ }
+            }
+
+            /// The variant's tensors by its own module paths.
+            pub fn tensors(&self) -> BTreeMap<String, HostTensor> {
+                match self { $(Self::$variant(t) => crate::adapter::module_tensors(t),)+ }
+            }
+
+            /// [`crate::adapter::load_module_tensors`] on the variant, by its own module paths.
+            pub fn load_tensors(self, tensors: BTreeMap<String, HostTensor>, path: &Path) -> Result<Self, crate::adapter::AdapterError> {
+                Ok(match self { $(Self::$variant(t) => Self::$variant(crate::adapter::load_module_tensors(t, tensors, path)?),)+ })
+            }
+        }
+
+        $(impl<B: Backend> From<$module<B>> for Tuner<B> {
+            fn from(t: $module<B>) -> Self {
+                Self::$variant(t)
+            }
+        }
+
+        impl<B: Backend> TunerModule<B> for $module<B> {
+            const NAME: &'static str = <$config as TunerKind>::NAME;
+            #[allow(unreachable_patterns)]
+            fn from_tuner(tuner: Tuner<B>) -> Result<Self, Tuner<B>> {
+                match tuner {
+                    Tuner::$variant(t) => Ok(t),
+                    other => Err(other),
+                }
+            }
+            fn tuner_config(&self) -> TunerConfig {
+                TunerConfig::$variant(<$config as TunerKind>::of(self).0.clone())
+            }
+            fn base(&self) -> &LlamaConfig {
+                <$config as TunerKind>::of(self).1
+            }
+        })+
+    };
+}
+
+tuners! {
+    Iapt(Iapt, IaptConfig),
+    PromptTuning(PromptTuning, PromptTuningConfig),
+    /// Deep prefix tuning, tagged `p_tuning_v2`.
+    PrefixTuning(PrefixTuning, PrefixTuningConfig),
+    Lora(Lora, LoraConfig),
 }
 
 impl<B: Backend> ModelHook<B> for Tuner<B> {
@@ -196,42 +205,26 @@ impl<B: Backend> TrainableTuner for Tuner<B> {
     }
 }
 
-impl<B: Backend> From<Iapt<B>> for Tuner<B> {
-    fn from(t: Iapt<B>) -> Self {
-        Self::Iapt(t)
-    }
-}
-impl<B: Backend> From<PromptTuning<B>> for Tuner<B> {
-    fn from(t: PromptTuning<B>) -> Self {
-        Self::PromptTuning(t)
-    }
-}
-impl<B: Backend> From<PrefixTuning<B>> for Tuner<B> {
-    fn from(t: PrefixTuning<B>) -> Self {
-        Self::PrefixTuning(t)
-    }
-}
-impl<B: Backend> From<Lora<B>> for Tuner<B> {
-    fn from(t: Lora<B>) -> Self {
-        Self::Lora(t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     type TB = burn::backend::NdArray;
 
-    #[test]
-    fn tags_round_trip_and_unknown_ones_are_listed() {
-        let configs = [
+    fn one_of_each() -> Vec<TunerConfig> {
+        vec![
             TunerConfig::Iapt(IaptConfig::new(8)),
             TunerConfig::PromptTuning(PromptTuningConfig::new()),
             TunerConfig::PrefixTuning(PrefixTuningConfig::new().with_reparam_hidden(Some(32))),
             TunerConfig::Lora(LoraConfig::new().with_targets(vec![Projection::Up])),
-        ];
+        ]
+    }
+
+    #[test]
+    fn tags_round_trip_and_unknown_ones_are_listed() {
+        let configs = one_of_each();
+        assert_eq!(configs.len(), TunerConfig::KINDS.len());
         for (config, kind) in configs.iter().zip(TunerConfig::KINDS) {
-            assert_eq!(config.name(), kind);
+            assert_eq!(config.name(), *kind);
             assert_eq!(&TunerConfig::from_json(kind, &config.to_json()).unwrap(), config);
         }
         let err = TunerConfig::from_json("adapter", &serde_json::json!({})).unwrap_err();
@@ -243,12 +236,24 @@ mod tests {
         let base = LlamaConfig::tiny();
         let device = Default::default();
         for config in [TunerConfig::Iapt(IaptConfig::new(8)), TunerConfig::Lora(LoraConfig::new())] {
-            let tuner = config.init::<TB>(&base, &device);
+            let tuner = config.init::<TB>(&base, &device).unwrap();
             assert_eq!(tuner.config(), config);
             assert_eq!(tuner.base(), &base);
             assert_eq!(Module::num_params(&tuner), config.num_params(&base));
             let expected = if let Tuner::Iapt(iapt) = &tuner { iapt.small_lr_params() } else { Vec::new() };
             assert_eq!(tuner.small_lr_params(), expected);
+        }
+    }
+
+    #[test]
+    fn size_knobs_set_what_they_say_and_invalid_configs_are_refused_without_a_panic() {
+        let base = LlamaConfig::tiny();
+        for config in one_of_each() {
+            let bigger = config.with_size(config.size() + 1);
+            assert_eq!(bigger.size(), config.size() + 1);
+            assert!(bigger.num_params(&base) > config.num_params(&base), "{}", config.name());
+            let err = config.with_size(0).init::<TB>(&base, &Default::default()).unwrap_err();
+            assert!(!err.is_empty(), "{}", config.name());
         }
     }
 }

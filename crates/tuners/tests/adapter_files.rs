@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use iapt_model::{KvCache, Llama, LlamaConfig, TokenBatch};
 use iapt_tuners::adapter::{module_tensors, read_safetensors, write_safetensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
-use iapt_tuners::{load_iapt, save_iapt, AdapterError, Iapt, IaptConfig, PoolerKind};
+use iapt_tuners::{load_module, save_module, AdapterError, Iapt, IaptConfig, PoolerKind, TunerKind};
 use std::path::PathBuf;
 
 type TB = burn::backend::NdArray;
@@ -19,27 +19,29 @@ fn setup(config: &IaptConfig, tag: &str) -> (Llama<TB>, Iapt<TB>, PathBuf) {
     TB::seed(&device, 5);
     let base = LlamaConfig::tiny();
     let model = Llama::random(&base, &device);
-    let iapt = config.init(&base, &device);
+    let iapt = config.init(&base, &device).unwrap();
     let dir = temp_dir(tag);
-    save_iapt(&dir, &iapt, "tiny-random").unwrap();
+    save_module(&dir, &iapt, "tiny-random").unwrap();
     (model, iapt, dir)
 }
 
 fn logits(model: &Llama<TB>, iapt: &Iapt<TB>) -> Vec<f32> {
     let batch = TokenBatch::padded(&[vec![5, 17, 42, 3, 88], vec![9, 8]], 0, iapt_model::Padding::Left, &Default::default());
-    model.logits(model.forward(batch, &mut KvCache::new(model.layers.len()), iapt)).into_data().to_vec().unwrap()
+    model.logits(model.forward(batch, &mut KvCache::new(model.num_layers()), iapt)).into_data().to_vec().unwrap()
 }
 
 #[test]
 fn save_load_round_trip_gives_identical_outputs() {
-    for (i, config) in [IaptConfig::new(8), IaptConfig::new(6).with_share_projections(false).with_pooler(PoolerKind::Max).with_num_soft_tokens(2)].iter().enumerate() {
+    for (i, config) in
+        [IaptConfig::new(8), IaptConfig::new(6).with_share_projections(false).with_pooler(PoolerKind::Max).with_num_soft_tokens(2)].iter().enumerate()
+    {
         let (model, iapt, dir) = setup(config, &format!("roundtrip{i}"));
-        let loaded = load_iapt::<TB>(&dir, model.config(), &Default::default()).unwrap();
+        let loaded = load_module::<TB, Iapt<TB>>(&dir, model.config(), &Default::default()).unwrap();
         assert_eq!(&loaded.config, config);
         assert_eq!(module_tensors(&loaded), module_tensors(&iapt));
         assert_eq!(logits(&model, &loaded), logits(&model, &iapt), "outputs changed across save/load");
         // A freshly initialised adapter differs (so the comparison above can fail).
-        let fresh = config.init::<TB>(model.config(), &Default::default());
+        let fresh = config.init::<TB>(model.config(), &Default::default()).unwrap();
         assert_ne!(logits(&model, &fresh), logits(&model, &iapt));
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap();
         assert_eq!(json["tuner"], "iapt");
@@ -52,10 +54,14 @@ fn save_load_round_trip_gives_identical_outputs() {
 #[test]
 fn a_different_base_shape_is_refused_naming_the_field() {
     let (_, _, dir) = setup(&IaptConfig::new(8), "mismatch");
-    for (field, change) in [("hidden_size", &(|c: &mut LlamaConfig| c.hidden_size = 64) as &dyn Fn(&mut LlamaConfig)), ("num_layers", &|c| c.num_layers = 3), ("rope_theta", &|c| c.rope_theta = 500000.0)] {
+    for (field, change) in [
+        ("hidden_size", &(|c: &mut LlamaConfig| c.hidden_size = 64) as &dyn Fn(&mut LlamaConfig)),
+        ("num_layers", &|c| c.num_layers = 3),
+        ("rope_theta", &|c| c.rope_theta = 500000.0),
+    ] {
         let mut other = LlamaConfig::tiny();
         change(&mut other);
-        let err = load_iapt::<TB>(&dir, &other, &Default::default()).unwrap_err();
+        let err = load_module::<TB, Iapt<TB>>(&dir, &other, &Default::default()).unwrap_err();
         assert!(matches!(&err, AdapterError::BaseMismatch { field: f, .. } if f == field), "{err}");
         let message = err.to_string();
         assert!(message.contains(field) && message.contains(CONFIG_FILE), "{message}");
@@ -68,7 +74,7 @@ fn damaged_weight_files_are_errors_naming_file_and_tensor() {
     let (model, _, dir) = setup(&IaptConfig::new(8), "damaged");
     let weights = dir.join(WEIGHTS_FILE);
     let original = read_safetensors(&weights).unwrap();
-    let load = || load_iapt::<TB>(&dir, model.config(), &Default::default());
+    let load = || load_module::<TB, Iapt<TB>>(&dir, model.config(), &Default::default());
 
     // Truncated file.
     let bytes = std::fs::read(&weights).unwrap();

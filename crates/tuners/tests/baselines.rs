@@ -11,10 +11,10 @@ use burn::tensor::{Tensor, TensorData};
 use common::*;
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
 use iapt_model::{generate, GenerationConfig, KvCache, Llama, LlamaConfig, NoHook, Padding, SamplingConfig, TokenBatch};
-use iapt_tuners::adapter::{load_tuner_tensors, module_tensors, tuner_tensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
+use iapt_tuners::adapter::{module_tensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
 use iapt_tuners::{
-    load_iapt, load_lora, load_prefix_tuning, load_prompt_tuning, load_tuner, merge_lora, save_iapt, save_tuner, AdapterError, IaptConfig, LoraConfig, PrefixTuningConfig, PromptInit,
-    PromptTuningConfig, Tuner, TunerConfig,
+    load_module, load_tuner, merge_lora, save_module, save_tuner, AdapterError, Iapt, IaptConfig, Lora, LoraConfig, PrefixTuning, PrefixTuningConfig,
+    PromptInit, PromptTuning, PromptTuningConfig, Tuner, TunerConfig, TunerKind,
 };
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -37,11 +37,11 @@ fn configs() -> Vec<TunerConfig> {
 /// `[-0.5, 0.5)`: LoRA's `B = 0` would make most checks vacuous, and the other tuners' inits are
 /// small. IAPT is left as initialised (its rational activation has a tuned shape).
 fn tuner<B: Backend>(config: &TunerConfig, seed: u64) -> Tuner<B> {
-    let tuner = config.init::<B>(&LlamaConfig::tiny(), &Default::default());
+    let tuner = config.init::<B>(&LlamaConfig::tiny(), &Default::default()).unwrap();
     if matches!(config, TunerConfig::Iapt(_)) {
         return tuner;
     }
-    let mut tensors = tuner_tensors(&tuner);
+    let mut tensors = tuner.tensors();
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for t in tensors.values_mut() {
         for v in &mut t.data {
@@ -49,7 +49,7 @@ fn tuner<B: Backend>(config: &TunerConfig, seed: u64) -> Tuner<B> {
             *v += (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
         }
     }
-    load_tuner_tensors(tuner, tensors, Path::new("memory")).unwrap()
+    tuner.load_tensors(tensors, Path::new("memory")).unwrap()
 }
 
 fn padded_logits<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>) -> Vec<Vec<Vec<f32>>> {
@@ -108,10 +108,10 @@ fn every_kind_changes_the_output() {
 #[test]
 fn iapt_through_the_enum_is_iapt() {
     let model = tiny::<TB>(2, true);
-    let iapt = IaptConfig::new(8).init::<TB>(model.config(), &Default::default());
+    let iapt = IaptConfig::new(8).init::<TB>(model.config(), &Default::default()).unwrap();
     let through = Tuner::from(iapt.clone());
     assert_eq!(padded_logits(&model, &through), padded_logits(&model, &iapt));
-    assert_eq!(tuner_tensors(&through), module_tensors(&iapt), "enum tensors carry a variant prefix");
+    assert_eq!(through.tensors(), module_tensors(&iapt), "enum tensors carry a variant prefix");
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn save_load_round_trip_gives_identical_logits() {
         save_tuner(&dir, &saved, "tiny-random").unwrap();
         let loaded = load_tuner::<TB>(&dir, model.config(), &Default::default()).unwrap();
         assert_eq!(&loaded.config(), config);
-        assert_eq!(tuner_tensors(&loaded), tuner_tensors(&saved));
+        assert_eq!(loaded.tensors(), saved.tensors());
         assert_eq!(padded_logits(&model, &loaded), padded_logits(&model, &saved), "{config:?}: outputs changed across save/load");
         // A fresh tuner differs, so the comparison can fail.
         assert_ne!(padded_logits(&model, &tuner::<TB>(config, 99)), padded_logits(&model, &saved));
@@ -138,16 +138,16 @@ fn save_load_round_trip_gives_identical_logits() {
 /// Existing IAPT adapters stay readable and identical: the enum writes the same bytes.
 #[test]
 fn iapt_files_are_the_same_through_the_enum_and_the_iapt_functions() {
-    let iapt = IaptConfig::new(6).with_share_projections(false).init::<TB>(&LlamaConfig::tiny(), &Default::default());
+    let iapt = IaptConfig::new(6).with_share_projections(false).init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap();
     let (direct, through) = (temp_dir("iapt-direct"), temp_dir("iapt-enum"));
-    save_iapt(&direct, &iapt, "tiny").unwrap();
+    save_module(&direct, &iapt, "tiny").unwrap();
     save_tuner(&through, &Tuner::from(iapt.clone()), "tiny").unwrap();
     for file in [CONFIG_FILE, WEIGHTS_FILE] {
         assert_eq!(std::fs::read(direct.join(file)).unwrap(), std::fs::read(through.join(file)).unwrap(), "{file} differs");
     }
     let names: Vec<String> = iapt_tuners::adapter::read_safetensors(&direct.join(WEIGHTS_FILE)).unwrap().into_keys().collect();
     assert!(names.contains(&"layers.0.projections.down.weight".to_string()), "{names:?}");
-    let loaded = load_iapt::<TB>(&through, &LlamaConfig::tiny(), &Default::default()).unwrap();
+    let loaded = load_module::<TB, Iapt<TB>>(&through, &LlamaConfig::tiny(), &Default::default()).unwrap();
     assert_eq!(module_tensors(&loaded), module_tensors(&iapt));
     for dir in [direct, through] {
         std::fs::remove_dir_all(dir).unwrap();
@@ -162,10 +162,10 @@ fn each_kinds_loader_refuses_the_other_kinds() {
         let dir = temp_dir(&format!("wrong{i}"));
         save_tuner(&dir, &tuner::<TB>(config, 20 + i as u64), "tiny").unwrap();
         let results: [(&str, Result<(), AdapterError>); 4] = [
-            ("iapt", load_iapt::<TB>(&dir, &base, &device).map(drop)),
-            ("prompt_tuning", load_prompt_tuning::<TB>(&dir, &base, &device).map(drop)),
-            ("p_tuning_v2", load_prefix_tuning::<TB>(&dir, &base, &device).map(drop)),
-            ("lora", load_lora::<TB>(&dir, &base, &device).map(drop)),
+            ("iapt", load_module::<TB, Iapt<TB>>(&dir, &base, &device).map(drop)),
+            ("prompt_tuning", load_module::<TB, PromptTuning<TB>>(&dir, &base, &device).map(drop)),
+            ("p_tuning_v2", load_module::<TB, PrefixTuning<TB>>(&dir, &base, &device).map(drop)),
+            ("lora", load_module::<TB, Lora<TB>>(&dir, &base, &device).map(drop)),
         ];
         for (expected, result) in results {
             if expected == config.name() {
@@ -192,7 +192,7 @@ fn cached_generation_equals_full_recompute() {
         let full = logits(&model, instruction_batch(&[SEQ.to_vec()], prompt), &tuner).remove(0);
 
         let hook = Counting::new(&tuner);
-        let mut cache = KvCache::new(model.layers.len());
+        let mut cache = KvCache::new(model.num_layers());
         let prefill = TokenBatch::padded(&[SEQ[..prompt].to_vec()], 0, Padding::Left, &Default::default());
         let hidden = model.forward(prefill, &mut cache, &hook);
         let total = hidden.dims()[1];
@@ -202,7 +202,7 @@ fn cached_generation_equals_full_recompute() {
             got.extend(rows_of(model.logits(model.forward(TokenBatch::dense(ids_tensor(&[vec![t]])), &mut cache, &hook))).remove(0));
         }
         assert_eq!(hook.prefix_calls(), at_prefill, "{config:?}: decode steps asked for a prefix");
-        assert_eq!(at_prefill, (1, model.layers.len()), "{config:?}: one input-prefix and one layer-prefix request per layer at prefill");
+        assert_eq!(at_prefill, (1, model.num_layers()), "{config:?}: one input-prefix and one layer-prefix request per layer at prefill");
         let extra = match config {
             TunerConfig::Iapt(c) => c.num_soft_tokens,
             TunerConfig::PromptTuning(c) => c.num_tokens,
@@ -227,7 +227,8 @@ fn batched_generation_matches_each_prompt_alone() {
         for (row, prompt) in prompts.iter().enumerate() {
             let alone = generate(&model, std::slice::from_ref(prompt), 0, &generation, &tuner);
             assert_eq!(batched.tokens[row], alone.tokens[0], "{config:?} row {row}: batched generation differs");
-            let alone_last = logits(&model, TokenBatch::padded(std::slice::from_ref(prompt), 0, Padding::Left, &Default::default()), &tuner).remove(0).pop().unwrap();
+            let alone_last =
+                logits(&model, TokenBatch::padded(std::slice::from_ref(prompt), 0, Padding::Left, &Default::default()), &tuner).remove(0).pop().unwrap();
             let batched_last = batch_logits[row].last().unwrap().clone();
             assert!(max_abs(&[vec![batched_last]], &[vec![alone_last]]) < 1e-4, "{config:?} row {row}: last-position logits differ");
         }
@@ -245,7 +246,7 @@ fn gradients_reach_every_tuner_parameter_and_never_the_backbone() {
         assert!(check.without.is_empty(), "{config:?}: no gradient for {:?}", check.without);
         let zero: Vec<_> = check.with.iter().filter(|(_, nonzero)| !nonzero).map(|(n, _)| n).collect();
         assert!(zero.is_empty(), "{config:?}: all-zero gradient for {zero:?}");
-        assert_eq!(check.with.len(), tuner_tensors(&tuner).len());
+        assert_eq!(check.with.len(), tuner.tensors().len());
 
         let backbone = GradCheck::<AD>::of(&model, &grads);
         assert!(backbone.with.is_empty(), "{config:?}: the frozen backbone got gradients for {:?}", backbone.with);
@@ -258,7 +259,7 @@ fn gradients_reach_every_tuner_parameter_and_never_the_backbone() {
 #[test]
 fn lora_at_init_trains_b_first() {
     let model = tiny::<AD>(55, false).no_grad();
-    let lora = LoraConfig::new().init::<AD>(model.config(), &Default::default());
+    let lora = LoraConfig::new().init::<AD>(model.config(), &Default::default()).unwrap();
     let grads = response_loss(&model, &lora, &SEQ, N_INSTRUCTION).backward();
     let check = GradCheck::<AD>::of(&lora, &grads);
     for (name, nonzero) in &check.with {
@@ -271,7 +272,7 @@ fn lora_at_init_trains_b_first() {
 fn lora_at_init_equals_the_base_model_exactly() {
     for tied in [false, true] {
         let model = tiny::<TB>(60, tied);
-        let lora = LoraConfig::new().with_targets(Projection::ALL.to_vec()).init::<TB>(model.config(), &Default::default());
+        let lora = LoraConfig::new().with_targets(Projection::ALL.to_vec()).init::<TB>(model.config(), &Default::default()).unwrap();
         assert_eq!(padded_logits(&model, &lora), padded_logits(&model, &NoHook));
     }
 }
@@ -299,7 +300,7 @@ fn lora_delta_matches_a_hand_computed_loop() {
     let base = LlamaConfig::tiny();
     let (rank, alpha) = (2, 5.0);
     let config = LoraConfig::new().with_rank(rank).with_alpha(alpha).with_targets(vec![Projection::K]);
-    let lora = config.init::<TB>(&base, &Default::default());
+    let lora = config.init::<TB>(&base, &Default::default()).unwrap();
     let (n_in, n_out) = (base.hidden_size, base.kv_dim());
     let mut tensors = module_tensors(&lora);
     let a: Vec<f32> = (0..n_in * rank).map(|i| ((i * 7 % 11) as f32 - 5.0) / 10.0).collect();
@@ -345,7 +346,7 @@ fn parameter_counts_match_the_formulas() {
     let device = Default::default();
     for base in [LlamaConfig::tiny(), LlamaConfig::smollm2_135m()] {
         for config in configs() {
-            let built = config.init::<TB>(&base, &device);
+            let built = config.init::<TB>(&base, &device).unwrap();
             assert_eq!(built.num_params(), config.num_params(&base), "{config:?} on {base:?}");
         }
     }
@@ -403,11 +404,11 @@ fn tuners_built_from_an_autodiff_backbone_train() {
     for (i, config) in configs().iter().enumerate() {
         // As `iapt train` does it: the tuner is built before the backbone is frozen.
         let model = tiny::<AD>(60 + i as u64, i % 2 == 0);
-        let tuner = config.init_from_backbone(&model);
+        let tuner = config.init_from_backbone(&model).unwrap();
         let model = model.no_grad();
         let grads = response_loss(&model, &tuner, &SEQ, N_INSTRUCTION).backward();
         let check = GradCheck::<AD>::of(&tuner, &grads);
         assert!(check.without.is_empty(), "{config:?}: no gradient for {:?}", check.without);
-        assert_eq!(check.with.len(), tuner_tensors(&tuner).len(), "{config:?}");
+        assert_eq!(check.with.len(), tuner.tensors().len(), "{config:?}");
     }
 }

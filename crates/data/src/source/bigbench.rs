@@ -9,9 +9,9 @@
 //! score, which must be positive); `target` a generation example (the first string is the
 //! reference response; all are accepted answers).
 
+use super::{ClassTarget, Content, MatchRule, RawExample, Target, TextTarget};
 use crate::error::{DataError, Place};
 use crate::json;
-use crate::source::{ClassTarget, Content, MatchRule, RawExample, Target, TextTarget};
 use crate::store;
 use iapt_assets::{BIGBENCH_PACKAGE, BIGBENCH_TASKS_PREFIX};
 use serde::Deserialize;
@@ -38,13 +38,12 @@ pub fn archive_member(task: &str) -> String {
 /// needed, then extracting all missing tasks in one pass over it); returns their cached paths.
 pub fn fetch_tasks(home: &Path, tasks: &[&str]) -> Result<Vec<PathBuf>, DataError> {
     let paths: Vec<PathBuf> = tasks.iter().map(|t| cached_task_path(home, t)).collect();
-    let missing: Vec<(String, &PathBuf)> =
-        tasks.iter().zip(&paths).filter(|(_, p)| !p.is_file()).map(|(t, p)| (archive_member(t), p)).collect();
+    let missing: Vec<(String, &PathBuf)> = tasks.iter().zip(&paths).filter(|(_, p)| !p.is_file()).map(|(t, p)| (archive_member(t), p)).collect();
     if missing.is_empty() {
         return Ok(paths);
     }
-    let archive = iapt_assets::fetch_package_in(home, &BIGBENCH_PACKAGE)
-        .map_err(|e| DataError::asset(format!("BIG-bench package {}", BIGBENCH_PACKAGE.spec()), e))?;
+    let archive =
+        iapt_assets::fetch_package_in(home, &BIGBENCH_PACKAGE).map_err(|e| DataError::asset(format!("BIG-bench package {}", BIGBENCH_PACKAGE.spec()), e))?;
     let members = iapt_assets::read_tar_gz_members(&archive, |name| missing.iter().any(|(m, _)| m == name))
         .map_err(|e| DataError::asset("reading BIG-bench tasks", e))?;
     for (member, path) in &missing {
@@ -77,9 +76,8 @@ struct TaskFile<'a> {
 /// Parse a `task.json` held in `text` (read from `path`, which errors name).
 pub fn parse_task(path: &Path, text: &str, use_task_prefix: bool) -> Result<Vec<RawExample>, DataError> {
     let file: TaskFile<'_> = serde_json::from_str(text).map_err(|e| json::parse_error(path, e))?;
-    let items = file.examples.ok_or_else(|| {
-        DataError::field(Place::file(path), "examples", "missing (a task with subtasks is named `bigbench:<task>/<subtask>`)")
-    })?;
+    let items =
+        file.examples.ok_or_else(|| DataError::field(Place::file(path), "examples", "missing (a task with subtasks is named `bigbench:<task>/<subtask>`)"))?;
     let prefix = file.task_prefix.filter(|p| use_task_prefix && !p.trim().is_empty());
     json::array_objects(path, text, &items, "examples")?
         .into_iter()
@@ -90,8 +88,7 @@ pub fn parse_task(path: &Path, text: &str, use_task_prefix: bool) -> Result<Vec<
                 None => input.trim().to_string(),
             };
             let class = target_scores(&obj, &place)?;
-            let text = target_texts(&obj, &place)?
-                .map(|refs| TextTarget { response: refs[0].clone(), references: refs, rule: MatchRule::Exact });
+            let text = target_texts(&obj, &place)?.map(|refs| TextTarget { response: refs[0].clone(), references: refs, rule: MatchRule::Exact });
             if class.is_none() && text.is_none() {
                 return Err(DataError::field(place, "target_scores/target", "missing (an example needs one of them)"));
             }
@@ -104,25 +101,19 @@ fn target_scores(obj: &Map<String, Value>, place: &Place) -> Result<Option<Class
     let scores = match obj.get("target_scores") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(m)) => m,
-        Some(other) => {
-            return Err(DataError::field(place.clone(), "target_scores", format!("expected an object, found {}", json::kind(other))))
-        }
+        Some(other) => return Err(DataError::field(place.clone(), "target_scores", format!("expected an object, found {}", json::kind(other)))),
     };
     let mut sorted = BTreeMap::new();
     for (label, score) in scores {
-        let s = score.as_f64().ok_or_else(|| {
-            DataError::field(place.clone(), &format!("target_scores.{label}"), format!("expected a number, found {}", json::kind(score)))
-        })?;
+        let s = score
+            .as_f64()
+            .ok_or_else(|| DataError::field(place.clone(), &format!("target_scores.{label}"), format!("expected a number, found {}", json::kind(score))))?;
         sorted.insert(label.clone(), s);
     }
     let best = sorted.values().cloned().fold(f64::NEG_INFINITY, f64::max);
     let winners: Vec<&String> = sorted.iter().filter(|(_, &s)| s == best).map(|(l, _)| l).collect();
     if winners.len() != 1 || best <= 0.0 {
-        return Err(DataError::field(
-            place.clone(),
-            "target_scores",
-            format!("no single correct answer (best score {best} held by {} labels)", winners.len()),
-        ));
+        return Err(DataError::field(place.clone(), "target_scores", format!("no single correct answer (best score {best} held by {} labels)", winners.len())));
     }
     Ok(Some(ClassTarget { label: winners[0].clone(), choices: Some(sorted.into_keys().collect()) }))
 }
@@ -135,14 +126,12 @@ fn target_texts(obj: &Map<String, Value>, place: &Place) -> Result<Option<Vec<St
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.as_str().map(|s| s.trim().to_string()).ok_or_else(|| {
-                    DataError::field(place.clone(), &format!("target[{i}]"), format!("expected a string, found {}", json::kind(v)))
-                })
+                v.as_str()
+                    .map(|s| s.trim().to_string())
+                    .ok_or_else(|| DataError::field(place.clone(), &format!("target[{i}]"), format!("expected a string, found {}", json::kind(v))))
             })
             .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(DataError::field(place.clone(), "target", format!("expected a string or a list of strings, found {}", json::kind(other))))
-        }
+        Some(other) => return Err(DataError::field(place.clone(), "target", format!("expected a string or a list of strings, found {}", json::kind(other)))),
     };
     if texts.first().is_none_or(|t| t.is_empty()) {
         return Err(DataError::field(place.clone(), "target", "empty response"));

@@ -6,13 +6,15 @@
 //! own, a crash leaves the finished runs intact, and running `iapt compare` again reuses every
 //! run that already wrote its results (and resumes an interrupted one from its checkpoint).
 
-use crate::experiment::{adapter_dir, RESULTS_FILE};
+use crate::bench::GenerateBench;
+use crate::results::{RunResults, RESULTS_FILE};
 use crate::run_config::{RunConfig, TunerSection, RESOLVED_CONFIG};
+use crate::runs::adapter_dir;
 use anyhow::{anyhow, bail, Context, Result};
 use iapt_model::LlamaConfig;
+use iapt_tuners::adapter::human_count;
 use iapt_tuners::TunerConfig;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -155,24 +157,11 @@ fn merge(table: &mut toml::Table, overrides: toml::Table) {
     }
 }
 
-/// `config` with its main size knob (IAPT's bottleneck, the prompt/prefix length, LoRA's rank)
-/// set to `size`.
-fn with_size(config: &TunerConfig, size: usize) -> TunerConfig {
-    let mut sized = config.clone();
-    match &mut sized {
-        TunerConfig::Iapt(c) => c.bottleneck = size,
-        TunerConfig::PromptTuning(c) => c.num_tokens = size,
-        TunerConfig::PrefixTuning(c) => c.num_tokens = size,
-        TunerConfig::Lora(c) => c.rank = size,
-    }
-    sized
-}
-
 /// `config` with its main size knob set so that its trainable parameters come closest to `budget`.
 pub fn size_to_budget(config: &TunerConfig, base: &LlamaConfig, budget: usize) -> TunerConfig {
     // Every kind's count grows with its size: binary-search the first size whose count reaches
     // the budget, then take it or the size below, whichever is closer.
-    let params = |size: usize| with_size(config, size).num_params(base);
+    let params = |size: usize| config.with_size(size).num_params(base);
     let (mut low, mut high) = (1usize, MAX_SIZE);
     while low < high {
         let mid = (low + high) / 2;
@@ -183,17 +172,17 @@ pub fn size_to_budget(config: &TunerConfig, base: &LlamaConfig, budget: usize) -
         }
     }
     let best = if low > 1 && budget.abs_diff(params(low - 1)) <= budget.abs_diff(params(low)) { low - 1 } else { low };
-    with_size(config, best)
+    config.with_size(best)
 }
 
 /// Largest bottleneck / token count / rank `size_to_budget` considers.
 const MAX_SIZE: usize = 4096;
 
-/// Run every planned run not finished yet (each an `iapt train` child process), measure decode
-/// speed with its adapter, then write and print the comparison tables.
-pub fn run(compare: &CompareSection, runs: &[PlannedRun]) -> Result<()> {
+/// Run every planned run not finished yet (each an `iapt train` child process of the `iapt`
+/// executable `exe`), measure decode speed with its adapter, then write the comparison tables
+/// and return the markdown one.
+pub fn run(compare: &CompareSection, runs: &[PlannedRun], exe: &Path) -> Result<String> {
     std::fs::create_dir_all(&compare.out_dir).with_context(|| format!("creating {}", compare.out_dir.display()))?;
-    let exe = std::env::current_exe().context("locating the iapt executable")?;
     for (i, planned) in runs.iter().enumerate() {
         let dir = &planned.config.run.dir;
         let label = format!("[{}/{}] {} seed {}", i + 1, runs.len(), planned.method, planned.seed);
@@ -211,7 +200,7 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun]) -> Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let config_path = planned.config.save(dir)?;
             // The child's JSON summary goes to stderr, so stdout carries only the final table.
-            let status = Command::new(&exe).arg("train").arg("--config").arg(&config_path).stdout(Stdio::from(std::io::stderr())).status()?;
+            let status = Command::new(exe).arg("train").arg("--config").arg(&config_path).stdout(Stdio::from(std::io::stderr())).status()?;
             if !status.success() {
                 bail!("{label}: `iapt train --config {}` failed ({status})", config_path.display());
             }
@@ -219,7 +208,7 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun]) -> Result<()> {
         let decode_path = dir.join(DECODE_FILE);
         if compare.decode_tokens > 0 && !decode_path.is_file() {
             let config = &planned.config;
-            let output = Command::new(&exe)
+            let output = Command::new(exe)
                 .args(["bench", "generate", "--json", "--batch", "1", "--prompt-tokens", "64"])
                 .args(["--model", &config.model.name, "--backend", config.model.backend.name()])
                 .args(["--new-tokens", &compare.decode_tokens.to_string(), "--repeats", &compare.decode_repeats.to_string()])
@@ -230,16 +219,19 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun]) -> Result<()> {
             if !output.status.success() {
                 bail!("{label}: the decode benchmark failed ({})", output.status);
             }
-            iapt_tuners::adapter::write_atomically(&decode_path, &output.stdout)?;
+            write(&decode_path, &output.stdout)?;
         }
     }
     let table = Comparison::collect(compare, runs)?;
     let markdown = table.markdown();
-    iapt_tuners::adapter::write_atomically(&compare.out_dir.join("comparison.md"), markdown.as_bytes())?;
-    iapt_tuners::adapter::write_atomically(&compare.out_dir.join("comparison.json"), serde_json::to_string_pretty(&table.json)?.as_bytes())?;
-    println!("{markdown}");
+    write(&compare.out_dir.join("comparison.md"), markdown.as_bytes())?;
+    write(&compare.out_dir.join("comparison.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
     eprintln!("tables written to {}/comparison.{{md,json}}", compare.out_dir.display());
-    Ok(())
+    Ok(markdown)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    iapt_assets::atomic::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The decode benchmark's output, inside a run directory.
@@ -256,124 +248,170 @@ fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean, var.sqrt()))
 }
 
-/// The collected numbers: `json` holds everything, `markdown` renders it.
-struct Comparison {
-    json: Value,
+/// Mean, sample standard deviation and count of one number over seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    /// Over the values that exist; `None` when none does.
+    fn of(values: impl IntoIterator<Item = Option<f64>>) -> Option<Self> {
+        let values: Vec<f64> = values.into_iter().flatten().collect();
+        mean_std(&values).map(|(mean, std)| Self { mean, std, n: values.len() })
+    }
+}
+
+/// One (method, seed) run's numbers in the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedRow {
+    pub seed: u64,
+    pub tuner: String,
+    pub trainable_params: usize,
+    pub dev_accuracy: Option<f64>,
+    pub test_accuracy: f64,
+    pub seconds_per_batch: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub decode_tokens_per_s: Option<f64>,
+    pub decode_speed_vs_bare: Option<f64>,
+    pub tuner_config: toml::Table,
+}
+
+/// One method over its seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodRow {
+    pub method: String,
+    pub tuner: String,
+    pub trainable_params: usize,
+    pub dev_accuracy: Option<Stat>,
+    pub test_accuracy: Option<Stat>,
+    pub seconds_per_batch: Option<Stat>,
+    /// The largest over seeds.
+    pub peak_rss_bytes: Option<u64>,
+    pub decode_tokens_per_s: Option<Stat>,
+    pub decode_speed_vs_bare: Option<Stat>,
+    pub runs: Vec<SeedRow>,
+}
+
+/// The comparison table (`comparison.json`); [`Comparison::markdown`] renders it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub task: Option<String>,
+    pub split: Option<String>,
+    pub seeds: Vec<u64>,
+    pub param_budget: usize,
+    pub zero_shot_accuracy: Option<f64>,
+    pub majority_accuracy: Option<f64>,
+    pub methods: Vec<MethodRow>,
 }
 
 impl Comparison {
     fn collect(compare: &CompareSection, runs: &[PlannedRun]) -> Result<Self> {
-        let read = |path: PathBuf| -> Result<Option<Value>> {
-            if !path.is_file() {
-                return Ok(None);
-            }
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            Ok(Some(serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?))
-        };
         let mut methods: Vec<&str> = runs.iter().map(|r| r.method.as_str()).collect();
         methods.dedup();
-        let (mut zero_shot, mut majority, mut task, mut split) = (None, None, None, None);
-        let mut rows = Vec::new();
+        let mut table = Comparison {
+            task: None,
+            split: None,
+            seeds: compare.seeds.clone(),
+            param_budget: compare.param_budget,
+            zero_shot_accuracy: None,
+            majority_accuracy: None,
+            methods: Vec::new(),
+        };
         for method in methods {
             let mut per_seed = Vec::new();
             for planned in runs.iter().filter(|r| r.method == method) {
                 let dir = &planned.config.run.dir;
-                let results = read(dir.join(RESULTS_FILE))?.ok_or_else(|| anyhow!("{}: no {RESULTS_FILE}", dir.display()))?;
-                zero_shot = zero_shot.or(results["zero_shot_accuracy"].as_f64());
-                majority = majority.or(results["majority_accuracy"].as_f64());
-                task = task.or(results["task"].as_str().map(String::from));
-                split = split.or(results["split"].as_str().map(String::from));
-                let decode = read(dir.join(DECODE_FILE))?;
-                let row = decode.as_ref().map(|d| &d["results"][0]);
-                per_seed.push(json!({
-                    "seed": planned.seed,
-                    "tuner": results["tuner"],
-                    "trainable_params": results["trainable_params"],
-                    "dev_accuracy": results["dev_accuracy"],
-                    "test_accuracy": results["tuned_accuracy"],
-                    "seconds_per_batch": results["seconds_per_batch"],
-                    "peak_rss_bytes": results["peak_rss_bytes"],
-                    // The benchmark names its rows `bare` and the adapter's tuner kind.
-                    "decode_tokens_per_s": row.map(|r| r[results["tuner"].as_str().unwrap_or("?")]["decode_tokens_per_s"].clone()),
-                    "decode_speed_vs_bare": row.map(|r| r["tuned_decode_speed_vs_bare"].clone()),
-                    "tuner_config": planned.config.tuner.options,
-                }));
+                let results = RunResults::read(dir)?.ok_or_else(|| anyhow!("{}: no {RESULTS_FILE}", dir.display()))?;
+                table.zero_shot_accuracy = table.zero_shot_accuracy.or(results.zero_shot_accuracy);
+                table.majority_accuracy = table.majority_accuracy.or(results.majority_accuracy);
+                table.task.get_or_insert_with(|| results.task.clone());
+                table.split.get_or_insert_with(|| results.split.clone());
+                let decode = read_decode(&dir.join(DECODE_FILE))?;
+                let row = decode.as_ref().and_then(|d| d.results.first());
+                per_seed.push(SeedRow {
+                    seed: planned.seed,
+                    trainable_params: results.trainable_params,
+                    dev_accuracy: results.dev_accuracy,
+                    test_accuracy: results.tuned_accuracy,
+                    seconds_per_batch: results.seconds_per_batch,
+                    peak_rss_bytes: results.peak_rss_bytes,
+                    // The benchmark names its models `bare` and the adapter's tuner kind.
+                    decode_tokens_per_s: row.and_then(|r| r.models.get(&results.tuner)).map(|s| s.decode_tokens_per_s),
+                    decode_speed_vs_bare: row.and_then(|r| r.tuned_decode_speed_vs_bare),
+                    tuner_config: planned.config.tuner.options.clone(),
+                    tuner: results.tuner,
+                });
             }
-            let stat = |key: &str| {
-                let values: Vec<f64> = per_seed.iter().filter_map(|r| r[key].as_f64()).collect();
-                mean_std(&values).map(|(mean, std)| json!({ "mean": mean, "std": std, "n": values.len() }))
-            };
-            let peak = per_seed.iter().filter_map(|r| r["peak_rss_bytes"].as_u64()).max();
-            rows.push(json!({
-                "method": method,
-                "tuner": per_seed[0]["tuner"],
-                "trainable_params": per_seed[0]["trainable_params"],
-                "dev_accuracy": stat("dev_accuracy"),
-                "test_accuracy": stat("test_accuracy"),
-                "seconds_per_batch": stat("seconds_per_batch"),
-                "peak_rss_bytes": peak,
-                "decode_tokens_per_s": stat("decode_tokens_per_s"),
-                "decode_speed_vs_bare": stat("decode_speed_vs_bare"),
-                "runs": per_seed,
-            }));
+            table.methods.push(MethodRow {
+                method: method.to_string(),
+                tuner: per_seed[0].tuner.clone(),
+                trainable_params: per_seed[0].trainable_params,
+                dev_accuracy: Stat::of(per_seed.iter().map(|r| r.dev_accuracy)),
+                test_accuracy: Stat::of(per_seed.iter().map(|r| Some(r.test_accuracy))),
+                seconds_per_batch: Stat::of(per_seed.iter().map(|r| Some(r.seconds_per_batch))),
+                peak_rss_bytes: per_seed.iter().filter_map(|r| r.peak_rss_bytes).max(),
+                decode_tokens_per_s: Stat::of(per_seed.iter().map(|r| r.decode_tokens_per_s)),
+                decode_speed_vs_bare: Stat::of(per_seed.iter().map(|r| r.decode_speed_vs_bare)),
+                runs: per_seed,
+            });
         }
-        let json = json!({
-            "task": task,
-            "split": split,
-            "seeds": compare.seeds,
-            "param_budget": compare.param_budget,
-            "zero_shot_accuracy": zero_shot,
-            "majority_accuracy": majority,
-            "methods": rows,
-        });
-        Ok(Self { json })
+        Ok(table)
     }
 
-    fn markdown(&self) -> String {
-        let j = &self.json;
-        let pct = |v: &Value| match (v["mean"].as_f64(), v["std"].as_f64(), v["n"].as_u64()) {
-            (Some(m), Some(s), Some(n)) if n > 1 => format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s),
-            (Some(m), _, _) => format!("{:.1}", 100.0 * m),
-            _ => "–".into(),
-        };
-        let num = |v: &Value, digits: usize| match v["mean"].as_f64() {
-            Some(m) => format!("{m:.digits$}"),
+    /// The table for people: one row per method, mean ± std over seeds.
+    pub fn markdown(&self) -> String {
+        let pct = |v: &Option<Stat>| match v {
+            Some(Stat { mean, std, n }) if *n > 1 => format!("{:.1} ± {:.1}", 100.0 * mean, 100.0 * std),
+            Some(Stat { mean, .. }) => format!("{:.1}", 100.0 * mean),
             None => "–".into(),
         };
+        let num = |v: &Option<Stat>, digits: usize| v.map_or("–".into(), |s| format!("{:.digits$}", s.mean));
         let mut out = format!(
             "Task `{}`, evaluated on split `{}`, seeds {:?}{}.\n\n",
-            j["task"].as_str().unwrap_or("?"),
-            j["split"].as_str().unwrap_or("?"),
-            self.json["seeds"].as_array().map(|s| s.iter().filter_map(Value::as_u64).collect::<Vec<_>>()).unwrap_or_default(),
-            match j["param_budget"].as_u64() {
-                Some(b) if b > 0 => format!(", each method sized to about {} trainable parameters", iapt_tuners::adapter::human_count(b as usize)),
-                _ => String::new(),
+            self.task.as_deref().unwrap_or("?"),
+            self.split.as_deref().unwrap_or("?"),
+            self.seeds,
+            match self.param_budget {
+                0 => String::new(),
+                b => format!(", each method sized to about {} trainable parameters", human_count(b)),
             }
         );
         out.push_str("| method | tuner | trainable params | dev acc % | test acc % | s / batch | peak RSS | decode tok/s (b1) | decode vs bare |\n");
         out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
-        for row in j["methods"].as_array().into_iter().flatten() {
+        for row in &self.methods {
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                row["method"].as_str().unwrap_or("?"),
-                row["tuner"].as_str().unwrap_or("?"),
-                row["trainable_params"].as_u64().map_or("–".into(), |n| iapt_tuners::adapter::human_count(n as usize)),
-                pct(&row["dev_accuracy"]),
-                pct(&row["test_accuracy"]),
-                num(&row["seconds_per_batch"], 2),
-                row["peak_rss_bytes"].as_u64().map_or("–".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
-                num(&row["decode_tokens_per_s"], 1),
-                num(&row["decode_speed_vs_bare"], 3),
+                row.method,
+                row.tuner,
+                human_count(row.trainable_params),
+                pct(&row.dev_accuracy),
+                pct(&row.test_accuracy),
+                num(&row.seconds_per_batch, 2),
+                row.peak_rss_bytes.map_or("–".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
+                num(&row.decode_tokens_per_s, 1),
+                num(&row.decode_speed_vs_bare, 3),
             ));
         }
-        let percent = |v: &Value| v.as_f64().map_or("–".into(), |a| format!("{:.1}%", 100.0 * a));
+        let percent = |v: Option<f64>| v.map_or("–".into(), |a| format!("{:.1}%", 100.0 * a));
         out.push_str(&format!(
             "\nZero-shot (backbone alone): {}; majority class: {}. Mean ± sample std over seeds.\n",
-            percent(&j["zero_shot_accuracy"]),
-            percent(&j["majority_accuracy"])
+            percent(self.zero_shot_accuracy),
+            percent(self.majority_accuracy)
         ));
         out
     }
+}
+
+/// The decode benchmark saved in a run directory, when it was run.
+fn read_decode(path: &Path) -> Result<Option<GenerateBench>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -394,7 +432,7 @@ mod tests {
             let sized = size_to_budget(&config, &base, budget);
             let count = sized.num_params(&base);
             // No other size of the same knob comes closer (every size tried).
-            let best = (1..=MAX_SIZE).map(|s| with_size(&config, s).num_params(&base).abs_diff(budget)).min().unwrap();
+            let best = (1..=MAX_SIZE).map(|s| config.with_size(s).num_params(&base).abs_diff(budget)).min().unwrap();
             assert!(count.abs_diff(budget) <= best, "{}: {count} vs budget {budget}", config.name());
             assert!(count.abs_diff(budget) * 5 < budget, "{}: {count} is far from {budget}", config.name());
         }
@@ -477,7 +515,8 @@ sets = ["train.learning_rate=1e-3"]
     fn bad_comparison_files_are_named() {
         let err = plan(&write("unknown", "[compare]\nseed = [1]\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("seed") && err.contains("line 2") && err.contains("compare.toml"), "{err}");
-        let err = plan(&write("dup", "[[methods]]\nname = \"a\"\ntuner = {}\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
+        let err =
+            plan(&write("dup", "[[methods]]\nname = \"a\"\ntuner = {}\n[[methods]]\nname = \"a\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("used twice"), "{err}");
         let err = plan(&write("slash", "[[methods]]\nname = \"a/b\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("a/b"), "{err}");
@@ -493,19 +532,26 @@ sets = ["train.learning_rate=1e-3"]
         assert_eq!(mean_std(&[0.5]), Some((0.5, 0.0)));
         let (m, s) = mean_std(&[0.6, 0.8]).unwrap();
         assert!((m - 0.7).abs() < 1e-12 && (s - 0.02f64.sqrt()).abs() < 1e-12);
+        let stat = |mean, std, n| Some(Stat { mean, std, n });
         let table = Comparison {
-            json: json!({
-                "task": "t", "split": "test", "seeds": [0, 1], "param_budget": 0,
-                "zero_shot_accuracy": 0.5, "majority_accuracy": 0.6,
-                "methods": [{
-                    "method": "iapt", "tuner": "iapt", "trainable_params": 74668,
-                    "dev_accuracy": {"mean": 0.7, "std": 0.1, "n": 2},
-                    "test_accuracy": {"mean": 0.75, "std": 0.0, "n": 1},
-                    "seconds_per_batch": {"mean": 4.0, "std": 0.0, "n": 2},
-                    "peak_rss_bytes": 2_000_000_000u64,
-                    "decode_tokens_per_s": null, "decode_speed_vs_bare": null,
-                }],
-            }),
+            task: Some("t".into()),
+            split: Some("test".into()),
+            seeds: vec![0, 1],
+            param_budget: 0,
+            zero_shot_accuracy: Some(0.5),
+            majority_accuracy: Some(0.6),
+            methods: vec![MethodRow {
+                method: "iapt".into(),
+                tuner: "iapt".into(),
+                trainable_params: 74668,
+                dev_accuracy: stat(0.7, 0.1, 2),
+                test_accuracy: stat(0.75, 0.0, 1),
+                seconds_per_batch: stat(4.0, 0.0, 2),
+                peak_rss_bytes: Some(2_000_000_000),
+                decode_tokens_per_s: None,
+                decode_speed_vs_bare: None,
+                runs: vec![],
+            }],
         };
         let md = table.markdown();
         assert!(md.contains("| iapt | iapt | 74.67K | 70.0 ± 10.0 | 75.0 | 4.00 | 2.00 GB | – | – |"), "{md}");

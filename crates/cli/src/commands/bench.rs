@@ -1,0 +1,127 @@
+//! `iapt bench generate|train|data`: throughput benchmarks, printed as JSON.
+
+use super::{print_json, ModelArgs};
+use crate::with_backend;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use iapt_experiment::bench::{bench_generate, bench_train, TrainShape};
+use iapt_experiment::model_source::{resolve_model, LoadedModel};
+use iapt_experiment::run_config::{DataSection, RunConfig};
+use iapt_experiment::runs::adapter_dir;
+use iapt_tuners::{IaptConfig, Tuner, TunerKind};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchCommand,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode tokens/s at several batch sizes.
+    Generate(GenerateArgs),
+    /// Data pipeline throughput: rendering, tokenizing and batching a task's examples.
+    Data {
+        /// A built-in task or a task file.
+        name: String,
+        /// Examples to encode (the task's examples, cycled).
+        #[arg(long, default_value_t = 10_000)]
+        n: usize,
+        /// Model whose tokenizer and chat template encode the examples.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+    },
+    /// A tuner's training throughput (forward, backward, optimiser) vs an inference-only forward.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Also measure with a freshly initialised IAPT generator of this bottleneck (default
+    /// config otherwise) to report its prefill and decode overhead.
+    #[arg(long, conflicts_with = "adapter")]
+    iapt_bottleneck: Option<usize>,
+    /// Also measure with this adapter (any tuner; an adapter or run directory).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Split prefill and decode time by kind of work (projections, attention, norms/RoPE, LM head, sampling, other).
+    #[arg(long)]
+    profile: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 2)]
+    response_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// The tuner: iapt | prompt_tuning | p_tuning_v2 | lora (its options: `--set tuner.KEY=VALUE`).
+    #[arg(long, default_value = "iapt")]
+    tuner: String,
+    /// IAPT's bottleneck (shorthand for `--set tuner.bottleneck=M`).
+    #[arg(long)]
+    bottleneck: Option<usize>,
+    /// Tuner options, e.g. `--set tuner.rank=16` (repeatable).
+    #[arg(long = "set", value_name = "tuner.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Split the forward pass by kind of work (projections, attention, norms/RoPE, LM head, other).
+    #[arg(long)]
+    profile: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.what {
+        BenchCommand::Generate(args) => generate(args),
+        BenchCommand::Train(args) => train(args),
+        BenchCommand::Data { name, n, model } => {
+            let tokenizer = iapt_model::tokenizer::load_tokenizer(&resolve_model(&model)?)?;
+            let spec = iapt_experiment::task::task_spec(&DataSection { task: name, ..Default::default() })?;
+            print_json(&iapt_experiment::bench::bench_data::<crate::backend::NdArray>(&spec, &tokenizer, n, &Default::default())?)
+        }
+    }
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let path = resolve_model(&args.model.model)?;
+    with_backend!(args.model.backend, |B, device| {
+        let loaded = LoadedModel::<B>::load(&path, &device)?;
+        let tuner: Option<Tuner<B>> = match (&args.adapter, args.iapt_bottleneck) {
+            (Some(dir), _) => Some(loaded.load_adapter(&adapter_dir(dir)?)?),
+            (None, Some(m)) => Some(Tuner::Iapt(IaptConfig::new(m).init::<B>(loaded.model.config(), &device).map_err(anyhow::Error::msg)?)),
+            (None, None) => None,
+        };
+        let tuned = tuner.as_ref().map(|t| (t.name(), t as &dyn iapt_model::ModelHook<B>));
+        print_json(&bench_generate(&loaded, args.prompt_tokens, args.new_tokens, &args.batch, args.repeats, tuned, args.profile)?)
+    })
+}
+
+fn train(mut args: TrainArgs) -> Result<()> {
+    let path = resolve_model(&args.model.model)?;
+    if let Some(m) = args.bottleneck {
+        args.sets.push(format!("tuner.bottleneck={m}"));
+    }
+    if let Some(set) = args.sets.iter().find(|s| !s.starts_with("tuner.")) {
+        anyhow::bail!("--set {set}: bench train takes only tuner.* options");
+    }
+    args.sets.insert(0, format!("tuner.kind={}", args.tuner));
+    let config = RunConfig::load(None, &args.sets)?.tuner.config()?;
+    let shape = TrainShape { batch: args.batch, prompt_len: args.prompt_tokens, response_len: args.response_tokens, steps: args.steps, profile: args.profile };
+    with_backend!(args.model.backend, |B, device| print_json(&bench_train::<B>(&path, &device, &config, &shape)?))
+}

@@ -1,0 +1,33 @@
+//! One module per `iapt` command: its arguments and one call into the libraries.
+
+pub mod bench;
+pub mod compare;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod fetch;
+pub mod text;
+pub mod train;
+
+use crate::backend::BackendKind;
+use clap::Args;
+
+/// Options every model-running command shares.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A known model name (`smollm2`, fetched on first use) or a `.gguf` file / HF directory.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "ndarray")]
+    pub backend: BackendKind,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Print `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

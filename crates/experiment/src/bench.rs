@@ -1,0 +1,454 @@
+//! `iapt bench generate` (prefill and decode throughput, warmed up, at several batch sizes) and
+//! `iapt bench train` (a tuner's training step, split into its parts), with typed reports.
+
+use crate::model_source::LoadedModel;
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use iapt_model::{generate, GenerationConfig, ModelHook, NoHook, SamplingConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The output of `iapt bench generate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateBench {
+    /// `"generate"`.
+    pub bench: String,
+    pub threads: usize,
+    /// Whether the frozen products ran on `iapt-kernels`.
+    pub kernels: bool,
+    pub read_bandwidth_gb_per_s: f64,
+    pub weight_bytes_per_decode_step: usize,
+    pub results: Vec<GenerateRow>,
+}
+
+/// One batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRow {
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub repeats: usize,
+    /// Each model measured, by name: `bare`, and the adapter's tuner tag when there is one.
+    #[serde(flatten)]
+    pub models: BTreeMap<String, GenerateSpeed>,
+    pub decode_bandwidth_bound_tokens_per_s: f64,
+    /// With an adapter: its decode steps/s ÷ the bare model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned_decode_speed_vs_bare: Option<f64>,
+    /// With an adapter: its prefill time ÷ the bare model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned_prefill_time_vs_bare: Option<f64>,
+}
+
+/// One model at one batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateSpeed {
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+    pub prefill_ms: f64,
+    pub decode_ms_per_step: f64,
+    pub decode_fraction_of_bandwidth_bound: f64,
+    /// With `--profile`: milliseconds per kind of work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<GenerateProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateProfile {
+    pub prefill_ms: BTreeMap<String, f64>,
+    pub decode_ms_per_step: BTreeMap<String, f64>,
+}
+
+/// Fresh prompts of `len` tokens per row (ids drawn from the ordinary-token range, different
+/// per row and per call so no cache of any kind can flatter the numbers).
+fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec<Vec<u32>> {
+    (0..rows).map(|r| (0..len).map(|i| (1000 + (r * 7919 + i * 104_729 + salt * 15_485_863) % (vocab - 2000)) as u32).collect()).collect()
+}
+
+/// Measure prefill tokens/s and decode tokens/s; one warm-up run per batch size first.
+/// With a `tuned` hook (a named adapter: `iapt`, `lora`, ...), each batch size is also run with
+/// it, interleaved with the bare runs so machine noise hits both alike, and the decode-speed and
+/// prefill-time ratios to the bare model are reported.
+///
+/// It first measures this machine's memory read bandwidth: one decode step reads every weight,
+/// so `bandwidth / bytes of weights` bounds decode steps/s, and each row reports the bound and
+/// the fraction of it reached. With `profile`, each row also splits prefill and a decode step
+/// into kinds of work ([`iapt_model::profile::Part`]).
+#[allow(clippy::too_many_arguments)]
+pub fn bench_generate<B: Backend>(
+    loaded: &LoadedModel<B>,
+    prompt_len: usize,
+    new_tokens: usize,
+    batches: &[usize],
+    repeats: usize,
+    tuned: Option<(&str, &dyn ModelHook<B>)>,
+    profile: bool,
+) -> Result<GenerateBench> {
+    let vocab = loaded.model.config().vocab_size;
+    let bandwidth = iapt_kernels::bandwidth::read_bandwidth(1 << 30, 5);
+    let weight_bytes = 4 * loaded.model.config().weights_read_per_step();
+    let steps_bound = bandwidth / weight_bytes as f64;
+    iapt_model::profile::enable(profile);
+    // No stop tokens: every run decodes exactly `new_tokens` steps.
+    let config = GenerationConfig { max_new_tokens: new_tokens, sampling: SamplingConfig::default(), stop_tokens: vec![] };
+    let mut results = Vec::new();
+    for &batch in batches {
+        let mut hooks: Vec<(&str, &dyn ModelHook<B>)> = vec![("bare", &NoHook)];
+        hooks.extend(tuned);
+        let mut totals = vec![(0.0f64, 0.0f64, 0usize); hooks.len()];
+        let mut parts = vec![(PartTotals::default(), PartTotals::default()); hooks.len()];
+        for (_, hook) in &hooks {
+            let _warmup = generate(&loaded.model, &prompts(vocab, batch, prompt_len, 0), 0, &config, *hook);
+        }
+        for rep in 0..repeats {
+            for (i, (_, hook)) in hooks.iter().enumerate() {
+                let out = generate(&loaded.model, &prompts(vocab, batch, prompt_len, rep + 1), 0, &config, *hook);
+                totals[i].0 += out.prefill_seconds;
+                totals[i].1 += out.decode_seconds;
+                totals[i].2 += out.decode_steps;
+                if let Some((prefill, decode)) = out.parts {
+                    parts[i].0.add(&prefill, out.prefill_seconds);
+                    parts[i].1.add(&decode, out.decode_seconds);
+                }
+            }
+        }
+        let mut models = BTreeMap::new();
+        for (((name, _), (prefill_s, decode_s, steps)), (prefill_parts, decode_parts)) in hooks.iter().zip(&totals).zip(&parts) {
+            let speed = GenerateSpeed {
+                prefill_tokens_per_s: (batch * prompt_len * repeats) as f64 / prefill_s,
+                decode_tokens_per_s: (batch * steps) as f64 / decode_s,
+                prefill_ms: 1000.0 * prefill_s / repeats as f64,
+                decode_ms_per_step: 1000.0 * decode_s / (*steps).max(1) as f64,
+                decode_fraction_of_bandwidth_bound: (*steps as f64 / decode_s) / steps_bound,
+                profile: profile.then(|| GenerateProfile {
+                    prefill_ms: prefill_parts.report(repeats as f64),
+                    decode_ms_per_step: decode_parts.report((*steps).max(1) as f64),
+                }),
+            };
+            models.insert(name.to_string(), speed);
+        }
+        let rate = |t: &(f64, f64, usize)| t.2 as f64 / t.1;
+        let tuned = (totals.len() == 2).then_some(());
+        results.push(GenerateRow {
+            batch,
+            prompt_tokens: prompt_len,
+            new_tokens,
+            repeats,
+            models,
+            decode_bandwidth_bound_tokens_per_s: batch as f64 * steps_bound,
+            tuned_decode_speed_vs_bare: tuned.map(|_| rate(&totals[1]) / rate(&totals[0])),
+            tuned_prefill_time_vs_bare: tuned.map(|_| totals[1].0 / totals[0].0),
+        });
+    }
+    iapt_model::profile::enable(false);
+    Ok(GenerateBench {
+        bench: "generate".into(),
+        threads: threads(),
+        kernels: iapt_kernels::accelerated::<B>(),
+        read_bandwidth_gb_per_s: bandwidth / 1e9,
+        weight_bytes_per_decode_step: weight_bytes,
+        results,
+    })
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Seconds per kind of work summed over runs, and the runs' whole time.
+#[derive(Default, Clone)]
+struct PartTotals {
+    seconds: [f64; iapt_model::profile::PARTS],
+    total: f64,
+}
+
+impl PartTotals {
+    fn add(&mut self, parts: &iapt_model::generate::PartSeconds, total: f64) {
+        for (sum, (_, s)) in self.seconds.iter_mut().zip(parts) {
+            *sum += s;
+        }
+        self.total += total;
+    }
+
+    /// Milliseconds per `per` (runs or steps) of each part, and of everything else.
+    fn report(&self, per: f64) -> BTreeMap<String, f64> {
+        let mut out: BTreeMap<String, f64> =
+            iapt_model::profile::Part::ALL.iter().zip(self.seconds).map(|(part, s)| (part.name().to_string(), 1000.0 * s / per)).collect();
+        out.insert("other".into(), 1000.0 * (self.total - self.seconds.iter().sum::<f64>()) / per);
+        out
+    }
+}
+
+/// `iapt bench train`: a tuner's training throughput on the real backbone, split into forward,
+/// backward and optimiser time, next to an inference-only forward of the same batch.
+///
+/// Every step is one batch of `batch` sequences of `prompt_len` instruction tokens and
+/// `response_len` response tokens (a classification-style example); one warm-up step first.
+pub fn bench_train<B: Backend>(model_path: &std::path::Path, device: &B::Device, config: &iapt_tuners::TunerConfig, shape: &TrainShape) -> Result<TrainBench> {
+    let TrainShape { batch, prompt_len, response_len, steps, profile } = *shape;
+    use burn::backend::Autodiff;
+    use burn::module::{AutodiffModule, Module};
+    use burn::optim::{GradientsParams, Optimizer};
+    use burn::tensor::ElementConversion;
+    use iapt_train::{monitor::StepMonitor, optim::GroupedAdamWConfig, LmBatch, LmExample, TunedLm};
+    use std::time::Instant;
+
+    let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, device)?;
+    let base = backbone.config().clone();
+    let tuner = config.init_from_backbone(&backbone).map_err(|e| anyhow::anyhow!("tuner ({}): {e}", config.name()))?;
+    let trainable = tuner.num_params();
+    let mut model = TunedLm::new(backbone, tuner);
+    let mut optimizer = GroupedAdamWConfig { max_grad_norm: Some(1.0), small_lr_ratio: 1.0 / 30.0, ..Default::default() }
+        .init::<Autodiff<B>, TunedLm<Autodiff<B>, iapt_tuners::Tuner<Autodiff<B>>>>(StepMonitor::default());
+    let len = prompt_len + response_len;
+    let examples = |salt: usize| -> Vec<LmExample> {
+        prompts(base.vocab_size, batch, len, salt).into_iter().map(|ids| LmExample::new(ids, prompt_len).expect("prompt and response are non-empty")).collect()
+    };
+
+    let (mut forward, mut backward, mut step, mut inference) = (0.0, 0.0, 0.0, 0.0);
+    let mut forward_parts = PartTotals::default();
+    iapt_model::profile::enable(profile);
+    for i in 0..=steps {
+        let _ = iapt_model::profile::take();
+        let start = Instant::now();
+        let output = model.forward_loss(LmBatch::<Autodiff<B>>::from_examples(&examples(i), 0, device));
+        let _loss: f64 = output.loss.clone().into_scalar().elem(); // waits for the forward pass
+        let t_forward = start.elapsed().as_secs_f64();
+        if i > 0 {
+            forward_parts.add(&iapt_model::profile::take(), t_forward);
+        }
+        let start = Instant::now();
+        let grads = GradientsParams::from_grads(output.loss.backward(), &model);
+        let t_backward = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        model = optimizer.step(1e-4, model, grads);
+        B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?; // GPU backends queue work
+        let t_step = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let valid = model.valid();
+        let eval_batch = LmBatch::<B>::from_examples(&examples(i + 10_000), 0, device);
+        let _eval: f64 = valid.forward_loss(eval_batch).loss.into_scalar().elem();
+        let t_inference = start.elapsed().as_secs_f64();
+        if i > 0 {
+            forward += t_forward;
+            backward += t_backward;
+            step += t_step;
+            inference += t_inference;
+        }
+    }
+    iapt_model::profile::enable(false);
+    let n = steps.max(1) as f64;
+    let total = forward + backward + step;
+    let tokens = (batch * len * steps) as f64;
+    Ok(TrainBench {
+        bench: "train".into(),
+        threads: threads(),
+        tuner: config.name().into(),
+        tuner_config: config.to_json(),
+        trainable_params: trainable,
+        batch,
+        prompt_tokens: prompt_len,
+        response_tokens: response_len,
+        steps,
+        train_tokens_per_s: tokens / total,
+        ms_per_step: 1000.0 * total / n,
+        forward_ms: 1000.0 * forward / n,
+        backward_ms: 1000.0 * backward / n,
+        optimizer_ms: 1000.0 * step / n,
+        inference_forward_ms: 1000.0 * inference / n,
+        inference_tokens_per_s: tokens / inference,
+        kernels: iapt_kernels::accelerated::<Autodiff<B>>(),
+        // The backward pass runs inside burn's autodiff graph and is reported whole.
+        profile: profile.then(|| TrainProfile { forward_ms_per_step: forward_parts.report(n) }),
+    })
+}
+
+/// What `iapt bench train` measures: `steps` batches of `batch` sequences of `prompt_len`
+/// instruction and `response_len` response tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainShape {
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub response_len: usize,
+    pub steps: usize,
+    /// Split the forward pass by kind of work.
+    pub profile: bool,
+}
+
+/// The output of `iapt bench train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainBench {
+    /// `"train"`.
+    pub bench: String,
+    pub threads: usize,
+    pub tuner: String,
+    pub tuner_config: serde_json::Value,
+    pub trainable_params: usize,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub response_tokens: usize,
+    pub steps: usize,
+    pub train_tokens_per_s: f64,
+    pub ms_per_step: f64,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub inference_forward_ms: f64,
+    pub inference_tokens_per_s: f64,
+    pub kernels: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<TrainProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainProfile {
+    pub forward_ms_per_step: BTreeMap<String, f64>,
+}
+
+/// `iapt bench data`: time loading `spec` (through the cache, so a first run includes the
+/// download), encoding `n` examples (the task's examples repeated as needed), ordering them
+/// into length-grouped batches of 16 as training does ([`iapt_train::loader::EpochLoader`]) and
+/// building those batches as tensors on `device`.
+pub fn bench_data<B: Backend>(spec: &iapt_data::TaskSpec, tokenizer: &iapt_model::Tokenizer, n: usize, device: &B::Device) -> Result<DataBench> {
+    use iapt_data::{EncodeConfig, Encoder, Example, Split};
+    use iapt_train::loader::EpochLoader;
+    use iapt_train::{LmBatch, LmBatcher};
+    use std::time::Instant;
+
+    let start = Instant::now();
+    let data = iapt_data::load_task(spec)?;
+    let load_task_s = start.elapsed().as_secs_f64();
+    let pool: Vec<&Example> = Split::ALL.iter().flat_map(|&s| data.split(s)).collect();
+    if pool.is_empty() {
+        anyhow::bail!("task {}: no examples to benchmark", spec.name);
+    }
+    let examples: Vec<Example> = pool.iter().cycle().take(n).map(|&e| e.clone()).collect();
+
+    let encoder = Encoder::new(tokenizer, &data.spec, EncodeConfig { max_len: 4096, ..EncodeConfig::default() });
+    // Warm-up (template compilation, tokenizer caches), then the timed runs.
+    encoder.encode_all(&examples[..examples.len().min(32)])?;
+    let start = Instant::now();
+    for example in &examples {
+        encoder.prompt_text(example)?;
+    }
+    let render_prompts_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let (encoded, stats) = encoder.encode_all(&examples)?;
+    let encode_s = start.elapsed().as_secs_f64();
+    let tokens = stats.prompt_tokens + stats.response_tokens;
+
+    let lm = crate::task::lm_examples(&encoded)?;
+    let lengths: Vec<usize> = lm.iter().map(|e| e.ids.len()).collect();
+    let dataset: std::sync::Arc<dyn burn::data::dataset::Dataset<iapt_train::LmExample>> =
+        std::sync::Arc::new(burn::data::dataset::InMemDataset::new(lm.clone()));
+    let loader = |grouped: bool| {
+        EpochLoader::<B>::new(dataset.clone(), DATA_BATCH, LmBatcher { pad_id: tokenizer.pad_id() }, device.clone(), Some(data.spec.split.seed), 0)
+            .with_length_grouping(grouped)
+    };
+    let start = Instant::now();
+    let order = loader(true).order(0);
+    let plan_s = start.elapsed().as_secs_f64();
+    let batches: Vec<&[usize]> = order.chunks(DATA_BATCH).collect();
+    let ungrouped = loader(false).order(0);
+
+    let start = Instant::now();
+    let mut rows = 0;
+    for batch in &batches {
+        let items: Vec<iapt_train::LmExample> = batch.iter().map(|&i| lm[i].clone()).collect();
+        rows += LmBatch::<B>::from_examples(&items, tokenizer.pad_id(), device).ids.dims()[0];
+    }
+    B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let build_s = start.elapsed().as_secs_f64();
+
+    let rate = |count: usize, secs: f64| if secs > 0.0 { count as f64 / secs } else { f64::INFINITY };
+    Ok(DataBench {
+        task: data.spec.name.clone(),
+        examples: n,
+        load_task_s,
+        encode: EncodeBench {
+            seconds: encode_s,
+            render_prompts_s,
+            examples_per_s: rate(n, encode_s),
+            tokens_per_s: rate(tokens, encode_s),
+            mean_tokens: tokens as f64 / stats.kept.max(1) as f64,
+            longest: stats.longest,
+            chat_template: data.spec.use_chat_template,
+        },
+        batch: BatchBench {
+            batch_size: DATA_BATCH,
+            batches: batches.len(),
+            rows,
+            plan_s,
+            build_s,
+            batches_per_s: rate(batches.len(), build_s),
+            padding_fraction_bucketed: padding_fraction(&lengths, &order),
+            padding_fraction_unbucketed: padding_fraction(&lengths, &ungrouped),
+        },
+    })
+}
+
+/// Batch size of `iapt bench data`.
+const DATA_BATCH: usize = 16;
+
+/// Fraction of padded slots when `order` is cut into batches of [`DATA_BATCH`] (0 = none).
+fn padding_fraction(lengths: &[usize], order: &[usize]) -> f64 {
+    let (mut slots, mut used) = (0usize, 0usize);
+    for batch in order.chunks(DATA_BATCH) {
+        let longest = batch.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+        slots += longest * batch.len();
+        used += batch.iter().map(|&i| lengths[i]).sum::<usize>();
+    }
+    if slots == 0 {
+        0.0
+    } else {
+        1.0 - used as f64 / slots as f64
+    }
+}
+
+/// The output of `iapt bench data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataBench {
+    pub task: String,
+    pub examples: usize,
+    pub load_task_s: f64,
+    pub encode: EncodeBench,
+    pub batch: BatchBench,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncodeBench {
+    pub seconds: f64,
+    pub render_prompts_s: f64,
+    pub examples_per_s: f64,
+    pub tokens_per_s: f64,
+    pub mean_tokens: f64,
+    pub longest: usize,
+    pub chat_template: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchBench {
+    pub batch_size: usize,
+    pub batches: usize,
+    pub rows: usize,
+    pub plan_s: f64,
+    pub build_s: f64,
+    pub batches_per_s: f64,
+    /// With training's length grouping.
+    pub padding_fraction_bucketed: f64,
+    /// A plain shuffle.
+    pub padding_fraction_unbucketed: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_fraction_counts_padded_slots() {
+        // One batch of lengths 4 and 2: 8 slots, 6 used.
+        assert!((padding_fraction(&[4, 2], &[0, 1]) - 0.25).abs() < 1e-12);
+        assert_eq!(padding_fraction(&[3, 3, 3], &[2, 0, 1]), 0.0);
+        assert_eq!(padding_fraction(&[], &[]), 0.0);
+    }
+}
