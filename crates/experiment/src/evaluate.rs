@@ -253,7 +253,7 @@ mod tests {
         for (e, p) in examples.iter().zip(&predictions) {
             let scores = p.choice_log_likelihoods.as_ref().unwrap();
             for (c, seq) in e.choice_sequences().iter().enumerate() {
-                let batch = TokenBatch::<NdArray>::padded(&[seq.ids.clone()], 0, iapt_model::Padding::Right, &device);
+                let batch = TokenBatch::<NdArray>::padded(std::slice::from_ref(&seq.ids), 0, iapt_model::Padding::Right, &device);
                 let ids = batch.ids.clone();
                 let hidden = model.forward(batch, &mut KvCache::new(2), &NoHook);
                 let nll = iapt_model::score::next_token_nll(model.logits(hidden), ids).to_data().to_vec::<f32>().unwrap();

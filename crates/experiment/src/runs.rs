@@ -21,26 +21,22 @@ use std::time::Instant;
 /// Where the adapter goes inside a run directory.
 pub const ADAPTER_DIR: &str = "adapter";
 
-/// Where one evaluation's report goes: `<dir>/<stem>.json` (+ predictions).
-struct ReportFile<'a> {
+/// One evaluation of a run: which split, with which adapter (`None`: the bare backbone), and
+/// where its report goes (`<dir>/<stem>.json` + predictions).
+struct RunEval<'a> {
+    task: &'a PreparedTask,
+    config: &'a RunConfig,
+    split: Split,
+    adapter: Option<String>,
     dir: &'a Path,
     stem: String,
 }
 
-/// Evaluate on `split` of `task`, save the report, and print its summary line to stderr.
-fn evaluate_and_save<B: Backend>(
-    model: &Llama<B>,
-    hook: &dyn ModelHook<B>,
-    tokenizer: &Tokenizer,
-    task: &PreparedTask,
-    config: &RunConfig,
-    split: Split,
-    adapter: Option<String>,
-    file: ReportFile<'_>,
-) -> Result<EvalReport> {
-    let request = eval_request(config, task, split, adapter);
-    let report = evaluate(model, hook, tokenizer, limit(task.split(split), config), request)?;
-    save_report(&report, file.dir, &file.stem)?;
+/// Evaluate as `what` says, save the report, and print its summary line to stderr.
+fn evaluate_and_save<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, tokenizer: &Tokenizer, what: RunEval<'_>) -> Result<EvalReport> {
+    let request = eval_request(what.config, what.task, what.split, what.adapter);
+    let report = evaluate(model, hook, tokenizer, limit(what.task.split(what.split), what.config), request)?;
+    save_report(&report, what.dir, &what.stem)?;
     eprintln!("{}", report.summary());
     Ok(report)
 }
@@ -98,8 +94,8 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     let (backbone, tuner) = (&trained.model.backbone, &trained.model.tuner);
     let adapter = Some(adapter_dir.display().to_string());
     let eval_split = |split: Split| {
-        let file = ReportFile { dir: &run_dir, stem: format!("eval-{}-{}", task.spec.name, split.name()) };
-        evaluate_and_save(backbone, tuner, &tokenizer, &task, config, split, adapter.clone(), file)
+        let stem = format!("eval-{}-{}", task.spec.name, split.name());
+        evaluate_and_save(backbone, tuner, &tokenizer, RunEval { task: &task, config, split, adapter: adapter.clone(), dir: &run_dir, stem })
     };
     let dev = if config.eval.dev && split != Split::Dev && !task.dev.is_empty() { Some(eval_split(Split::Dev)?) } else { None };
     let tuned = eval_split(split)?;
@@ -148,7 +144,7 @@ fn zero_shot_accuracy<B: Backend>(backbone: &Llama<B>, tokenizer: &Tokenizer, ta
         eprintln!("zero-shot accuracy {:.1}% (from {stem}.json of an earlier session)", 100.0 * accuracy);
         return Ok(Some(accuracy));
     }
-    let report = evaluate_and_save(backbone, &NoHook, tokenizer, task, config, split, None, ReportFile { dir, stem })?;
+    let report = evaluate_and_save(backbone, &NoHook, tokenizer, RunEval { task, config, split, adapter: None, dir, stem })?;
     Ok(Some(report.accuracy))
 }
 

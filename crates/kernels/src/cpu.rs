@@ -81,6 +81,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
         let width = n.div_ceil(bands).next_multiple_of(GEMM_BAND).min(n);
         let ptr = OutPtr(out.as_mut_ptr());
         let band = |j0: usize| {
+            #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
             let ptr = ptr;
             let cols = width.min(n - j0);
             // SAFETY: `MatRef::new` checked that every element of a and b lies in its slice;
@@ -142,6 +143,7 @@ fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usiz
     let kernel = Kernel::detect();
     let out = OutPtr(out.as_mut_ptr());
     let run = |j0: usize, j1: usize| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
         let out = out;
         // SAFETY: the asserts above bound every index the band reads; bands write disjoint columns.
         unsafe { kernel.band(a.as_ptr(), lda, m, bt.as_ptr(), ldb, k, j0, j1, out.0, n) }
@@ -157,6 +159,11 @@ fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usiz
 
 /// Columns of `b` in one register tile (rows of `a`: up to `MAX_ROWS` of each kernel).
 const NR: usize = 4;
+
+/// Copy a tile's `R` rows of sums into the first rows of `dst` (`R <= M`, checked when called).
+fn put<const R: usize, const M: usize>(dst: &mut [[f32; NR]; M], tile: [[f32; NR]; R]) {
+    dst[..R].copy_from_slice(&tile);
+}
 
 /// The widest SIMD this CPU has, found at run time (the binary is built for the baseline).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,10 +264,10 @@ mod x86 {
                         let row = |r: usize| a.add((i + r) * lda);
                         let mut sums = [[0.0f32; NR]; $max_rows];
                         match mr {
-                            1 => sums[..1].copy_from_slice(&$tile::<1>(&[row(0)], &cols, k)),
-                            2 => sums[..2].copy_from_slice(&$tile::<2>(&[row(0), row(1)], &cols, k)),
-                            3 => sums[..3].copy_from_slice(&$tile::<3>(&[row(0), row(1), row(2)], &cols, k)),
-                            _ => sums[..4].copy_from_slice(&$tile::<4>(&[row(0), row(1), row(2), row(3)], &cols, k)),
+                            1 => super::put(&mut sums, $tile::<1>(&[row(0)], &cols, k)),
+                            2 => super::put(&mut sums, $tile::<2>(&[row(0), row(1)], &cols, k)),
+                            3 => super::put(&mut sums, $tile::<3>(&[row(0), row(1), row(2)], &cols, k)),
+                            _ => super::put(&mut sums, $tile::<4>(&[row(0), row(1), row(2), row(3)], &cols, k)),
                         }
                         for (r, sums) in sums.iter().enumerate().take(mr) {
                             for (c, &sum) in sums.iter().enumerate().take(nr) {

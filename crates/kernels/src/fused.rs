@@ -139,6 +139,7 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
                 // in one register-tiled product, then a softmax over the visible slots and a
                 // weighted sum of values.
                 let task = |(row, kvh, i0): (usize, usize, usize)| {
+                    #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
                     let ptr = ptr;
                     let n = QUERY_BLOCK.min(t - i0);
                     let seen = s - t + i0 + n; // slots up to and including the block's last query

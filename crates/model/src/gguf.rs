@@ -462,7 +462,10 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> HostTensor {
     assert_eq!(t.shape.len(), 2, "unpermute_rows: expected a 2-D tensor");
     let (rows, cols) = (t.shape[0], t.shape[1]);
-    assert!(n_heads > 0 && rows % n_heads == 0 && (rows / n_heads) % 2 == 0, "unpermute_rows: {rows} rows do not split into {n_heads} heads of even size");
+    assert!(
+        n_heads > 0 && rows.is_multiple_of(n_heads) && (rows / n_heads).is_multiple_of(2),
+        "unpermute_rows: {rows} rows do not split into {n_heads} heads of even size"
+    );
     let hd = rows / n_heads;
     let half = hd / 2;
     let mut data = vec![0.0f32; t.data.len()];
@@ -525,7 +528,7 @@ pub fn llama_config(file: &GgufFile) -> Result<LlamaConfig, LoadError> {
     }
     let head_dim = match file.get_u64(&key("attention.key_length"))? {
         Some(v) => v as usize,
-        None if hidden % heads == 0 => hidden / heads,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
         None => {
             return Err(file.field_err(&key("attention.key_length"), &format!("missing, and embedding_length {hidden} is not a multiple of head_count {heads}")))
         }

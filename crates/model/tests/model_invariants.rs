@@ -66,8 +66,8 @@ fn rows_do_not_depend_on_batch_company_or_padding_side() {
     let a = SEQ.to_vec();
     let b = vec![7u32, 8, 9];
     let c = vec![60u32, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-    let alone_a = full_logits(&model, &[a.clone()], Padding::Right, &NoHook).remove(0);
-    let alone_b = full_logits(&model, &[b.clone()], Padding::Right, &NoHook).remove(0);
+    let alone_a = full_logits(&model, std::slice::from_ref(&a), Padding::Right, &NoHook).remove(0);
+    let alone_b = full_logits(&model, std::slice::from_ref(&b), Padding::Right, &NoHook).remove(0);
     for side in [Padding::Left, Padding::Right] {
         let batched = full_logits(&model, &[c.clone(), a.clone(), b.clone()], side, &NoHook);
         for (row, alone) in [(1, &alone_a), (2, &alone_b)] {

@@ -150,7 +150,7 @@ pub fn load_tuner<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device
 /// refused (`WrongTuner`) before its weights are read.
 pub fn load_module<B: Backend, M: TunerModule<B>>(dir: &Path, base: &LlamaConfig, device: &B::Device) -> Result<M, AdapterError> {
     let tuner = load_checked(dir, base, device, Some(M::NAME))?;
-    M::from_tuner(tuner).map_err(|other| AdapterError::WrongTuner { path: dir.join(CONFIG_FILE), found: other.name().into(), expected: M::NAME.into() })
+    M::from_tuner(tuner).map_err(|found| AdapterError::WrongTuner { path: dir.join(CONFIG_FILE), found: found.into(), expected: M::NAME.into() })
 }
 
 /// Read the config, check the tuner tag (when `expected`) and the base shape, then the weights.

@@ -6,6 +6,10 @@
 //! Adding a tuner: its module and config (with `impl TunerKind`, see [`crate::kind`]) in their
 //! own file, and one line in the `tuners!` invocation below.
 
+// burn's `Module` derive also generates a record enum for `Tuner`, whose variants differ in size
+// as the modules do; a tuner is built once per run, so that costs nothing.
+#![allow(clippy::large_enum_variant)]
+
 use crate::iapt::{Iapt, IaptConfig};
 use crate::kind::TunerKind;
 use crate::lora::{Lora, LoraConfig};
@@ -22,8 +26,8 @@ use std::path::Path;
 pub trait TunerModule<B: Backend>: Module<B> + Into<Tuner<B>> {
     /// The `"tuner"` tag.
     const NAME: &'static str;
-    /// The module inside `tuner`, or `tuner` back when it holds another kind.
-    fn from_tuner(tuner: Tuner<B>) -> Result<Self, Tuner<B>>;
+    /// The module inside `tuner`, or the tag of the kind it holds instead.
+    fn from_tuner(tuner: Tuner<B>) -> Result<Self, &'static str>;
     /// The config it was built from.
     fn tuner_config(&self) -> TunerConfig;
     /// The backbone shape it was built for.
@@ -160,10 +164,10 @@ macro_rules! tuners {
         impl<B: Backend> TunerModule<B> for $module<B> {
             const NAME: &'static str = <$config as TunerKind>::NAME;
             #[allow(unreachable_patterns)]
-            fn from_tuner(tuner: Tuner<B>) -> Result<Self, Tuner<B>> {
+            fn from_tuner(tuner: Tuner<B>) -> Result<Self, &'static str> {
                 match tuner {
                     Tuner::$variant(t) => Ok(t),
-                    other => Err(other),
+                    other => Err(other.name()),
                 }
             }
             fn tuner_config(&self) -> TunerConfig {
