@@ -121,7 +121,7 @@ fn empty_responses_are_errors() {
     assert_has(&msg, &["task.json", "examples[0] (line 1)", "field `target`", "empty response"]);
 
     let path = t.write("g.jsonl", "{\"question\": \"q\", \"answer\": \"no marker\"}\n");
-    let msg = iapt_data::source::gsm8k::read_file(&path).unwrap_err().to_string();
+    let msg = iapt_data::gsm8k::read_file(&path).unwrap_err().to_string();
     assert_has(&msg, &["g.jsonl", "line 1", "field `answer`", "####"]);
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{temporaries, toy_tokenizer, TempDir};
-use iapt_data::encode::Encoding;
+use iapt_data::Encoding;
 use iapt_data::{load_task_in, Answer, EncodeConfig, Encoder, MatchRule, Source, TaskData, TaskKind, TaskSpec};
 use iapt_model::Tokenizer;
 use std::io::Write;
@@ -293,9 +293,9 @@ fn gsm8k_format_strips_annotations_and_scores_the_final_number() {
 {"question": "Big?", "answer": "#### 1,234"}
 "#####,
     );
-    let raw = iapt_data::source::gsm8k::read_file(&path).unwrap();
+    let raw = iapt_data::gsm8k::read_file(&path).unwrap();
     let spec = iapt_data::builtin_task("gsm8k").unwrap();
-    let data = iapt_data::task::prepare(&spec, raw).unwrap();
+    let data = iapt_data::prepare(&spec, raw).unwrap();
     let all: Vec<_> = data.train.iter().chain(&data.dev).chain(&data.test).collect();
     let nat = all.iter().find(|e| e.answer.response().contains("Natalia") || e.messages[0].content.contains("Natalia")).unwrap();
     assert_eq!(nat.answer.response(), "In May she sold 48/2 = 24.\nTotal 48+24 = 72.\n#### 72");

@@ -4,7 +4,7 @@
 mod common;
 
 use common::network;
-use iapt_data::encode::Encoding;
+use iapt_data::Encoding;
 use iapt_data::{builtin_task, load_task, Answer, EncodeConfig, Encoder, Split, BUILTIN_TASKS};
 use std::time::Instant;
 
@@ -16,9 +16,9 @@ fn network_builtin_tasks_load_with_recorded_splits() {
     }
     let home = iapt_assets::data_dir();
     let start = Instant::now();
-    let tasks = iapt_data::task::builtin_bigbench_tasks();
+    let tasks = iapt_data::builtin_bigbench_tasks();
     let refs: Vec<&str> = tasks.iter().map(String::as_str).collect();
-    iapt_data::source::bigbench::fetch_tasks(&home, &refs).unwrap();
+    iapt_data::bigbench::fetch_tasks(&home, &refs).unwrap();
     eprintln!("bigbench tasks cached in {:?}", start.elapsed());
     for name in BUILTIN_TASKS {
         let start = Instant::now();
@@ -60,7 +60,7 @@ fn network_real_tokenizer_masks_bench() {
         return;
     }
     let gguf = iapt_assets::fetch_asset("smollm2").unwrap();
-    let tok = iapt_model::tokenizer::load_tokenizer(&gguf).unwrap();
+    let tok = iapt_model::load_tokenizer(&gguf).unwrap();
     eprintln!("SmolLM2 chat template: {:?}", tok.chat_template());
     for name in BUILTIN_TASKS {
         let spec = builtin_task(name).unwrap();

@@ -163,7 +163,7 @@ struct PartTotals {
 }
 
 impl PartTotals {
-    fn add(&mut self, parts: &iapt_model::generate::PartSeconds, total: f64) {
+    fn add(&mut self, parts: &iapt_model::PartSeconds, total: f64) {
         for (sum, (_, s)) in self.seconds.iter_mut().zip(parts) {
             *sum += s;
         }
@@ -190,7 +190,7 @@ pub fn bench_train<B: Backend>(model_path: &std::path::Path, device: &B::Device,
     use burn::module::{AutodiffModule, Module};
     use burn::optim::{GradientsParams, Optimizer};
     use burn::tensor::ElementConversion;
-    use iapt_train::{monitor::StepMonitor, optim::GroupedAdamWConfig, LmBatch, LmExample, TunedLm};
+    use iapt_train::{optim::GroupedAdamWConfig, LmBatch, LmExample, StepMonitor, TunedLm};
     use std::time::Instant;
 
     let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, device)?;

@@ -12,7 +12,7 @@ use crate::run_config::{RunConfig, TunerSection, RESOLVED_CONFIG};
 use crate::runs::adapter_dir;
 use anyhow::{anyhow, bail, Context, Result};
 use iapt_model::LlamaConfig;
-use iapt_tuners::adapter::human_count;
+use iapt_tuners::human_count;
 use iapt_tuners::TunerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -37,7 +37,7 @@ pub struct LoadedModel<B: Backend> {
 impl<B: Backend> LoadedModel<B> {
     /// Load model and tokenizer from a resolved checkpoint path.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
-        let tokenizer = iapt_model::tokenizer::load_tokenizer(path)?;
+        let tokenizer = iapt_model::load_tokenizer(path)?;
         let model = iapt_model::load_llama::<B>(path, device)?;
         Ok(Self { model, tokenizer })
     }

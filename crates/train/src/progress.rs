@@ -13,6 +13,7 @@ use burn::train::renderer::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+#[cfg(test)]
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -42,6 +43,7 @@ pub enum Sink {
     /// Standard output, one line per call.
     Stdout,
     /// Collected in memory (tests).
+    #[cfg(test)]
     Memory(Arc<Mutex<Vec<String>>>),
     /// Nowhere.
     Discard,
@@ -51,6 +53,7 @@ impl Sink {
     fn emit(&self, line: String) {
         match self {
             Sink::Stdout => println!("{line}"),
+            #[cfg(test)]
             Sink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
             Sink::Discard => {}
         }

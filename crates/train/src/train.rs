@@ -33,6 +33,7 @@ use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, Sup
 use iapt_model::ModelHook;
 use iapt_model::TrainableTuner;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -272,24 +273,9 @@ where
     };
     std::fs::create_dir_all(&checkpoint_dir).map_err(io(&checkpoint_dir))?;
 
-    // Resume: the latest complete checkpoint, made with the same trajectory settings.
     let extension = <CheckpointRecorder as FileRecorder<B>>::file_extension();
     let saved = checkpoint::complete_epochs(&checkpoint_dir, extension);
-    let config_path = run_dir.join("train_config.json");
-    let resume_epoch = match saved.range(..=config.epochs).last() {
-        None => None,
-        Some(_) if !config.resume => return Err(TrainError::RunDirInUse(run_dir)),
-        Some(&last) => {
-            if let Some(previous) = read_json::<TrainConfig>(&config_path) {
-                let fields = config.trajectory_differences(&previous);
-                if !fields.is_empty() {
-                    return Err(TrainError::ConfigMismatch { dir: run_dir, fields });
-                }
-            }
-            Some(last)
-        }
-    };
-    write_json(&config_path, config)?;
+    let resume_epoch = resume_point(config, &run_dir, &saved)?;
 
     let interrupter = Interrupter::new();
     let monitor = StepMonitor::new(interrupter.clone());
@@ -366,13 +352,7 @@ where
     let epochs = monitor.epochs();
     let best = monitor.best_dev_epoch();
     let last_epoch = epochs.last().map(|e| e.epoch);
-    // burn's TUI resets the interrupter when training ends, but keeps its message.
-    let stop = match (interrupter.get_message(), last_epoch) {
-        (Some(reason), _) => StopReason::Interrupted { reason },
-        (None, _) if interrupter.should_stop() => StopReason::Interrupted { reason: "stopped".into() },
-        (None, Some(epoch)) if epoch < config.epochs => StopReason::EarlyStopped { epoch },
-        _ => StopReason::Completed,
-    };
+    let stop = stop_reason(&interrupter, last_epoch, config.epochs);
     let mut report = TrainReport {
         resumed_from_epoch: resume_epoch,
         epochs,
@@ -397,16 +377,54 @@ where
 
     if let (true, Some((best_epoch, _))) = (config.restore_best, best) {
         if Some(best_epoch) != last_epoch {
-            let path = checkpoint_dir.join(format!("model-{best_epoch}"));
-            let device = model.devices().into_iter().next().unwrap_or_default();
-            let record = Recorder::<B::InnerBackend>::load(&CheckpointRecorder::default(), path.clone(), &device)
-                .map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })?;
-            model = model.load_record(record);
+            model = load_epoch(model, &checkpoint_dir, best_epoch)?;
             report.returned_epoch = Some(best_epoch);
         }
     }
     write_json(&run_dir.join("report.json"), &report)?;
     Ok(Trained { model, report })
+}
+
+/// The epoch to resume from: the latest complete checkpoint in `saved` (at most the configured
+/// epochs), made with the same trajectory settings; `None` for a fresh run. Records this
+/// session's settings for the next one.
+fn resume_point(config: &TrainConfig, run_dir: &Path, saved: &BTreeSet<usize>) -> Result<Option<usize>, TrainError> {
+    let config_path = run_dir.join("train_config.json");
+    let resume_epoch = match saved.range(..=config.epochs).last() {
+        None => None,
+        Some(_) if !config.resume => return Err(TrainError::RunDirInUse(run_dir.to_path_buf())),
+        Some(&last) => {
+            if let Some(previous) = read_json::<TrainConfig>(&config_path) {
+                let fields = config.trajectory_differences(&previous);
+                if !fields.is_empty() {
+                    return Err(TrainError::ConfigMismatch { dir: run_dir.to_path_buf(), fields });
+                }
+            }
+            Some(last)
+        }
+    };
+    write_json(&config_path, config)?;
+    Ok(resume_epoch)
+}
+
+/// Why training ended, from the interrupter and the last finished epoch.
+fn stop_reason(interrupter: &Interrupter, last_epoch: Option<usize>, epochs: usize) -> StopReason {
+    // burn's TUI resets the interrupter when training ends, but keeps its message.
+    match (interrupter.get_message(), last_epoch) {
+        (Some(reason), _) => StopReason::Interrupted { reason },
+        (None, _) if interrupter.should_stop() => StopReason::Interrupted { reason: "stopped".into() },
+        (None, Some(epoch)) if epoch < epochs => StopReason::EarlyStopped { epoch },
+        _ => StopReason::Completed,
+    }
+}
+
+/// `model` with the tuner of epoch `epoch`'s checkpoint.
+fn load_epoch<B: Backend, M: Module<B>>(model: M, checkpoint_dir: &Path, epoch: usize) -> Result<M, TrainError> {
+    let path = checkpoint_dir.join(format!("model-{epoch}"));
+    let device = model.devices().into_iter().next().unwrap_or_default();
+    let record =
+        Recorder::<B>::load(&CheckpointRecorder::default(), path.clone(), &device).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })?;
+    Ok(model.load_record(record))
 }
 
 /// Schedule steps in one epoch of `items` examples: burn-train steps the schedule once per

@@ -9,9 +9,9 @@ use crate::rational::{ActivationConfig, ActivationKind, RationalConfig};
 use burn::config::Config;
 use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Bool, Tensor};
-use iapt_model::hook::TrainableTuner;
-use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::LlamaConfig;
+use iapt_model::TrainableTuner;
+use iapt_model::{LayerInput, LayerPrefix, ModelHook};
 use serde::{Deserialize, Serialize};
 
 /// Which hidden states the generators read.
@@ -142,7 +142,7 @@ impl TunerKind for IaptConfig {
             base: base.clone(),
         };
         // Draw every lazy parameter now, so clones of this module are copies, not fresh draws.
-        Ok(iapt_model::transformer::materialize(iapt))
+        Ok(iapt_model::materialize(iapt))
     }
 
     fn of<B: Backend>(module: &Iapt<B>) -> (&Self, &LlamaConfig) {

@@ -2,29 +2,32 @@
 //!
 //! IAPT (arXiv 2405.18203): per layer, a small prompt generator reads the instruction's hidden
 //! states and emits `l_sp` soft tokens that become a per-input KV prefix (method spec §2–4).
-//! One concept per module: the activation ([`rational`], fitted by [`gelu_fit`]), the pooling
-//! ([`pooler`]), one layer's generator ([`generator`]), the whole tuner and its hook ([`iapt`]).
+//! One concept per module: the activation (`rational`, fitted by [`gelu_fit`]), the pooling
+//! (`pooler`), one layer's generator (`generator`), the whole tuner and its hook (`iapt`).
 //!
-//! The baselines it is compared with use the same hooks: [`prompt_tuning`] (input embeddings),
-//! [`prefix_tuning`] (P-tuning v2: learned per-layer keys/values) and [`lora`] (low-rank
-//! projection deltas). [`kind`] says what a tuner provides; [`tuner`] is the registry that lists
-//! them once and builds the runtime-selected [`Tuner`] and its [`TunerConfig`]; [`adapter`] the
+//! The baselines it is compared with use the same hooks: `prompt_tuning` (input embeddings),
+//! `prefix_tuning` (P-tuning v2: learned per-layer keys/values) and `lora` (low-rank
+//! projection deltas). `kind` says what a tuner provides; `tuner` is the registry that lists
+//! them once and builds the runtime-selected [`Tuner`] and its [`TunerConfig`]; `adapter` the
 //! adapter files, one layout for all; [`config_json`] the partial-JSON config parsing.
 
-pub mod adapter;
+mod adapter;
 pub mod config_json;
 pub mod gelu_fit;
-pub mod generator;
-pub mod iapt;
-pub mod kind;
-pub mod lora;
-pub mod pooler;
-pub mod prefix_tuning;
-pub mod prompt_tuning;
-pub mod rational;
-pub mod tuner;
+mod generator;
+mod iapt;
+mod kind;
+mod lora;
+mod pooler;
+mod prefix_tuning;
+mod prompt_tuning;
+mod rational;
+mod tuner;
 
-pub use adapter::{load_module, load_tuner, save_module, save_tuner, AdapterConfig, AdapterError, BaseModel, ParamCount};
+pub use adapter::{
+    human_count, load_module, load_module_tensors, load_tuner, module_tensors, read_safetensors, save_module, save_tuner, write_safetensors, AdapterConfig,
+    AdapterError, BaseModel, ParamCount, CONFIG_FILE, WEIGHTS_FILE,
+};
 pub use generator::{Projections, ProjectionsConfig, PromptGenerator, PromptGeneratorConfig};
 pub use iapt::{GeneratorInput, Iapt, IaptConfig, PrefixPositions, SoftTokenSpace};
 pub use kind::TunerKind;

@@ -9,8 +9,8 @@ use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
-use iapt_model::hook::{ModelHook, Projection, TrainableTuner};
 use iapt_model::{Llama, LlamaConfig};
+use iapt_model::{ModelHook, Projection, TrainableTuner};
 
 /// LoRA's hyper-parameters; saved verbatim in `adapter_config.json`.
 #[derive(Config, Debug, PartialEq)]
@@ -105,7 +105,7 @@ impl TunerKind for LoraConfig {
             config: self.clone(),
             base: base.clone(),
         };
-        Ok(iapt_model::transformer::materialize(lora))
+        Ok(iapt_model::materialize(lora))
     }
 
     fn of<B: Backend>(module: &Lora<B>) -> (&Self, &LlamaConfig) {

@@ -7,7 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use iapt_model::transformer::MASKED;
+use iapt_model::MASKED;
 
 /// How one layer's generator summarises the instruction.
 ///

@@ -16,9 +16,9 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::tanh;
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
-use iapt_model::hook::TrainableTuner;
-use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook};
 use iapt_model::LlamaConfig;
+use iapt_model::TrainableTuner;
+use iapt_model::{LayerInput, LayerPrefix, ModelHook};
 
 /// P-tuning v2's hyper-parameters; saved verbatim in `adapter_config.json`.
 #[derive(Config, Debug, PartialEq)]
@@ -80,7 +80,7 @@ impl TunerKind for PrefixTuningConfig {
             }
         };
         let tuner = PrefixTuning { keys, values, encoder, config: self.clone(), base: base.clone() };
-        Ok(iapt_model::transformer::materialize(tuner))
+        Ok(iapt_model::materialize(tuner))
     }
 
     fn of<B: Backend>(module: &PrefixTuning<B>) -> (&Self, &LlamaConfig) {

@@ -8,8 +8,8 @@ use crate::kind::TunerKind;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
-use iapt_model::hook::ModelHook;
-use iapt_model::hook::TrainableTuner;
+use iapt_model::ModelHook;
+use iapt_model::TrainableTuner;
 use iapt_model::{Llama, LlamaConfig};
 use serde::{Deserialize, Serialize};
 

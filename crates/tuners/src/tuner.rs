@@ -17,8 +17,8 @@ use crate::prefix_tuning::{PrefixTuning, PrefixTuningConfig};
 use crate::prompt_tuning::{PromptTuning, PromptTuningConfig};
 use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Tensor};
-use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook, Projection, TrainableTuner};
 use iapt_model::{HostTensor, Llama, LlamaConfig};
+use iapt_model::{LayerInput, LayerPrefix, ModelHook, Projection, TrainableTuner};
 use std::collections::BTreeMap;
 use std::path::Path;
 

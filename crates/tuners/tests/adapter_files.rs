@@ -2,8 +2,8 @@
 
 use burn::tensor::backend::Backend;
 use iapt_model::{KvCache, Llama, LlamaConfig, TokenBatch};
-use iapt_tuners::adapter::{module_tensors, read_safetensors, write_safetensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
 use iapt_tuners::{load_module, save_module, AdapterError, Iapt, IaptConfig, PoolerKind, TunerKind};
+use iapt_tuners::{module_tensors, read_safetensors, write_safetensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
 use std::path::PathBuf;
 
 type TB = burn::backend::NdArray;

@@ -9,13 +9,13 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use common::*;
-use iapt_model::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
 use iapt_model::{generate, GenerationConfig, KvCache, Llama, LlamaConfig, NoHook, Padding, SamplingConfig, TokenBatch};
-use iapt_tuners::adapter::{module_tensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
+use iapt_model::{LayerInput, LayerPrefix, ModelHook, Projection};
 use iapt_tuners::{
     load_module, load_tuner, merge_lora, save_module, save_tuner, AdapterError, Iapt, IaptConfig, Lora, LoraConfig, PrefixTuning, PrefixTuningConfig,
     PromptInit, PromptTuning, PromptTuningConfig, Tuner, TunerConfig, TunerKind,
 };
+use iapt_tuners::{module_tensors, AdapterConfig, CONFIG_FILE, WEIGHTS_FILE};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
@@ -145,7 +145,7 @@ fn iapt_files_are_the_same_through_the_enum_and_the_iapt_functions() {
     for file in [CONFIG_FILE, WEIGHTS_FILE] {
         assert_eq!(std::fs::read(direct.join(file)).unwrap(), std::fs::read(through.join(file)).unwrap(), "{file} differs");
     }
-    let names: Vec<String> = iapt_tuners::adapter::read_safetensors(&direct.join(WEIGHTS_FILE)).unwrap().into_keys().collect();
+    let names: Vec<String> = iapt_tuners::read_safetensors(&direct.join(WEIGHTS_FILE)).unwrap().into_keys().collect();
     assert!(names.contains(&"layers.0.projections.down.weight".to_string()), "{names:?}");
     let loaded = load_module::<TB, Iapt<TB>>(&through, &LlamaConfig::tiny(), &Default::default()).unwrap();
     assert_eq!(module_tensors(&loaded), module_tensors(&iapt));
@@ -307,7 +307,7 @@ fn lora_delta_matches_a_hand_computed_loop() {
     let b: Vec<f32> = (0..rank * n_out).map(|i| ((i * 3 % 7) as f32 - 3.0) / 4.0).collect();
     tensors.get_mut("layers.1.k.lora_a").unwrap().data = a.clone();
     tensors.get_mut("layers.1.k.lora_b").unwrap().data = b.clone();
-    let lora = iapt_tuners::adapter::load_module_tensors(lora, tensors, Path::new("memory")).unwrap();
+    let lora = iapt_tuners::load_module_tensors(lora, tensors, Path::new("memory")).unwrap();
 
     let x: Vec<f32> = (0..2 * n_in).map(|i| ((i * 5 % 13) as f32 - 6.0) / 3.0).collect();
     let x_tensor = Tensor::<TB, 3>::from_data(TensorData::new(x.clone(), [1, 2, n_in]), &Default::default());

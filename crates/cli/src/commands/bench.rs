@@ -91,7 +91,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Generate(args) => generate(args),
         BenchCommand::Train(args) => train(args),
         BenchCommand::Data { name, n, model } => {
-            let tokenizer = iapt_model::tokenizer::load_tokenizer(&resolve_model(&model)?)?;
+            let tokenizer = iapt_model::load_tokenizer(&resolve_model(&model)?)?;
             let spec = iapt_experiment::task::task_spec(&DataSection { task: name, ..Default::default() })?;
             print_json(&iapt_experiment::bench::bench_data::<crate::backend::NdArray>(&spec, &tokenizer, n, &Default::default())?)
         }

@@ -44,7 +44,7 @@ pub fn fetch(name: &str) -> Result<()> {
     let home = iapt_assets::data_dir();
     match name.parse::<Source>().map_err(|e| anyhow!("{name}: {e}"))? {
         Source::BigBench { task } => {
-            for path in iapt_data::source::bigbench::fetch_tasks(&home, &[task.as_str()])? {
+            for path in iapt_data::bigbench::fetch_tasks(&home, &[task.as_str()])? {
                 println!("{}", path.display());
             }
         }
@@ -57,7 +57,7 @@ pub fn fetch(name: &str) -> Result<()> {
 /// Print `n` encoded examples of a split with their masks, plus split sizes and label counts.
 fn show(name: &str, model: &str, split: &str, n: usize) -> Result<()> {
     let split: Split = split.parse().map_err(|e| anyhow!("--split {split}: {e}"))?;
-    let tokenizer = iapt_model::tokenizer::load_tokenizer(&resolve_model(model)?)?;
+    let tokenizer = iapt_model::load_tokenizer(&resolve_model(model)?)?;
     let spec = iapt_experiment::task::task_spec(&DataSection { task: name.to_string(), ..Default::default() })?;
     let task = iapt_data::load_task(&spec)?;
     let encoder = iapt_data::Encoder::new(&tokenizer, &spec, EncodeConfig::default());

@@ -21,7 +21,7 @@ pub struct TokenizeArgs {
 
 /// Token ids of `--text`, special tokens parsed.
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
-    let tokenizer = iapt_model::tokenizer::load_tokenizer(&resolve_model(&args.model.model)?)?;
+    let tokenizer = iapt_model::load_tokenizer(&resolve_model(&args.model.model)?)?;
     let ids = tokenizer.encode(&args.text).map_err(|e| anyhow!("tokenizing: {e}"))?;
     if args.model.json {
         println!("{}", json!({ "ids": ids }));

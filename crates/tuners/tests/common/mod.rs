@@ -5,7 +5,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use iapt_model::hook::ModelHook;
+use iapt_model::ModelHook;
 use iapt_model::{KvCache, Llama, LlamaConfig, TokenBatch};
 use iapt_tuners::{ActivationKind, GeneratorInput, IaptConfig, PoolerKind, PrefixPositions, SoftTokenSpace};
 
