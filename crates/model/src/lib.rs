@@ -24,7 +24,7 @@ pub use config::LlamaConfig;
 pub use error::LoadError;
 pub use generate::{generate, Generation, GenerationConfig, PartSeconds};
 pub use hook::{LayerInput, LayerPrefix, ModelHook, NoHook, Projection, TrainableTuner};
-pub use load::{load_llama, read_checkpoint, read_checkpoint_config};
+pub use load::{llama_from_weights, load_llama, read_checkpoint, read_checkpoint_config};
 pub use sampling::SamplingConfig;
 pub use tokenizer::{load_tokenizer, ChatMessage, Tokenizer};
 pub use transformer::{materialize, Llama, MASKED};

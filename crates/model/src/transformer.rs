@@ -6,11 +6,14 @@ use crate::config::LlamaConfig;
 use crate::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
 use crate::profile::{timed, Part};
 use crate::rope::{inverse_frequencies, RopeAngles};
+use crate::weights::{HostTensor, WeightMap};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 use iapt_kernels::{accelerated, frozen_matmul};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// Score given to masked slots before a softmax (attention here, the tuners' pooling). Finite,
 /// so a fully masked row (a padding query) yields a uniform distribution rather than NaN; exp
@@ -50,15 +53,15 @@ fn rms_norm<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> T
 /// Grouped-query self-attention with rotary embeddings.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
+    pub(crate) q_proj: Linear<B>,
+    pub(crate) k_proj: Linear<B>,
+    pub(crate) v_proj: Linear<B>,
+    pub(crate) o_proj: Linear<B>,
+    pub(crate) num_heads: usize,
+    pub(crate) num_kv_heads: usize,
+    pub(crate) head_dim: usize,
     /// RoPE base, needed here to rotate prefix keys at their own positions.
-    pub rope_theta: f64,
+    pub(crate) rope_theta: f64,
 }
 
 impl<B: Backend> Attention<B> {
@@ -150,9 +153,9 @@ fn to_heads_major<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub(crate) gate_proj: Linear<B>,
+    pub(crate) up_proj: Linear<B>,
+    pub(crate) down_proj: Linear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -176,10 +179,10 @@ impl<B: Backend> Mlp<B> {
 /// One pre-norm decoder layer.
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
-    pub input_layernorm: RmsNorm<B>,
-    pub self_attn: Attention<B>,
-    pub post_attention_layernorm: RmsNorm<B>,
-    pub mlp: Mlp<B>,
+    pub(crate) input_layernorm: RmsNorm<B>,
+    pub(crate) self_attn: Attention<B>,
+    pub(crate) post_attention_layernorm: RmsNorm<B>,
+    pub(crate) mlp: Mlp<B>,
 }
 
 /// Everything about the current step that all layers share.
@@ -286,13 +289,13 @@ pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
 /// The decoder: embeddings, layers, final norm, LM head.
 #[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
-    pub embed_tokens: Embedding<B>,
-    pub layers: Vec<DecoderLayer<B>>,
-    pub norm: RmsNorm<B>,
+    pub(crate) embed_tokens: Embedding<B>,
+    pub(crate) layers: Vec<DecoderLayer<B>>,
+    pub(crate) norm: RmsNorm<B>,
     /// `None` when the head is tied to the embeddings.
-    pub lm_head: Option<Linear<B>>,
+    pub(crate) lm_head: Option<Linear<B>>,
     #[module(skip)]
-    pub config: LlamaConfig,
+    pub(crate) config: LlamaConfig,
 }
 
 impl<B: Backend> Llama<B> {
@@ -312,8 +315,22 @@ impl<B: Backend> Llama<B> {
         &self.config
     }
 
-    /// The frozen `Linear` behind `projection` in `layer`, for code that rewrites backbone
-    /// weights (merging LoRA). Panics on a layer the model does not have.
+    /// The frozen `Linear` behind `projection` in `layer`. Panics on a layer the model does not
+    /// have.
+    pub fn projection(&self, layer: usize, projection: Projection) -> &Linear<B> {
+        let layer = &self.layers[layer];
+        match projection {
+            Projection::Q => &layer.self_attn.q_proj,
+            Projection::K => &layer.self_attn.k_proj,
+            Projection::V => &layer.self_attn.v_proj,
+            Projection::O => &layer.self_attn.o_proj,
+            Projection::Gate => &layer.mlp.gate_proj,
+            Projection::Up => &layer.mlp.up_proj,
+            Projection::Down => &layer.mlp.down_proj,
+        }
+    }
+
+    /// [`Llama::projection`], for code that rewrites backbone weights (merging LoRA).
     pub fn projection_mut(&mut self, layer: usize, projection: Projection) -> &mut Linear<B> {
         let layer = &mut self.layers[layer];
         match projection {
@@ -325,6 +342,39 @@ impl<B: Backend> Llama<B> {
             Projection::Up => &mut layer.mlp.up_proj,
             Projection::Down => &mut layer.mlp.down_proj,
         }
+    }
+
+    /// The token embedding table `[vocab, d]` (also the LM head when tied).
+    pub fn embedding_table(&self) -> Tensor<B, 2> {
+        self.embed_tokens.weight.val()
+    }
+
+    /// Every weight on the host in HF names and layouts (a projection `[out, in]`): what
+    /// [`crate::llama_from_weights`] reads, so `llama_from_weights(config, model.to_weights())`
+    /// rebuilds the same model. For references and tests that edit weights.
+    pub fn to_weights(&self) -> WeightMap {
+        fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
+            HostTensor { shape: t.dims().to_vec(), data: t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 weights") }
+        }
+        let mut tensors = BTreeMap::new();
+        tensors.insert("model.embed_tokens.weight".to_string(), host(self.embedding_table()));
+        tensors.insert("model.norm.weight".to_string(), host(self.norm.gamma.val()));
+        if let Some(head) = &self.lm_head {
+            tensors.insert("lm_head.weight".to_string(), host(head.weight.val().transpose()));
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let name = |part: &str| format!("model.layers.{l}.{part}.weight");
+            tensors.insert(name("input_layernorm"), host(layer.input_layernorm.gamma.val()));
+            tensors.insert(name("post_attention_layernorm"), host(layer.post_attention_layernorm.gamma.val()));
+            for projection in Projection::ALL {
+                let part = match projection {
+                    Projection::Gate | Projection::Up | Projection::Down => format!("mlp.{}_proj", projection.name()),
+                    _ => format!("self_attn.{}_proj", projection.name()),
+                };
+                tensors.insert(name(&part), host(self.projection(l, projection).weight.val().transpose()));
+            }
+        }
+        WeightMap { source: PathBuf::from("<in-memory model>"), tensors }
     }
 
     /// The number of decoder layers (the KV cache needs one slot per layer).

@@ -91,28 +91,17 @@ fn gqa_equals_multi_head_attention_with_repeated_kv() {
     let c = gqa.config().clone();
     let mut mha_config = c.clone();
     mha_config.num_kv_heads = c.num_heads;
-    let mut mha = Llama::<TB>::random(&mha_config, &Default::default());
-    mha.embed_tokens = gqa.embed_tokens.clone();
-    mha.norm = gqa.norm.clone();
-    mha.lm_head = gqa.lm_head.clone();
+    // The same weights, with each KV head's rows repeated `groups` times (HF stores [out, in]).
     let groups = c.num_heads / c.num_kv_heads;
-    // Repeat each KV head's columns `groups` times (burn stores [in, out]).
-    let repeat = |w: Tensor<TB, 2>| {
-        let [d, _] = w.dims();
-        let heads: Vec<_> = (0..c.num_kv_heads).flat_map(|i| std::iter::repeat_n(w.clone().narrow(1, i * c.head_dim, c.head_dim), groups)).collect();
-        let out = Tensor::cat(heads, 1);
-        assert_eq!(out.dims(), [d, c.num_heads * c.head_dim]);
-        out
-    };
-    for (m, g) in mha.layers.iter_mut().zip(&gqa.layers) {
-        m.input_layernorm = g.input_layernorm.clone();
-        m.post_attention_layernorm = g.post_attention_layernorm.clone();
-        m.mlp = g.mlp.clone();
-        m.self_attn.q_proj = g.self_attn.q_proj.clone();
-        m.self_attn.o_proj = g.self_attn.o_proj.clone();
-        m.self_attn.k_proj.weight = burn::module::Param::from_tensor(repeat(g.self_attn.k_proj.weight.val()));
-        m.self_attn.v_proj.weight = burn::module::Param::from_tensor(repeat(g.self_attn.v_proj.weight.val()));
+    let mut weights = gqa.to_weights();
+    for (name, t) in weights.tensors.iter_mut() {
+        if name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight") {
+            let row = c.hidden_size * c.head_dim; // one head's rows
+            let data: Vec<f32> = (0..c.num_kv_heads).flat_map(|h| std::iter::repeat_n(&t.data[h * row..(h + 1) * row], groups).flatten().copied()).collect();
+            *t = iapt_model::HostTensor { shape: vec![c.num_heads * c.head_dim, c.hidden_size], data };
+        }
     }
+    let mha = iapt_model::llama_from_weights::<TB>(&mha_config, weights, &Default::default()).unwrap();
     let a = full_logits(&gqa, &[SEQ.to_vec()], Padding::Right, &NoHook);
     let b = full_logits(&mha, &[SEQ.to_vec()], Padding::Right, &NoHook);
     let d = a[0].iter().flatten().zip(b[0].iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);

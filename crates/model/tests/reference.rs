@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use burn::tensor::{backend::Backend, Tensor};
-use iapt_model::Llama;
+use iapt_model::{HostTensor, Llama};
 
 pub type TB = burn::backend::NdArray;
 
@@ -22,6 +22,17 @@ impl Mat {
         let [rows, cols] = t.dims();
         let data = t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
         Mat { rows, cols, data }
+    }
+    /// A HF `[out, in]` weight as the `[in, out]` matrix [`Mat::apply`] multiplies by.
+    pub fn from_hf(t: &HostTensor) -> Self {
+        let (out, inp) = (t.shape[0], t.shape[1]);
+        let mut data = vec![0.0; out * inp];
+        for o in 0..out {
+            for i in 0..inp {
+                data[i * out + o] = t.data[o * inp + i] as f64;
+            }
+        }
+        Mat { rows: inp, cols: out, data }
     }
     /// x (len rows) times this `[in, out]` matrix.
     pub fn apply(&self, x: &[f64]) -> Vec<f64> {
@@ -80,21 +91,19 @@ pub fn reference_logits_generated<B: Backend>(
     soft: &SoftTokens<'_>,
 ) -> Vec<Vec<f64>> {
     let c = model.config().clone();
-    let embed = Mat::from_tensor(model.embed_tokens.weight.val());
+    let weights = model.to_weights().tensors;
+    let host = |name: &str| weights.get(name).unwrap_or_else(|| panic!("no {name}"));
+    let gamma = |name: &str| host(name).data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let embed = Mat::from_tensor(model.embedding_table());
     let mut xs: Vec<Vec<f64>> = ids.iter().map(|&t| embed.data[t as usize * c.hidden_size..(t as usize + 1) * c.hidden_size].to_vec()).collect();
     let (h, kvh, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-    for (l, layer) in model.layers.iter().enumerate() {
-        let g_in = vec1(layer.input_layernorm.gamma.val());
-        let g_post = vec1(layer.post_attention_layernorm.gamma.val());
-        let a = &layer.self_attn;
-        let (wq, wk, wv, wo) = (
-            Mat::from_tensor(a.q_proj.weight.val()),
-            Mat::from_tensor(a.k_proj.weight.val()),
-            Mat::from_tensor(a.v_proj.weight.val()),
-            Mat::from_tensor(a.o_proj.weight.val()),
-        );
-        let m = &layer.mlp;
-        let (wg, wu, wd) = (Mat::from_tensor(m.gate_proj.weight.val()), Mat::from_tensor(m.up_proj.weight.val()), Mat::from_tensor(m.down_proj.weight.val()));
+    for l in 0..c.num_layers {
+        let layer = |part: &str| format!("model.layers.{l}.{part}.weight");
+        let g_in = gamma(&layer("input_layernorm"));
+        let g_post = gamma(&layer("post_attention_layernorm"));
+        let w = |part: &str| Mat::from_hf(host(&layer(part)));
+        let (wq, wk, wv, wo) = (w("self_attn.q_proj"), w("self_attn.k_proj"), w("self_attn.v_proj"), w("self_attn.o_proj"));
+        let (wg, wu, wd) = (w("mlp.gate_proj"), w("mlp.up_proj"), w("mlp.down_proj"));
 
         let normed_real: Vec<Vec<f64>> = xs.iter().map(|x| rms_norm(x, &g_in, c.rms_norm_eps)).collect();
         let soft_here = soft(l, &xs, &normed_real).unwrap_or_default();
@@ -142,9 +151,9 @@ pub fn reference_logits_generated<B: Backend>(
         }
         xs = out;
     }
-    let g = vec1(model.norm.gamma.val());
-    let head = match &model.lm_head {
-        Some(l) => Mat::from_tensor(l.weight.val()),
+    let g = gamma("model.norm.weight");
+    let head = match weights.get("lm_head.weight") {
+        Some(t) => Mat::from_hf(t),
         None => {
             // tied: logits = h . embed[v]
             let mut t = Mat { rows: c.hidden_size, cols: c.vocab_size, data: vec![0.0; c.hidden_size * c.vocab_size] };

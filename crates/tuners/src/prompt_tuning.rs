@@ -79,7 +79,7 @@ impl TunerKind for PromptTuningConfig {
     /// Draws use the backend's RNG (seed it for reproducible starts).
     fn init_from_backbone<B: Backend>(&self, backbone: &Llama<B>) -> Result<PromptTuning<B>, String> {
         self.validate().map_err(|e| format!("invalid prompt tuning config: {e}"))?;
-        let table = backbone.embed_tokens.weight.val().detach();
+        let table = backbone.embedding_table().detach();
         let [vocab, d] = table.dims();
         let device = table.device();
         let prompt = match self.init {
@@ -154,7 +154,7 @@ mod tests {
         let mut base = LlamaConfig::tiny();
         base.vocab_size = 7;
         let backbone = Llama::<TB>::random(&base, &device);
-        let table: Vec<f32> = backbone.embed_tokens.weight.val().into_data().to_vec().unwrap();
+        let table: Vec<f32> = backbone.embedding_table().into_data().to_vec().unwrap();
         let rows: Vec<&[f32]> = table.chunks(base.hidden_size).collect();
         let vocab = PromptTuningConfig::new().with_num_tokens(5).init_from_backbone(&backbone).unwrap();
         let prompt: Vec<f32> = vocab.prompt.val().into_data().to_vec().unwrap();
