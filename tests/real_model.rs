@@ -150,5 +150,35 @@ fn train_then_eval_then_resume_on_real_data() {
     assert_eq!(again["tuned_accuracy"], results["tuned_accuracy"]);
     let report: Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["resumed_from_epoch"], 1, "the second run should continue from epoch 1's checkpoint");
+    assert!(again["train_tokens_per_second"].is_null(), "a session that trained nothing reports no rate: {again}");
+
+    // Another task (or tuner) in the same directory is refused, and the finished run's files stay.
+    let before = (std::fs::read(run.join("config.toml")).unwrap(), std::fs::read(run.join("results.json")).unwrap());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iapt"));
+    cmd.args(["train", "--config", config, "--run-dir", run_s]);
+    for s in sets.iter().chain(&["data.task=strategyqa", "tuner.bottleneck=8"]) {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("data.task") && stderr.contains("tuner.bottleneck"), "{stderr}");
+    assert_eq!((std::fs::read(run.join("config.toml")).unwrap(), std::fs::read(run.join("results.json")).unwrap()), before);
     let _ = std::fs::remove_dir_all(&run);
+}
+
+/// Requests past the model's context, and sampling settings that mean nothing, are refused.
+#[test]
+fn generation_beyond_the_context_or_with_a_negative_temperature_is_refused() {
+    if !enabled() {
+        return;
+    }
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["generate", "--model", "smollm2", "--prompt", "Hello"]).args(extra).output().unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--max-new-tokens", "1000000"]);
+    assert!(err.contains("max_position_embeddings") && err.contains("8192"), "{err}");
+    assert!(run(&["--temperature=-1"]).contains("--temperature"));
+    assert!(run(&["--top-p", "0"]).contains("--top-p"));
 }

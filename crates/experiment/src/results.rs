@@ -37,7 +37,8 @@ pub struct RunResults {
     pub train_batches: usize,
     /// Wall time of this session's training (per-epoch validation included) per batch.
     pub seconds_per_batch: f64,
-    pub train_tokens_per_second: f64,
+    /// `None` when this session trained nothing (a finished run resumed).
+    pub train_tokens_per_second: Option<f64>,
     /// The process's peak resident memory, where the platform reports it.
     pub peak_rss_bytes: Option<u64>,
     pub backend: String,
@@ -102,7 +103,7 @@ mod tests {
             train_seconds: 100.0,
             train_batches: 96,
             seconds_per_batch: 1.04,
-            train_tokens_per_second: 900.0,
+            train_tokens_per_second: Some(900.0),
             peak_rss_bytes: None,
             backend: "ndarray".into(),
         };

@@ -284,6 +284,52 @@ impl RunConfig {
         toml::to_string(self).expect("a run config serialises to TOML")
     }
 
+    /// The dotted keys whose values differ between `self` and `other` (a key present in only one
+    /// counts), sorted.
+    pub fn differences(&self, other: &RunConfig) -> Vec<String> {
+        fn walk(a: &toml::Table, b: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let name = format!("{prefix}{key}");
+                match (a.get(key), b.get(key)) {
+                    (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => walk(x, y, &format!("{name}."), out),
+                    (x, y) if x != y => out.push(name),
+                    _ => {}
+                }
+            }
+        }
+        let table = |c: &RunConfig| c.to_toml().parse::<toml::Table>().expect("a run config is TOML");
+        let mut out = Vec::new();
+        walk(&table(self), &table(other), "", &mut out);
+        out
+    }
+
+    /// Refuse to reuse a run directory that holds another run: when `dir/config.toml` exists (an
+    /// earlier session, finished or not), every key that shapes what is trained and measured must
+    /// be the same; only where it runs (`run.dir`, `model.backend`, `model.devices`) and how it
+    /// is shown or kept (iapt-train's `PRESENTATION_FIELDS`) may change. Checked before anything
+    /// is written into `dir`.
+    pub fn check_run_dir(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(RESOLVED_CONFIG);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let previous = RunConfig::load(Some(&path), &[]).with_context(|| format!("{}: the run directory's config", path.display()))?;
+        let free = |key: &str| {
+            ["run.dir", "model.backend", "model.devices"].contains(&key)
+                || key.strip_prefix("train.").is_some_and(|f| iapt_train::PRESENTATION_FIELDS.contains(&f))
+        };
+        let changed: Vec<String> = self.differences(&previous).into_iter().filter(|k| !free(k)).collect();
+        if !changed.is_empty() {
+            bail!(
+                "{}: this run directory holds a run with other settings ({} differ); use another run.dir (--run-dir) or remove the directory (to evaluate a finished run differently: iapt eval --adapter DIR)",
+                dir.display(),
+                changed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// Write the resolved config into `dir`, atomically.
     pub fn save(&self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(RESOLVED_CONFIG);
@@ -389,6 +435,29 @@ mod tests {
         assert!(err.contains("bottleneck") && err.contains("lora"), "{err}");
         let err = load("[tuner]\nkind = \"lora\"\nrank = 0\n", &[]).unwrap_err().to_string();
         assert!(err.contains("rank"), "{err}");
+    }
+
+    #[test]
+    fn a_run_directory_is_reused_only_with_the_same_settings() {
+        let dir = std::env::temp_dir().join(format!("iapt-run-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = RunConfig::default();
+        config.check_run_dir(&dir).unwrap(); // no directory yet
+        std::fs::create_dir_all(&dir).unwrap();
+        config.save(&dir).unwrap();
+        config.check_run_dir(&dir).unwrap();
+        // Where it runs may change...
+        let moved = load("", &["model.backend=\"flex\"", "run.dir=\"elsewhere\"", "train.dashboard=\"off\""]).unwrap();
+        moved.check_run_dir(&dir).unwrap();
+        // ...what it trains or measures may not, and the saved config is left as it was.
+        let before = std::fs::read_to_string(dir.join(RESOLVED_CONFIG)).unwrap();
+        let other = load("", &["data.task=strategyqa", "tuner.bottleneck=8", "eval.max_examples=16"]).unwrap();
+        let err = other.check_run_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("data.task") && err.contains("tuner.bottleneck") && err.contains("eval.max_examples"), "{err}");
+        assert!(!err.contains("model.backend"), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.join(RESOLVED_CONFIG)).unwrap(), before);
+        assert_eq!(other.differences(&other), Vec::<String>::new());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -41,20 +41,40 @@ fn evaluate_and_save<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, toke
     Ok(report)
 }
 
-/// The accuracy saved in `<dir>/<stem>.json` by an earlier evaluation, if there is one.
-fn saved_accuracy(dir: &Path, stem: &str) -> Option<f64> {
+/// The accuracy saved in `<dir>/<stem>.json` by an earlier evaluation, if there is one and it
+/// was measured on `examples` examples (the same limit) by `method`.
+fn saved_accuracy(dir: &Path, stem: &str, examples: usize, method: EvalMethod) -> Option<f64> {
     let text = std::fs::read_to_string(dir.join(format!("{stem}.json"))).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("accuracy")?.as_f64()
+    let saved = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+    let same = saved.get("examples")?.as_u64()? == examples as u64 && (method == EvalMethod::Auto || saved.get("method")?.as_str()? == method.name());
+    same.then(|| saved.get("accuracy")?.as_f64()).flatten()
+}
+
+/// Refuse what would run past the model's context (`max_position_embeddings`): training
+/// examples up to `data.max_len` tokens, and generated answers of `eval.max_new_tokens` after a
+/// prompt of up to `data.max_len` tokens.
+fn check_context(model: &iapt_model::LlamaConfig, data: &crate::run_config::DataSection, eval: &crate::run_config::EvalSection) -> Result<()> {
+    let context = model.max_position_embeddings;
+    if data.max_len > context {
+        bail!("data.max_len = {} exceeds the model's context of {context} tokens (max_position_embeddings)", data.max_len);
+    }
+    if eval.method != EvalMethod::Rank && data.max_len + eval.max_new_tokens > context {
+        bail!(
+            "data.max_len + eval.max_new_tokens = {} exceeds the model's context of {context} tokens (max_position_embeddings)",
+            data.max_len + eval.max_new_tokens
+        );
+    }
+    Ok(())
 }
 
 /// `iapt train`: zero-shot eval (optional), train, save the adapter, evaluate the tuned model.
 /// Progress goes to stderr; the results are written to the run directory and returned.
 pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Device, devices: Vec<B::Device>) -> Result<RunResults> {
     let run_dir = config.run.dir.clone();
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let saved = config.save(&run_dir)?;
-    eprintln!("run directory {} (resolved config: {})", run_dir.display(), saved.display());
+    config.check_run_dir(&run_dir)?;
+    let tuner_config = config.tuner.config()?;
 
+    // Everything that can be refused is checked before the run directory is written to.
     let tokenizer = iapt_model::load_tokenizer(model_path)?;
     let split = config.eval.split;
     let mut splits = vec![Split::Train, Split::Dev, split];
@@ -62,9 +82,13 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     let task = prepare_task(&config.data, &tokenizer, &splits)?;
     eprintln!("task {}: train {} / dev {} / {} {} examples", task.spec.name, task.train.len(), task.dev.len(), split.name(), task.split(split).len());
     let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, &device)?;
+    check_context(backbone.config(), &config.data, &config.eval)?;
+
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let saved = config.save(&run_dir)?;
+    eprintln!("run directory {} (resolved config: {})", run_dir.display(), saved.display());
     let zero_shot = zero_shot_accuracy(&backbone.valid(), &tokenizer, &task, config)?;
 
-    let tuner_config = config.tuner.config()?;
     <Autodiff<B> as Backend>::seed(&device, config.run.seed);
     let tuner = tuner_config.init_from_backbone(&backbone).map_err(|e| anyhow!("tuner ({}): {e}", tuner_config.name()))?;
     let count = ParamCount::new(tuner.num_params(), backbone.config().num_params());
@@ -119,7 +143,10 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
         train_seconds,
         train_batches: report.batch_losses.len(),
         seconds_per_batch: train_seconds / report.batch_losses.len().max(1) as f64,
-        train_tokens_per_second: (train_tokens * epochs_this_session(report)) as f64 / train_seconds,
+        train_tokens_per_second: match epochs_this_session(report) {
+            0 => None,
+            epochs => Some((train_tokens * epochs) as f64 / train_seconds),
+        },
         peak_rss_bytes: peak_rss_bytes(),
         backend: config.model.backend.name().to_string(),
     };
@@ -140,7 +167,8 @@ fn zero_shot_accuracy<B: Backend>(backbone: &Llama<B>, tokenizer: &Tokenizer, ta
     }
     let (dir, split) = (&config.run.dir, config.eval.split);
     let stem = format!("zero_shot-{}-{}", task.spec.name, split.name());
-    if let Some(accuracy) = saved_accuracy(dir, &stem) {
+    let examples = limit(task.split(split), config).len();
+    if let Some(accuracy) = saved_accuracy(dir, &stem, examples, config.eval.method) {
         eprintln!("zero-shot accuracy {:.1}% (from {stem}.json of an earlier session)", 100.0 * accuracy);
         return Ok(Some(accuracy));
     }
@@ -185,6 +213,7 @@ pub fn eval<B: Backend>(config: &RunConfig, model_path: &Path, args: &EvalArgs, 
     let tokenizer = iapt_model::load_tokenizer(model_path)?;
     let task = prepare_task(&config.data, &tokenizer, &[args.split])?;
     let backbone = iapt_model::load_llama::<B>(model_path, &device)?;
+    check_context(backbone.config(), &config.data, &config.eval)?;
     let examples = limit(task.split(args.split), &config);
     let Some(path) = &args.adapter else {
         return evaluate(&backbone, &NoHook, &tokenizer, examples, eval_request(&config, &task, args.split, None));

@@ -3,7 +3,7 @@
 //! training examples.
 
 use crate::run_config::DataSection;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use iapt_data::{EncodeConfig, EncodedExample, Encoder, Split, TaskSpec};
 use iapt_model::Tokenizer;
 use iapt_train::LmExample;
@@ -30,7 +30,19 @@ impl PreparedTask {
 /// The task named by `data.task`: a built-in name, or a `.json`/`.toml` task spec file.
 pub fn task_spec(data: &DataSection) -> Result<TaskSpec> {
     let path = Path::new(&data.task);
-    let mut spec = if iapt_data::builtin_task(&data.task).is_none() && path.is_file() {
+    let builtin = iapt_data::builtin_task(&data.task).is_some();
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !builtin && matches!(extension, "jsonl" | "jsonlines") {
+        bail!(
+            "data.task = {}: a .{extension} file holds examples, not a task; write a task file (.toml or .json) whose `source` names it, e.g. `source = \"classification:{}\"` (see examples/own_task/task.toml)",
+            data.task,
+            data.task
+        );
+    }
+    if !builtin && !path.is_file() && (matches!(extension, "toml" | "json") || data.task.contains('/')) {
+        bail!("data.task = {}: no such task file", data.task);
+    }
+    let mut spec = if !builtin && path.is_file() {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let parsed = if path.extension().is_some_and(|e| e == "toml") {
             toml::from_str::<TaskSpec>(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
@@ -114,5 +126,9 @@ mod tests {
         assert_eq!((spec.name.as_str(), spec.system.as_deref()), ("multiemo", Some("")));
         let err = task_spec(&DataSection { task: "no_such_task".into(), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("data.task") && err.contains("multiemo"), "{err}");
+        let err = task_spec(&DataSection { task: "tasks/missing.toml".into(), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("tasks/missing.toml") && err.contains("no such task file"), "{err}");
+        let err = task_spec(&DataSection { task: "reviews.jsonl".into(), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("reviews.jsonl") && err.contains("classification:reviews.jsonl") && err.contains("task file"), "{err}");
     }
 }

@@ -16,6 +16,8 @@ pub enum LoadError {
     UnusedTensors { path: PathBuf, tensors: String },
     #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("{path}: tensor `{tensor}` holds {count} non-finite value(s) (NaN or infinity): a damaged or wrongly decoded checkpoint")]
+    NonFinite { path: PathBuf, tensor: String, count: usize },
     #[error("{path}: tensor `{tensor}` has unsupported type {dtype}")]
     UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
     #[error("{path}: field `{field}`: {reason}")]

@@ -277,7 +277,7 @@ pub fn read_safetensors_file(path: &Path) -> Result<BTreeMap<String, HostTensor>
     // while we read it is outside what we can defend against (same as every mmap loader).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
     let bytes: &[u8] = &mmap;
-    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| LoadError::format(path, "safetensors", describe(&e)))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| LoadError::format(path, "safetensors", describe_safetensors_error(&e)))?;
     let data = &bytes[8 + header_len..];
 
     let mut out = BTreeMap::new();
@@ -307,7 +307,9 @@ fn to_f32(raw: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     })
 }
 
-fn describe(e: &SafeTensorError) -> String {
+/// A safetensors reading error in words a user can act on (the library's own names, such as
+/// `MetadataIncompleteBuffer`, say little).
+pub fn describe_safetensors_error(e: &SafeTensorError) -> String {
     match e {
         SafeTensorError::HeaderTooSmall => "file is shorter than the 8-byte header length (truncated?)".into(),
         SafeTensorError::InvalidHeaderLength => "header length exceeds the file size (truncated?)".into(),

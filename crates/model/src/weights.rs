@@ -22,11 +22,15 @@ pub struct WeightMap {
 }
 
 impl WeightMap {
-    /// Remove and return a tensor, checking its shape.
+    /// Remove and return a tensor, checking its shape and that every value is finite.
     pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor, LoadError> {
         let t = self.tensors.remove(name).ok_or_else(|| LoadError::MissingTensor { path: self.source.clone(), tensor: name.to_string() })?;
         if t.shape != expected {
             return Err(LoadError::ShapeMismatch { path: self.source.clone(), tensor: name.to_string(), found: t.shape, expected: expected.to_vec() });
+        }
+        let count = t.data.iter().filter(|v| !v.is_finite()).count();
+        if count > 0 {
+            return Err(LoadError::NonFinite { path: self.source.clone(), tensor: name.to_string(), count });
         }
         Ok(t)
     }
@@ -39,5 +43,26 @@ impl WeightMap {
         let names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
         let shown = if names.len() > 8 { format!("{} ... ({} in all)", names[..8].join(", "), names.len()) } else { names.join(", ") };
         Err(LoadError::UnusedTensors { path: self.source, tensors: shown })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(data: Vec<f32>) -> WeightMap {
+        let tensors = [("w".to_string(), HostTensor { shape: vec![2, 2], data })].into();
+        WeightMap { source: PathBuf::from("model.gguf"), tensors }
+    }
+
+    #[test]
+    fn take_checks_presence_shape_and_finite_values() {
+        assert_eq!(map(vec![1.0, 2.0, 3.0, 4.0]).take("w", &[2, 2]).unwrap().data, vec![1.0, 2.0, 3.0, 4.0]);
+        assert!(matches!(map(vec![0.0; 4]).take("v", &[2, 2]), Err(LoadError::MissingTensor { .. })));
+        assert!(matches!(map(vec![0.0; 4]).take("w", &[4]), Err(LoadError::ShapeMismatch { .. })));
+        let err = map(vec![1.0, f32::NAN, f32::INFINITY, 0.0]).take("w", &[2, 2]).unwrap_err();
+        assert!(matches!(err, LoadError::NonFinite { count: 2, .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("model.gguf") && message.contains("`w`") && message.contains("non-finite"), "{message}");
     }
 }

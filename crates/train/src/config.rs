@@ -90,7 +90,7 @@ impl Default for TrainConfig {
 
 /// Fields that change only how a run is shown or kept, not its trajectory: a resumed run may
 /// differ from the original in these.
-const PRESENTATION_FIELDS: [&str; 7] = ["dashboard", "log_every", "resume", "restore_best", "keep_last", "patience", "sharded_optimizer"];
+pub const PRESENTATION_FIELDS: [&str; 7] = ["dashboard", "log_every", "resume", "restore_best", "keep_last", "patience", "sharded_optimizer"];
 
 impl TrainConfig {
     /// Check the values are usable.

@@ -26,7 +26,7 @@ pub mod stopping;
 mod train;
 
 pub use batch::{LmBatch, LmBatcher, LmExample};
-pub use config::TrainConfig;
+pub use config::{TrainConfig, PRESENTATION_FIELDS};
 pub use model::{response_log_probs, LmOutput, TunedLm};
 pub use monitor::{EpochLosses, StepMonitor};
 pub use progress::Dashboard;

@@ -40,8 +40,9 @@ impl Dashboard {
 /// Where [`ProgressLog`] writes its lines.
 #[derive(Clone)]
 pub enum Sink {
-    /// Standard output, one line per call.
-    Stdout,
+    /// Standard error, one line per call: stdout stays free for a command's result (`iapt
+    /// train` prints its results as JSON there).
+    Stderr,
     /// Collected in memory (tests).
     #[cfg(test)]
     Memory(Arc<Mutex<Vec<String>>>),
@@ -52,7 +53,7 @@ pub enum Sink {
 impl Sink {
     fn emit(&self, line: String) {
         match self {
-            Sink::Stdout => println!("{line}"),
+            Sink::Stderr => eprintln!("{line}"),
             #[cfg(test)]
             Sink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
             Sink::Discard => {}
@@ -143,9 +144,9 @@ fn fixed(v: f64) -> String {
 }
 
 impl ProgressLog {
-    /// A renderer printing to stdout every `every` batches.
+    /// A renderer printing to stderr every `every` batches.
     pub fn new(every: usize) -> Self {
-        Self::with_sink(every, Sink::Stdout)
+        Self::with_sink(every, Sink::Stderr)
     }
 
     /// A renderer writing to `sink` every `every` batches.

@@ -263,7 +263,8 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
 /// Read every tensor of a safetensors file; only F32 is accepted (adapters are saved in f32).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, AdapterError> {
     let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::Weights { path: path.to_path_buf(), reason: e.to_string() })?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| AdapterError::Weights { path: path.to_path_buf(), reason: iapt_model::hf::describe_safetensors_error(&e) })?;
     let mut out = BTreeMap::new();
     for (name, view) in file.tensors() {
         if view.dtype() != Dtype::F32 {

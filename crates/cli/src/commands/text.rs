@@ -91,6 +91,7 @@ pub struct GenerateArgs {
 
 /// Generate for one or more prompts in one batch, with or without an adapter.
 pub fn generate_text(args: GenerateArgs) -> Result<()> {
+    check_sampling(&args)?;
     let path = resolve_model(&args.model.model)?;
     with_backend!(args.model.backend, |B, device| {
         let loaded = LoadedModel::<B>::load(&path, &device)?;
@@ -120,9 +121,28 @@ fn prompt_ids(tokenizer: &Tokenizer, prompt: &str, chat: bool, system: Option<&s
     Ok(ids)
 }
 
+/// Refuse sampling settings that mean nothing (they would otherwise be clamped silently).
+fn check_sampling(args: &GenerateArgs) -> Result<()> {
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        anyhow::bail!("--temperature {}: must be a finite number >= 0 (0 = greedy)", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        anyhow::bail!("--top-p {}: must be in (0, 1]", args.top_p);
+    }
+    Ok(())
+}
+
 fn run_generate<B: Backend>(loaded: &LoadedModel<B>, args: &GenerateArgs, hook: &dyn ModelHook<B>) -> Result<()> {
     let tok = &loaded.tokenizer;
     let prompts = args.prompt.iter().map(|p| prompt_ids(tok, p, args.chat, args.system.as_deref())).collect::<Result<Vec<_>>>()?;
+    let context = loaded.model.config().max_position_embeddings;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + args.max_new_tokens > context {
+        anyhow::bail!(
+            "a prompt of {longest} tokens plus --max-new-tokens {} exceeds the model's context of {context} tokens (max_position_embeddings)",
+            args.max_new_tokens
+        );
+    }
     let temperature = if args.greedy { 0.0 } else { args.temperature };
     let sampling = SamplingConfig { temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let config = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, stop_tokens: vec![tok.eos_id()] };
