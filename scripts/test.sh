@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IAPT_NETWORK_TESTS="${IAPT_NETWORK_TESTS:-1}"
-cargo test --workspace
+cargo test --workspace -- --include-ignored

@@ -5,7 +5,7 @@ mod backend;
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, compare, config, data, eval, fetch, text, train};
+use commands::{bench, compare, config, data, eval, fetch, serve, text, train};
 
 #[derive(Parser)]
 #[command(name = "iapt", version, about = "Instruction-Aware Prompt Tuning on burn")]
@@ -38,6 +38,9 @@ enum Command {
     Data(data::DataArgs),
     /// Benchmarks (JSON output).
     Bench(bench::BenchArgs),
+    /// Serve the model and adapters over an OpenAI-compatible HTTP API, every request with its
+    /// own adapter, in one continuously batched decode.
+    Serve(serve::ServeArgs),
 }
 
 /// glibc serves allocations above a dynamic threshold (at most 32 MB) with fresh `mmap`s and
@@ -71,6 +74,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Data(args) => data::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -4,7 +4,7 @@
 //! slot in place (`slice_assign` on a buffer nothing else holds) instead of concatenating the
 //! whole cache into a fresh tensor every step. Attention reads views of the filled slots.
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 /// One layer's cached keys and values, prefix positions included: the first `len` slots of
 /// the buffers are filled (the rest is spare room, never attended to).
@@ -115,10 +115,103 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+/// Slots a rebuilt buffer keeps spare beyond its filled ones, so the next decode steps write
+/// in place before a growth copies.
+const SPARE_SLOTS: usize = 32;
+
+impl<B: Backend> KvCache<B> {
+    /// Rows (sequences) held; 0 before prefill.
+    pub fn rows(&self) -> usize {
+        self.next_position.as_ref().map_or(0, |p| p.dims()[0])
+    }
+
+    /// Keep only the rows `keep` (in that order), then drop the leading slots that no kept row
+    /// uses any more. Continuous batching calls this when rows finish.
+    pub fn retain_rows(&mut self, keep: &[usize]) {
+        let Some(next) = self.next_position.take() else { return };
+        if keep.is_empty() {
+            *self = Self::new(self.layers.len());
+            return;
+        }
+        let device = next.device();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]), &device);
+        self.next_position = Some(next.select(0, index.clone()));
+        for slots in self.layers.iter_mut().flatten() {
+            let kv = &slots.filled;
+            let valid = kv.valid.clone().select(0, index.clone()).narrow(1, 0, slots.len);
+            let unused = leading_unused_slots(&valid);
+            let select = |t: &Tensor<B, 4>| t.clone().select(0, index.clone()).narrow(2, unused, slots.len - unused);
+            *slots = LayerSlots::packed(select(&kv.keys), select(&kv.values), valid.narrow(1, unused, slots.len - unused));
+        }
+    }
+
+    /// The rows of `self` followed by the rows of `other`, as one cache. Each layer's filled
+    /// slots are right-aligned: a shorter row gets invalid slots in front, so every row's
+    /// newest slot is the last one and the next token of every row takes the same slot
+    /// (causality stays "key slot <= query slot"; positions are per row, in `next_position`).
+    pub fn join(self, other: Self) -> Self {
+        let (Some(a_next), Some(b_next)) = (&self.next_position, &other.next_position) else {
+            return if self.is_empty() { other } else { self };
+        };
+        let next_position = Some(Tensor::cat(vec![a_next.clone(), b_next.clone()], 0));
+        let layers = self
+            .layers
+            .into_iter()
+            .zip(other.layers)
+            .map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Some(LayerSlots::stacked(&a, &b)),
+                (a, b) => a.or(b),
+            })
+            .collect();
+        Self { layers, next_position }
+    }
+}
+
+/// Leading slots invalid in every row of `valid` (`[rows, slots]`).
+fn leading_unused_slots<B: Backend>(valid: &Tensor<B, 2, Bool>) -> usize {
+    let [rows, slots] = valid.dims();
+    let flags: Vec<bool> = valid.clone().into_data().to_vec().unwrap_or_default();
+    if flags.len() != rows * slots {
+        return 0;
+    }
+    (0..rows).map(|r| flags[r * slots..(r + 1) * slots].iter().position(|&v| v).unwrap_or(slots)).min().unwrap_or(0)
+}
+
+impl<B: Backend> LayerSlots<B> {
+    /// Fresh buffers holding exactly `keys`/`values`/`valid` (all filled) plus spare room.
+    fn packed(keys: Tensor<B, 4>, values: Tensor<B, 4>, valid: Tensor<B, 2, Bool>) -> Self {
+        let [b, heads, len, hd] = keys.dims();
+        let capacity = (len + SPARE_SLOTS).next_multiple_of(64);
+        let device = keys.device();
+        let place = |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..len, 0..hd], t);
+        let valid = Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..len], valid);
+        Self { filled: LayerKv { keys: place(keys), values: place(values), valid, len }, len }
+    }
+
+    /// `a`'s rows then `b`'s, both right-aligned to the longer one's filled length.
+    fn stacked(a: &Self, b: &Self) -> Self {
+        let len = a.len.max(b.len);
+        let [ra, heads, _, hd] = a.filled.keys.dims();
+        let rb = b.filled.keys.dims()[0];
+        let rows = ra + rb;
+        let capacity = (len + SPARE_SLOTS).next_multiple_of(64);
+        let device = a.filled.keys.device();
+        let place = |pick: fn(&LayerKv<B>) -> &Tensor<B, 4>| {
+            let buffer = Tensor::zeros([rows, heads, capacity, hd], &device);
+            let buffer = buffer.slice_assign([0..ra, 0..heads, len - a.len..len, 0..hd], pick(&a.filled).clone().narrow(2, 0, a.len));
+            buffer.slice_assign([ra..rows, 0..heads, len - b.len..len, 0..hd], pick(&b.filled).clone().narrow(2, 0, b.len))
+        };
+        let (keys, values) = (place(|kv| &kv.keys), place(|kv| &kv.values));
+        let valid = Tensor::<B, 2, Bool>::full([rows, capacity], false, &device)
+            .slice_assign([0..ra, len - a.len..len], a.filled.valid.clone().narrow(1, 0, a.len))
+            .slice_assign([ra..rows, len - b.len..len], b.filled.valid.clone().narrow(1, 0, b.len));
+        Self { filled: LayerKv { keys, values, valid, len }, len }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::TensorData;
     type TB = burn::backend::NdArray;
 
     /// Appending one slot at a time across a buffer growth gives exactly the concatenation.

@@ -51,7 +51,7 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], pad_id: u32,
     let start = Instant::now();
     let batch = TokenBatch::<B>::padded(prompts, pad_id, Padding::Left, &device);
     let hidden = model.forward(batch, &mut cache, hook);
-    let mut next = pick(model, last_position(hidden), &mut sampler);
+    let mut next = pick(model, hidden, &mut sampler);
     let prefill_seconds = start.elapsed().as_secs_f64();
     let prefill_parts = crate::profile::take();
 
@@ -84,14 +84,37 @@ fn last_position<B: Backend>(hidden: Tensor<B, 3>) -> Tensor<B, 3> {
     hidden.narrow(1, t - 1, 1)
 }
 
-/// Sample one token per row from `[b, 1, d]` hidden states.
+/// Next-token logits of each row's last slot, on the host.
+pub struct NextLogits {
+    values: Vec<f32>,
+    vocab: usize,
+}
+
+impl NextLogits {
+    /// The LM head over the last slot of every row of `hidden` (`[b, t, d]`).
+    pub fn of<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Self {
+        let logits = model.logits(last_position(hidden));
+        crate::profile::timed(crate::profile::Part::Sampling, || {
+            let vocab = logits.dims()[2];
+            // burn-ndarray's `into_data` walks a dynamic-rank array element by element (10 ms for
+            // 8 x 49152 logits); the CPU backends' memory is read directly instead.
+            let values = iapt_kernels::host::to_vec(&logits).unwrap_or_else(|| logits.into_data().convert::<f32>().to_vec().expect("f32 logits"));
+            Self { values, vocab }
+        })
+    }
+
+    /// Row `row`'s logits over the vocabulary.
+    pub fn row(&self, row: usize) -> &[f32] {
+        &self.values[row * self.vocab..(row + 1) * self.vocab]
+    }
+
+    pub fn rows(&self) -> usize {
+        self.values.len() / self.vocab.max(1)
+    }
+}
+
+/// Sample one token per row from the last slot of `[b, t, d]` hidden states.
 fn pick<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>, sampler: &mut Sampler) -> Vec<u32> {
-    let logits = model.logits(hidden);
-    crate::profile::timed(crate::profile::Part::Sampling, || {
-        let [b, _, vocab] = logits.dims();
-        // burn-ndarray's `into_data` walks a dynamic-rank array element by element (10 ms for
-        // 8 x 49152 logits); the CPU backends' memory is read directly instead.
-        let values: Vec<f32> = iapt_kernels::host::to_vec(&logits).unwrap_or_else(|| logits.into_data().convert::<f32>().to_vec().expect("f32 logits"));
-        (0..b).map(|row| sampler.sample(&values[row * vocab..(row + 1) * vocab])).collect()
-    })
+    let logits = NextLogits::of(model, hidden);
+    crate::profile::timed(crate::profile::Part::Sampling, || (0..logits.rows()).map(|row| sampler.sample(logits.row(row))).collect())
 }

@@ -180,3 +180,59 @@ fn parameter_count_matches_formula() {
     let n7 = LlamaConfig::llama2_7b().num_params();
     assert_eq!(n7, 6_738_415_616);
 }
+
+/// One decode step of `tokens` (one per row) on `cache`: last-slot logits per row.
+fn step(model: &Llama<TB>, cache: &mut KvCache<TB>, hook: &dyn ModelHook<TB>, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let ids = Tensor::<TB, 2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &Default::default());
+    rows_of(model.logits(model.forward(TokenBatch::dense(ids), cache, hook))).into_iter().map(|mut r| r.remove(0)).collect()
+}
+
+fn prefilled(model: &Llama<TB>, prompt: &[u32], hook: &dyn ModelHook<TB>) -> KvCache<TB> {
+    let mut cache = KvCache::new(model.num_layers());
+    model.forward(TokenBatch::padded(&[prompt.to_vec()], 0, Padding::Left, &Default::default()), &mut cache, hook);
+    cache
+}
+
+/// Continuous batching's cache surgery: rows prefilled alone (of different lengths, one with a
+/// KV prefix) and joined into one cache continue exactly as they do alone, and so do the rows
+/// left when one is dropped — across a buffer growth and a trim of unused leading slots.
+#[test]
+fn joined_and_retained_rows_decode_as_they_do_alone() {
+    let model = tiny(8, false);
+    let d = model.config().hidden_size;
+    let soft: Vec<Vec<f32>> = (0..3).map(|i| (0..d).map(|j| ((i * 3 + j) % 7) as f32 / 7.0 - 0.5).collect()).collect();
+    let prefix = FixedSoftTokens { tokens: vec![Some(soft.clone()), Some(soft)], calls: Cell::new(0) };
+    let prompts: [(&[u32], &dyn ModelHook<TB>); 3] = [(&SEQ[..2], &NoHook), (&SEQ, &prefix), (&SEQ[1..5], &NoHook)];
+    let mut alone: Vec<KvCache<TB>> = prompts.iter().map(|(p, h)| prefilled(&model, p, *h)).collect();
+    // Rows 0 and 1 joined first, decoded a while, then row 2 joins (a different length again).
+    let mut joined = prefilled(&model, prompts[0].0, &NoHook).join(prefilled(&model, prompts[1].0, &prefix));
+    let mut tokens: Vec<u32> = vec![11, 12, 13];
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    for i in 0..70 {
+        if i == 3 {
+            joined = joined.join(prefilled(&model, prompts[2].0, &NoHook));
+        }
+        // Row 1, the longest, leaves at step 40: the others shift down and lose their
+        // now-unused leading slots.
+        let live: Vec<usize> = match (i >= 3, i >= 40) {
+            (false, _) => vec![0, 1],
+            (true, false) => vec![0, 1, 2],
+            (true, true) => vec![0, 2],
+        };
+        if i == 40 {
+            let before = joined.len(0);
+            joined.retain_rows(&[0, 2]);
+            assert!(joined.len(0) < before, "no leading slot was trimmed ({before} -> {})", joined.len(0));
+        }
+        let batch_tokens: Vec<u32> = live.iter().map(|&r| tokens[r]).collect();
+        let got = step(&model, &mut joined, &NoHook, &batch_tokens);
+        assert_eq!(joined.rows(), live.len());
+        for (k, &r) in live.iter().enumerate() {
+            let want = step(&model, &mut alone[r], prompts[r].1, &[tokens[r]]).remove(0);
+            let diff = close(&got[k], &want);
+            assert!(diff < 1e-4, "step {i}, row {r}: joined cache differs from the row alone by {diff}");
+            tokens[r] = (tokens[r] * 7 + 3) % 97;
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod fetch;
+pub mod serve;
 pub mod text;
 pub mod train;
 

@@ -1,0 +1,108 @@
+//! `iapt serve`: an OpenAI-compatible server for the base model and any number of adapters.
+
+use crate::backend::BackendKind;
+use crate::with_backend;
+use anyhow::{anyhow, bail, Context, Result};
+use burn::tensor::backend::Backend;
+use clap::Args;
+use iapt_engine::{Engine, EngineOptions};
+use iapt_experiment::model_source::{resolve_model, LoadedModel};
+use iapt_experiment::runs::adapter_dir;
+use iapt_server::{Server, ServerState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A known model name (`smollm2`, fetched on first use) or a `.gguf` file / HF directory.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "ndarray")]
+    backend: BackendKind,
+    /// An adapter to serve as `NAME=DIR` (an adapter directory or a run directory); clients
+    /// select it with `"model": "NAME"`. Repeat for more; more can be loaded at run time.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapters: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Rows decoded together at most.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests waiting for a row at most; beyond that, requests get 429.
+    #[arg(long, default_value_t = 256)]
+    max_waiting: usize,
+    /// Adapters kept loaded at most (least recently used idle ones are unloaded first).
+    #[arg(long, default_value_t = 32)]
+    max_resident_adapters: usize,
+    /// The `model` id of the bare base model (default: the `--model` name, or the file name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+}
+
+/// `NAME=DIR` pairs, checked.
+fn adapter_args(args: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let mut pairs: Vec<(String, PathBuf)> = Vec::new();
+    for arg in args {
+        let Some((name, dir)) = arg.split_once('=').filter(|(n, d)| !n.is_empty() && !d.is_empty()) else {
+            bail!("--adapter {arg}: expected NAME=DIR");
+        };
+        if pairs.iter().any(|(n, _)| n == name) {
+            bail!("--adapter {arg}: the name `{name}` is given twice");
+        }
+        pairs.push((name.to_string(), PathBuf::from(dir)));
+    }
+    Ok(pairs)
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
+    }
+    let adapters = adapter_args(&args.adapters)?;
+    let path = resolve_model(&args.model)?;
+    let model_id = args.served_model_name.clone().unwrap_or_else(|| default_model_id(&args.model, &path));
+    if let Some((name, _)) = adapters.iter().find(|(n, _)| *n == model_id) {
+        bail!("--adapter {name}=...: `{name}` is the base model's id; choose another name");
+    }
+    with_backend!(args.backend, |B, device| serve::<B>(&args, &path, &device, model_id, adapters))
+}
+
+fn default_model_id(spec: &str, path: &Path) -> String {
+    if Path::new(spec).exists() {
+        path.file_stem().map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned())
+    } else {
+        spec.to_string()
+    }
+}
+
+/// The engine loop runs on this (the main) thread, which the CPU kernels' thread pool counts as
+/// a worker; adapters are registered and the HTTP server runs on another.
+fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id: String, adapters: Vec<(String, PathBuf)>) -> Result<()> {
+    let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
+    let options = EngineOptions { max_batch: args.max_batch, max_waiting: args.max_waiting, max_resident_adapters: args.max_resident_adapters };
+    let tokenizer = Arc::new(loaded.tokenizer.clone());
+    let pad_id = loaded.tokenizer.pad_id();
+    let (engine, engine_loop) = Engine::new(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
+    let addr = format!("{}:{}", args.host, args.port);
+    let front = std::thread::spawn(move || {
+        let result = (|| -> Result<()> {
+            for (name, dir) in &adapters {
+                let dir = adapter_dir(dir)?;
+                let info = engine.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;
+                eprintln!("adapter {name}: {} from {}", info.kind, dir.display());
+            }
+            let count = adapters.len();
+            let server = Server::start(ServerState { engine: engine.clone(), tokenizer, model_id: model_id.clone() }, &addr, true)?;
+            eprintln!("serving `{model_id}` and {count} adapter(s) on http://{} (OpenAI API under /v1; Ctrl-C stops)", server.addr());
+            server.wait()?;
+            Ok(())
+        })();
+        engine.shutdown();
+        result
+    });
+    engine_loop.run();
+    front.join().map_err(|_| anyhow!("the HTTP server thread panicked"))?
+}
