@@ -1,7 +1,7 @@
 //! The scheduler loop and the handle clients talk to it through.
 
 use crate::adapters::{AdapterInfo, AdapterStore, Busy};
-use crate::mixed::MixedHook;
+use crate::mixed::{LowRankStack, MixedHook};
 use crate::request::{Event, FinishReason, Request, Sink, SubmitError, Usage};
 use crate::text::{Detokenizer, TextStream};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// How much the engine takes on at once.
 #[derive(Debug, Clone, Copy)]
@@ -32,13 +33,18 @@ impl Default for EngineOptions {
 }
 
 /// Counters for health checks and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EngineStats {
     pub running: usize,
     pub waiting: usize,
     pub finished_requests: u64,
     pub generated_tokens: u64,
     pub decode_steps: u64,
+    /// Seconds spent in decode steps (every running row advanced by one token).
+    pub decode_seconds: f64,
+    /// Rows prefilled, and the seconds their prefills took.
+    pub prefills: u64,
+    pub prefill_seconds: f64,
 }
 
 enum Command {
@@ -60,6 +66,9 @@ struct Shared {
     finished_requests: AtomicU64,
     generated_tokens: AtomicU64,
     decode_steps: AtomicU64,
+    decode_nanos: AtomicU64,
+    prefills: AtomicU64,
+    prefill_nanos: AtomicU64,
 }
 
 /// A cheap, cloneable way in to a running engine, usable from any thread.
@@ -141,6 +150,9 @@ impl EngineHandle {
             finished_requests: s.finished_requests.load(Ordering::SeqCst),
             generated_tokens: s.generated_tokens.load(Ordering::SeqCst),
             decode_steps: s.decode_steps.load(Ordering::SeqCst),
+            decode_seconds: s.decode_nanos.load(Ordering::SeqCst) as f64 * 1e-9,
+            prefills: s.prefills.load(Ordering::SeqCst),
+            prefill_seconds: s.prefill_nanos.load(Ordering::SeqCst) as f64 * 1e-9,
         }
     }
 
@@ -165,21 +177,31 @@ pub struct Engine {
 
 impl Engine {
     /// The engine's handle and its scheduler loop, to run on a thread of the caller's choice
-    /// (`EngineLoop::run` returns once the engine is stopped). The CLI runs it on the main
-    /// thread, which the CPU kernels' thread pool counts as a worker.
+    /// (`EngineLoop::run` returns once the engine is shut down and its work is done). The CLI
+    /// runs it on the main thread, which the CPU kernels' thread pool counts as a worker.
     pub fn new<B: Backend>(model: Llama<B>, detokenizer: Box<dyn Detokenizer>, pad_id: u32, options: EngineOptions) -> (EngineHandle, EngineLoop<B>) {
         let (commands, inbox) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let context = model.config().max_position_embeddings;
         let handle = EngineHandle { commands, shared: shared.clone(), context, max_waiting: options.max_waiting };
-        (handle, EngineLoop { model, detokenizer, pad_id, options, shared, inbox })
+        let store = AdapterStore::new(model.config().clone(), model.device(), options.max_resident_adapters);
+        let scheduler = Scheduler { model, detokenizer, pad_id, store, options, shared, waiting: VecDeque::new(), rows: Vec::new(), cache: None, stack: None, stack_stale: false, stopping: false };
+        (handle, EngineLoop { scheduler, inbox })
     }
 
     /// Start the scheduler on its own thread; it owns `model` from now on. `pad_id` pads
     /// prompts (it is never attended to).
     pub fn start<B: Backend>(model: Llama<B>, detokenizer: Box<dyn Detokenizer>, pad_id: u32, options: EngineOptions) -> Self {
-        let (handle, engine_loop) = Self::new(model, detokenizer, pad_id, options);
-        let thread = std::thread::Builder::new().name("iapt-engine".into()).spawn(move || engine_loop.run()).expect("spawning the engine thread");
+        let (handle_out, handle_in) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("iapt-engine".into())
+            .spawn(move || {
+                let (handle, engine_loop) = Self::new(model, detokenizer, pad_id, options);
+                let _ = handle_out.send(handle);
+                engine_loop.run();
+            })
+            .expect("spawning the engine thread");
+        let handle = handle_in.recv().expect("the engine thread hands back its handle");
         Self { handle, thread: Some(thread) }
     }
 
@@ -200,29 +222,31 @@ impl Engine {
     }
 }
 
-/// The scheduler loop before it runs: see [`Engine::new`].
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The scheduler loop before it runs: see [`Engine::new`]. Requests submitted through the
+/// handle before [`run`](Self::run) wait in order and are admitted together.
 pub struct EngineLoop<B: Backend> {
-    model: Llama<B>,
-    detokenizer: Box<dyn Detokenizer>,
-    pad_id: u32,
-    options: EngineOptions,
-    shared: Arc<Shared>,
+    scheduler: Scheduler<B>,
     inbox: mpsc::Receiver<Command>,
 }
 
 impl<B: Backend> EngineLoop<B> {
-    /// Serve requests until the engine is shut down (and everything queued has finished).
-    pub fn run(self) {
-        let Self { model, detokenizer, pad_id, options, shared, inbox } = self;
-        let store = AdapterStore::new(model.config().clone(), model.device(), options.max_resident_adapters);
-        let mut scheduler = Scheduler { model, detokenizer, pad_id, store, options, shared, waiting: VecDeque::new(), rows: Vec::new(), cache: None, stopping: false };
-        scheduler.run(inbox);
+    /// Register adapter `name` from `dir` before the loop runs (what
+    /// [`EngineHandle::register_adapter`] does while it runs).
+    pub fn register_adapter(&mut self, name: &str, dir: PathBuf) -> Result<AdapterInfo, String> {
+        let info = self.scheduler.store.register(name, dir)?;
+        self.scheduler.publish_names();
+        Ok(info)
     }
-}
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.finish();
+    /// Serve requests until the engine is shut down (and everything queued has finished).
+    pub fn run(mut self) {
+        self.scheduler.run(self.inbox);
     }
 }
 
@@ -298,6 +322,9 @@ struct Scheduler<B: Backend> {
     rows: Vec<Row<B>>,
     /// The running rows' KV cache, row i of it being `rows[i]`; `None` while no row runs.
     cache: Option<KvCache<B>>,
+    /// The running rows' stacked low-rank factors, and whether rows changed since it was built.
+    stack: Option<LowRankStack<B>>,
+    stack_stale: bool,
     /// Asked to stop (or every handle is gone): finish what is queued, then end.
     stopping: bool,
 }
@@ -389,6 +416,7 @@ impl<B: Backend> Scheduler<B> {
     /// Run a new row's prompt alone (its adapter's prefixes enter its cache here, once), take
     /// its first token, and join it to the batch.
     fn prefill(&mut self, request: Request, adapter: Option<Rc<Tuner<B>>>, sink: Sink) {
+        let started = Instant::now();
         let device = self.model.device();
         let mut cache = KvCache::new(self.model.num_layers());
         let batch = TokenBatch::padded(std::slice::from_ref(&request.prompt), self.pad_id, Padding::Left, &device);
@@ -400,6 +428,8 @@ impl<B: Backend> Scheduler<B> {
         let logits = NextLogits::of(&self.model, hidden);
         let mut row = Row::new(request, adapter, sink);
         let token = row.sampler.sample(logits.row(0));
+        self.shared.prefills.fetch_add(1, Ordering::Relaxed);
+        self.shared.prefill_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
         if row.accept(token, self.detokenizer.as_ref()) {
             self.cache = Some(match self.cache.take() {
@@ -407,6 +437,7 @@ impl<B: Backend> Scheduler<B> {
                 None => cache,
             });
             self.rows.push(row);
+            self.stack_stale = true;
         } else {
             self.shared.finished_requests.fetch_add(1, Ordering::Relaxed);
         }
@@ -414,13 +445,18 @@ impl<B: Backend> Scheduler<B> {
 
     /// One token for every running row; finished rows leave the batch.
     fn step(&mut self) {
+        let started = Instant::now();
         let device = self.model.device();
         let cache = self.cache.as_mut().expect("running rows have a cache");
         let ids: Vec<i64> = self.rows.iter().map(|r| r.last as i64).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [self.rows.len(), 1]), &device);
         let logits = {
             let hooks: Vec<_> = self.rows.iter().map(Row::hook).collect();
-            let hook = MixedHook::new(&hooks, &device);
+            if self.stack_stale {
+                self.stack = LowRankStack::build(&hooks, self.model.config(), &device);
+                self.stack_stale = false;
+            }
+            let hook = MixedHook::new(&hooks, self.stack.as_ref(), &device);
             let hidden = self.model.forward(TokenBatch::dense(ids), cache, &hook);
             NextLogits::of(&self.model, hidden)
         };
@@ -434,6 +470,7 @@ impl<B: Backend> Scheduler<B> {
                 row.accept(token, detokenizer)
             })
             .collect();
+        self.shared.decode_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if keep.len() == self.rows.len() {
             return;
         }
@@ -444,6 +481,7 @@ impl<B: Backend> Scheduler<B> {
             index += 1;
             kept
         });
+        self.stack_stale = true;
         if keep.is_empty() {
             self.cache = None;
         } else {

@@ -61,7 +61,7 @@ pub struct GenerateProfile {
 
 /// Fresh prompts of `len` tokens per row (ids drawn from the ordinary-token range, different
 /// per row and per call so no cache of any kind can flatter the numbers).
-fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec<Vec<u32>> {
+pub(crate) fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec<Vec<u32>> {
     (0..rows).map(|r| (0..len).map(|i| (1000 + (r * 7919 + i * 104_729 + salt * 15_485_863) % (vocab - 2000)) as u32).collect()).collect()
 }
 
@@ -151,7 +151,7 @@ pub fn bench_generate<B: Backend>(
     })
 }
 
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod compare;
 pub mod evaluate;
 pub mod model_source;
+pub mod multitenant;
 pub mod results;
 pub mod run_config;
 pub mod runs;

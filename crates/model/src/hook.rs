@@ -76,6 +76,18 @@ pub trait ModelHook<B: Backend> {
     fn projection_delta(&self, _layer: usize, _projection: Projection, _x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         None
     }
+    /// Whether [`projection_delta`](Self::projection_delta) may return a delta for `layer`'s
+    /// `projection`. A batch of rows with different adapters skips asking the hooks that never
+    /// do; the safe default is yes.
+    fn adds_delta(&self, _layer: usize, _projection: Projection) -> bool {
+        true
+    }
+    /// The delta as low-rank factors when it is `scale · x A B` (LoRA): `A [in, r]`, `B [r, out]`
+    /// and `scale`. With them a batch of rows with different adapters computes every row's
+    /// delta in one batched product.
+    fn low_rank_factors(&self, _layer: usize, _projection: Projection) -> Option<(Tensor<B, 2>, Tensor<B, 2>, f64)> {
+        None
+    }
 }
 
 /// What a trainer needs to know about a tuner besides its hooks: its parameter groups. The

@@ -11,7 +11,7 @@ use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Bool, Tensor};
 use iapt_model::LlamaConfig;
 use iapt_model::TrainableTuner;
-use iapt_model::{LayerInput, LayerPrefix, ModelHook};
+use iapt_model::{LayerInput, LayerPrefix, ModelHook, Projection};
 use serde::{Deserialize, Serialize};
 
 /// Which hidden states the generators read.
@@ -200,6 +200,10 @@ impl<B: Backend> TrainableTuner for Iapt<B> {
 }
 
 impl<B: Backend> ModelHook<B> for Iapt<B> {
+    /// No projection deltas: its work is in the KV cache (or the input) from prefill on.
+    fn adds_delta(&self, _layer: usize, _projection: Projection) -> bool {
+        false
+    }
     fn position_offset(&self) -> usize {
         match self.config.prefix_positions {
             PrefixPositions::Shifted => self.config.num_soft_tokens,

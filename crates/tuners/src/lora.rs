@@ -197,6 +197,12 @@ impl<B: Backend> ModelHook<B> for Lora<B> {
         let out = delta.dims()[1];
         Some(delta.reshape([b, t, out]).cast(FloatDType::from(dtype)))
     }
+    fn adds_delta(&self, layer: usize, projection: Projection) -> bool {
+        self.pair(layer, projection).is_some()
+    }
+    fn low_rank_factors(&self, layer: usize, projection: Projection) -> Option<(Tensor<B, 2>, Tensor<B, 2>, f64)> {
+        self.pair(layer, projection).map(|pair| (pair.lora_a.val(), pair.lora_b.val(), self.config.scale()))
+    }
 }
 
 /// A copy of `model` with every delta folded in (`W + scale · A B`), to run without the hook at

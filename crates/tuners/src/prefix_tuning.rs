@@ -18,7 +18,7 @@ use burn::tensor::activation::tanh;
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
 use iapt_model::LlamaConfig;
 use iapt_model::TrainableTuner;
-use iapt_model::{LayerInput, LayerPrefix, ModelHook};
+use iapt_model::{LayerInput, LayerPrefix, ModelHook, Projection};
 
 /// P-tuning v2's hyper-parameters; saved verbatim in `adapter_config.json`.
 #[derive(Config, Debug, PartialEq)]
@@ -171,6 +171,10 @@ impl<B: Backend> PrefixTuning<B> {
 impl<B: Backend> TrainableTuner for PrefixTuning<B> {}
 
 impl<B: Backend> ModelHook<B> for PrefixTuning<B> {
+    /// No projection deltas: its work is in the KV cache (or the input) from prefill on.
+    fn adds_delta(&self, _layer: usize, _projection: Projection) -> bool {
+        false
+    }
     fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
         let batch = input.hidden.dims()[0];
         let dtype = FloatDType::from(input.hidden.dtype());

@@ -8,7 +8,7 @@ use crate::kind::TunerKind;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
-use iapt_model::ModelHook;
+use iapt_model::{ModelHook, Projection};
 use iapt_model::TrainableTuner;
 use iapt_model::{Llama, LlamaConfig};
 use serde::{Deserialize, Serialize};
@@ -127,6 +127,10 @@ pub struct PromptTuning<B: Backend> {
 impl<B: Backend> TrainableTuner for PromptTuning<B> {}
 
 impl<B: Backend> ModelHook<B> for PromptTuning<B> {
+    /// No projection deltas: its work is in the KV cache (or the input) from prefill on.
+    fn adds_delta(&self, _layer: usize, _projection: Projection) -> bool {
+        false
+    }
     fn input_prefix(&self, batch: usize, device: &B::Device) -> Option<Tensor<B, 3>> {
         let [n, d] = self.prompt.dims();
         Some(self.prompt.val().to_device(device).reshape([1, n, d]).expand([batch, n, d]))

@@ -201,6 +201,12 @@ impl<B: Backend> ModelHook<B> for Tuner<B> {
     fn projection_delta(&self, layer: usize, projection: Projection, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         self.hook().projection_delta(layer, projection, x)
     }
+    fn adds_delta(&self, layer: usize, projection: Projection) -> bool {
+        self.hook().adds_delta(layer, projection)
+    }
+    fn low_rank_factors(&self, layer: usize, projection: Projection) -> Option<(Tensor<B, 2>, Tensor<B, 2>, f64)> {
+        self.hook().low_rank_factors(layer, projection)
+    }
 }
 
 impl<B: Backend> TrainableTuner for Tuner<B> {

@@ -34,6 +34,33 @@ enum BenchCommand {
     },
     /// A tuner's training throughput (forward, backward, optimiser) vs an inference-only forward.
     Train(TrainArgs),
+    /// Decode tokens/s of one batch whose rows have different adapters, against the number of
+    /// distinct adapters: IAPT, unmerged LoRA (IAPT's parameter count; r8 on all 7
+    /// projections) and the bare model.
+    Multitenant(MultitenantArgs),
+}
+
+#[derive(Args)]
+struct MultitenantArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, value_delimiter = ',', default_value = "8,16")]
+    batch: Vec<usize>,
+    /// Distinct adapters per batch.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    distinct: Vec<usize>,
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// IAPT options, e.g. `--set tuner.bottleneck=32` (repeatable); LoRA is sized to match.
+    #[arg(long = "set", value_name = "tuner.KEY=VALUE")]
+    sets: Vec<String>,
+    /// Methods to measure (default: all of bare, iapt, lora_same_params, lora_r8_all7).
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
 }
 
 #[derive(Args)]
@@ -90,6 +117,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchCommand::Generate(args) => generate(args),
         BenchCommand::Train(args) => train(args),
+        BenchCommand::Multitenant(args) => multitenant(args),
         BenchCommand::Data { name, n, model } => {
             let tokenizer = iapt_model::load_tokenizer(&resolve_model(&model)?)?;
             let spec = iapt_experiment::task::task_spec(&DataSection { task: name, ..Default::default() })?;
@@ -124,4 +152,30 @@ fn train(mut args: TrainArgs) -> Result<()> {
     let config = RunConfig::load(None, &args.sets)?.tuner.config()?;
     let shape = TrainShape { batch: args.batch, prompt_len: args.prompt_tokens, response_len: args.response_tokens, steps: args.steps, profile: args.profile };
     with_backend!(args.model.backend, |B, device| print_json(&bench_train::<B>(&path, &device, &config, &shape)?))
+}
+
+fn multitenant(mut args: MultitenantArgs) -> Result<()> {
+    use iapt_experiment::multitenant::{bench_multitenant, default_methods, MultitenantShape};
+    let path = resolve_model(&args.model.model)?;
+    if let Some(set) = args.sets.iter().find(|s| !s.starts_with("tuner.") || s.starts_with("tuner.kind")) {
+        anyhow::bail!("--set {set}: bench multitenant takes only IAPT's tuner.* options");
+    }
+    args.sets.insert(0, "tuner.kind=iapt".into());
+    let iapt_tuners::TunerConfig::Iapt(iapt) = RunConfig::load(None, &args.sets)?.tuner.config()? else { unreachable!("tuner.kind=iapt") };
+    if args.batch.contains(&0) || args.new_tokens < 2 || args.prompt_tokens == 0 {
+        anyhow::bail!("--batch sizes must be positive, --new-tokens at least 2 (one prefill token, then decode steps) and --prompt-tokens positive");
+    }
+    let shape = MultitenantShape { prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, batches: args.batch, distinct: args.distinct, repeats: args.repeats };
+    with_backend!(args.model.backend, |B, device| {
+        let loaded = LoadedModel::<B>::load(&path, &device)?;
+        let mut methods = default_methods(loaded.model.config(), iapt);
+        if !args.methods.is_empty() {
+            if let Some(unknown) = args.methods.iter().find(|m| !methods.iter().any(|(name, _)| name == *m)) {
+                anyhow::bail!("--methods {unknown}: not one of {}", methods.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+            }
+            // The bare model is always measured: every row is reported relative to it.
+            methods.retain(|(name, _)| name == "bare" || args.methods.contains(name));
+        }
+        print_json(&bench_multitenant(&loaded, &shape, &methods)?)
+    })
 }

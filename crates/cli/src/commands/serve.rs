@@ -79,30 +79,27 @@ fn default_model_id(spec: &str, path: &Path) -> String {
 }
 
 /// The engine loop runs on this (the main) thread, which the CPU kernels' thread pool counts as
-/// a worker; adapters are registered and the HTTP server runs on another.
+/// a worker; the HTTP server runs on another.
 fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id: String, adapters: Vec<(String, PathBuf)>) -> Result<()> {
     let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
     let options = EngineOptions { max_batch: args.max_batch, max_waiting: args.max_waiting, max_resident_adapters: args.max_resident_adapters };
     let tokenizer = Arc::new(loaded.tokenizer.clone());
     let pad_id = loaded.tokenizer.pad_id();
-    let (engine, engine_loop) = Engine::new(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
-    let addr = format!("{}:{}", args.host, args.port);
+    let (engine, mut engine_loop) = Engine::new(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
+    for (name, dir) in &adapters {
+        let dir = adapter_dir(dir)?;
+        let info = engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;
+        eprintln!("adapter {name}: {} from {}", info.kind, dir.display());
+    }
+    let state = ServerState { engine: engine.clone(), tokenizer, model_id: model_id.clone() };
+    let server = Server::start(state, &format!("{}:{}", args.host, args.port), true)?;
+    eprintln!("serving `{model_id}` and {} adapter(s) on http://{} (OpenAI API under /v1; Ctrl-C stops)", adapters.len(), server.addr());
     let front = std::thread::spawn(move || {
-        let result = (|| -> Result<()> {
-            for (name, dir) in &adapters {
-                let dir = adapter_dir(dir)?;
-                let info = engine.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;
-                eprintln!("adapter {name}: {} from {}", info.kind, dir.display());
-            }
-            let count = adapters.len();
-            let server = Server::start(ServerState { engine: engine.clone(), tokenizer, model_id: model_id.clone() }, &addr, true)?;
-            eprintln!("serving `{model_id}` and {count} adapter(s) on http://{} (OpenAI API under /v1; Ctrl-C stops)", server.addr());
-            server.wait()?;
-            Ok(())
-        })();
+        let result = server.wait();
         engine.shutdown();
         result
     });
     engine_loop.run();
-    front.join().map_err(|_| anyhow!("the HTTP server thread panicked"))?
+    front.join().map_err(|_| anyhow!("the HTTP server thread panicked"))??;
+    Ok(())
 }
