@@ -1,17 +1,10 @@
 //! End-to-end checks of the `iapt` binary on the real SmolLM2-135M-Instruct checkpoint.
-//! The checkpoint is fetched once into `$IAPT_HOME` (see `iapt fetch model smollm2`); these tests
-//! are skipped, with a note, unless `IAPT_NETWORK_TESTS=1` (the README's test command sets it).
+//! The checkpoint is fetched once into `$IAPT_HOME` (see `iapt fetch model smollm2`). These tests
+//! need the network the first time, so plain `cargo test` lists them as ignored; the README's test
+//! command (`scripts/test.sh`) runs them.
 
 use serde_json::Value;
 use std::process::Command;
-
-fn enabled() -> bool {
-    let on = std::env::var("IAPT_NETWORK_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("skipped: set IAPT_NETWORK_TESTS=1 to run tests on the real model");
-    }
-    on
-}
 
 /// Run `iapt ARGS --json` and parse its one JSON object.
 fn iapt_json(args: &[&str]) -> Value {
@@ -25,20 +18,16 @@ fn ids(v: &Value) -> Vec<u64> {
 }
 
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn chat_answers_the_capital_of_germany() {
-    if !enabled() {
-        return;
-    }
     let v = iapt_json(&["generate", "--model", "smollm2", "--chat", "--prompt", "What is the capital of Germany?", "--max-new-tokens", "16", "--greedy"]);
     assert_eq!(v["text"].as_str().unwrap().trim(), "The capital of Germany is Berlin.");
     assert_eq!(*ids(&v).last().unwrap(), 2, "generation should stop at <|im_end|>");
 }
 
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn nll_separates_a_sentence_from_its_shuffle() {
-    if !enabled() {
-        return;
-    }
     let plain = "The capital of France is Paris, and the river that flows through the city is called the Seine.";
     let shuffled = "river Seine. is the through and The called city France flows the capital of is that Paris, the";
     let a = iapt_json(&["score", "--model", "smollm2", "--text", plain]);
@@ -51,10 +40,8 @@ fn nll_separates_a_sentence_from_its_shuffle() {
 }
 
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn tokenizer_parses_special_tokens_and_splits_digits() {
-    if !enabled() {
-        return;
-    }
     let v = iapt_json(&["tokenize", "--model", "smollm2", "--text", "<|im_start|>user\n12345<|im_end|>"]);
     let ids = ids(&v);
     assert_eq!(ids[0], 1, "<|im_start|> is id 1");
@@ -64,10 +51,8 @@ fn tokenizer_parses_special_tokens_and_splits_digits() {
 }
 
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn batched_generation_matches_one_prompt_at_a_time() {
-    if !enabled() {
-        return;
-    }
     let prompts = ["The opposite of hot is", "One, two, three, four,", "Water is made of hydrogen and"];
     let mut args = vec!["generate", "--model", "smollm2", "--max-new-tokens", "6", "--greedy"];
     for p in &prompts {
@@ -83,10 +68,8 @@ fn batched_generation_matches_one_prompt_at_a_time() {
 /// `iapt bench data`: every example encoded and batched once, and training's length grouping
 /// pads less than a plain shuffle.
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn data_benchmark_batches_every_example_with_less_padding() {
-    if !enabled() {
-        return;
-    }
     let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["bench", "data", "multiemo", "--n", "200"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -108,10 +91,8 @@ fn a_missing_model_path_is_a_clear_error() {
 /// adapter saved, tuned eval; `iapt eval --adapter RUN` reproduces the tuned accuracy; running
 /// the same command again resumes from the checkpoint instead of training again.
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn train_then_eval_then_resume_on_real_data() {
-    if !enabled() {
-        return;
-    }
     let run = std::env::temp_dir().join(format!("iapt-e2e-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
     let run_s = run.to_str().unwrap();
@@ -168,10 +149,8 @@ fn train_then_eval_then_resume_on_real_data() {
 
 /// Requests past the model's context, and sampling settings that mean nothing, are refused.
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn generation_beyond_the_context_or_with_a_negative_temperature_is_refused() {
-    if !enabled() {
-        return;
-    }
     let run = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["generate", "--model", "smollm2", "--prompt", "Hello"]).args(extra).output().unwrap();
         assert!(!out.status.success(), "{extra:?} was accepted");

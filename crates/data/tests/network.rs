@@ -1,19 +1,15 @@
-//! Real data and the real tokenizer. Skipped unless `IAPT_NETWORK_TESTS=1` (set `IAPT_HOME` to a
-//! cache with ~500 MB free: the BIG-bench sdist is 358 MB).
+//! Real data and the real tokenizer, fetched once into `$IAPT_HOME` (~500 MB free: the BIG-bench
+//! sdist is 358 MB). Ignored by plain `cargo test`; `scripts/test.sh` runs them.
 
 mod common;
 
-use common::network;
 use iapt_data::Encoding;
 use iapt_data::{builtin_task, load_task, Answer, EncodeConfig, Encoder, Split, BUILTIN_TASKS};
 use std::time::Instant;
 
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn network_builtin_tasks_load_with_recorded_splits() {
-    if !network() {
-        eprintln!("skipped: set IAPT_NETWORK_TESTS=1 to run");
-        return;
-    }
     let home = iapt_assets::data_dir();
     let start = Instant::now();
     let tasks = iapt_data::builtin_bigbench_tasks();
@@ -54,11 +50,8 @@ fn network_builtin_tasks_load_with_recorded_splits() {
 }
 
 #[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn network_real_tokenizer_masks_bench() {
-    if !network() {
-        eprintln!("skipped: set IAPT_NETWORK_TESTS=1 to run");
-        return;
-    }
     let gguf = iapt_assets::fetch_asset("smollm2").unwrap();
     let tok = iapt_model::load_tokenizer(&gguf).unwrap();
     eprintln!("SmolLM2 chat template: {:?}", tok.chat_template());

@@ -49,9 +49,18 @@ pub struct EngineStats {
 
 enum Command {
     Submit(Request, Sink),
-    Register { name: String, dir: PathBuf, reply: mpsc::Sender<Result<AdapterInfo, String>> },
-    Unregister { name: String, reply: mpsc::Sender<bool> },
-    List { reply: mpsc::Sender<Vec<AdapterInfo>> },
+    Register {
+        name: String,
+        dir: PathBuf,
+        reply: mpsc::Sender<Result<AdapterInfo, String>>,
+    },
+    Unregister {
+        name: String,
+        reply: mpsc::Sender<bool>,
+    },
+    List {
+        reply: mpsc::Sender<Vec<AdapterInfo>>,
+    },
     /// Finish what is queued and running, then end the loop.
     Stop,
 }
@@ -179,13 +188,26 @@ impl Engine {
     /// The engine's handle and its scheduler loop, to run on a thread of the caller's choice
     /// (`EngineLoop::run` returns once the engine is shut down and its work is done). The CLI
     /// runs it on the main thread, which the CPU kernels' thread pool counts as a worker.
-    pub fn new<B: Backend>(model: Llama<B>, detokenizer: Box<dyn Detokenizer>, pad_id: u32, options: EngineOptions) -> (EngineHandle, EngineLoop<B>) {
+    pub fn prepare<B: Backend>(model: Llama<B>, detokenizer: Box<dyn Detokenizer>, pad_id: u32, options: EngineOptions) -> (EngineHandle, EngineLoop<B>) {
         let (commands, inbox) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let context = model.config().max_position_embeddings;
         let handle = EngineHandle { commands, shared: shared.clone(), context, max_waiting: options.max_waiting };
         let store = AdapterStore::new(model.config().clone(), model.device(), options.max_resident_adapters);
-        let scheduler = Scheduler { model, detokenizer, pad_id, store, options, shared, waiting: VecDeque::new(), rows: Vec::new(), cache: None, stack: None, stack_stale: false, stopping: false };
+        let scheduler = Scheduler {
+            model,
+            detokenizer,
+            pad_id,
+            store,
+            options,
+            shared,
+            waiting: VecDeque::new(),
+            rows: Vec::new(),
+            cache: None,
+            stack: None,
+            stack_stale: false,
+            stopping: false,
+        };
         (handle, EngineLoop { scheduler, inbox })
     }
 
@@ -196,7 +218,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("iapt-engine".into())
             .spawn(move || {
-                let (handle, engine_loop) = Self::new(model, detokenizer, pad_id, options);
+                let (handle, engine_loop) = Self::prepare(model, detokenizer, pad_id, options);
                 let _ = handle_out.send(handle);
                 engine_loop.run();
             })
@@ -228,7 +250,7 @@ impl Drop for Engine {
     }
 }
 
-/// The scheduler loop before it runs: see [`Engine::new`]. Requests submitted through the
+/// The scheduler loop before it runs: see [`Engine::prepare`]. Requests submitted through the
 /// handle before [`run`](Self::run) wait in order and are admitted together.
 pub struct EngineLoop<B: Backend> {
     scheduler: Scheduler<B>,

@@ -12,7 +12,7 @@
 //!   one product, and scattered back into the batch-shaped sum.
 
 use burn::tensor::{backend::Backend, IndexingUpdateOp, Int, Tensor, TensorData};
-use iapt_model::{LlamaConfig, ModelHook, Projection};
+use iapt_model::{LlamaConfig, LowRankFactors, ModelHook, Projection};
 use std::collections::HashMap;
 
 /// The rows of one adapter in the batch.
@@ -54,7 +54,7 @@ impl<B: Backend> LowRankStack<B> {
         let mut factors = HashMap::new();
         for layer in 0..config.num_layers {
             for projection in Projection::ALL {
-                let per_row: Vec<Option<(Tensor<B, 2>, Tensor<B, 2>, f64)>> = rows
+                let per_row: Vec<Option<LowRankFactors<B>>> = rows
                     .iter()
                     .map(|hook| hook.filter(|h| h.adds_delta(layer, projection)).map(|h| h.low_rank_factors(layer, projection).ok_or(())))
                     .map(|f| f.transpose())

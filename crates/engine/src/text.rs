@@ -51,7 +51,8 @@ impl TextStream {
             end -= '\u{FFFD}'.len_utf8();
         }
         // Keep back the longest tail that is a proper prefix of some stop string.
-        let held = self.stops.iter().map(|stop| (1..stop.len()).rev().find(|&n| stop.is_char_boundary(n) && text[..end].ends_with(&stop[..n])).unwrap_or(0)).max();
+        let held =
+            self.stops.iter().map(|stop| (1..stop.len()).rev().find(|&n| stop.is_char_boundary(n) && text[..end].ends_with(&stop[..n])).unwrap_or(0)).max();
         end -= held.unwrap_or(0);
         TextStep { delta: self.release(&text, end), stopped: false }
     }

@@ -162,7 +162,8 @@ fn a_long_request_is_unaffected_by_rows_joining_and_leaving() {
     let first = rx.recv_timeout(Duration::from_secs(60)).unwrap();
     let mut short = Vec::new();
     for wave in 0..3 {
-        let wave: Vec<_> = (0..5).map(|i| request(prompt(10 + wave * 5 + i), [Some("iapt"), None, Some("prefix"), Some("lora-qv"), Some("prompt")][i], 2 + i)).collect();
+        let wave: Vec<_> =
+            (0..5).map(|i| request(prompt(10 + wave * 5 + i), [Some("iapt"), None, Some("prefix"), Some("lora-qv"), Some("prompt")][i], 2 + i)).collect();
         let waiting: Vec<_> = wave.iter().map(|r| submit(&engine.handle(), r.clone())).collect();
         for (rx, r) in waiting.into_iter().zip(wave) {
             short.push((collect(rx), r));

@@ -82,7 +82,11 @@ pub fn bench_multitenant<B: Backend>(loaded: &LoadedModel<B>, shape: &Multitenan
     let mut rows = Vec::new();
     let mut bare_speed = std::collections::BTreeMap::new();
     for (method, tuner) in methods {
-        sizes.push(MethodSize { method: method.clone(), tuner: tuner.as_ref().map(TunerConfig::to_json), trainable_params: tuner.as_ref().map_or(0, |t| t.num_params(base)) });
+        sizes.push(MethodSize {
+            method: method.clone(),
+            tuner: tuner.as_ref().map(TunerConfig::to_json),
+            trainable_params: tuner.as_ref().map_or(0, |t| t.num_params(base)),
+        });
         let adapters = match tuner {
             Some(config) => write_adapters(&loaded.model, config, most, &scratch.join(method))?,
             None => Vec::new(),
@@ -115,7 +119,15 @@ pub fn bench_multitenant<B: Backend>(loaded: &LoadedModel<B>, shape: &Multitenan
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(MultitenantBench { bench: "multitenant".into(), threads: threads(), prompt_tokens: shape.prompt_tokens, new_tokens: shape.new_tokens, repeats: shape.repeats, methods: sizes, rows })
+    Ok(MultitenantBench {
+        bench: "multitenant".into(),
+        threads: threads(),
+        prompt_tokens: shape.prompt_tokens,
+        new_tokens: shape.new_tokens,
+        repeats: shape.repeats,
+        methods: sizes,
+        rows,
+    })
 }
 
 /// `n` adapters of `config` with different random weights (LoRA's `B` moved off zero, so its
@@ -145,7 +157,7 @@ fn write_adapters<B: Backend>(model: &Llama<B>, config: &TunerConfig, n: usize, 
 /// queued before the engine starts. Returns decode tokens/s and prefill seconds per row.
 fn one_batch<B: Backend>(loaded: &LoadedModel<B>, adapters: &[(String, PathBuf)], batch: usize, shape: &MultitenantShape, salt: usize) -> Result<(f64, f64)> {
     let options = EngineOptions { max_batch: batch, max_waiting: batch, max_resident_adapters: adapters.len().max(1) };
-    let (handle, mut engine_loop) = Engine::new(loaded.model.clone(), Box::new(loaded.tokenizer.clone()), loaded.tokenizer.pad_id(), options);
+    let (handle, mut engine_loop) = Engine::prepare(loaded.model.clone(), Box::new(loaded.tokenizer.clone()), loaded.tokenizer.pad_id(), options);
     for (name, dir) in adapters {
         engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("adapter {}: {e}", dir.display()))?;
     }

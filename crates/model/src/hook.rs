@@ -57,6 +57,9 @@ pub enum LayerPrefix<B: Backend> {
     KeyValue { keys: Tensor<B, 4>, values: Tensor<B, 4> },
 }
 
+/// A low-rank delta `scale · x A B`: `A [in, r]`, `B [r, out]`, `scale`.
+pub type LowRankFactors<B> = (Tensor<B, 2>, Tensor<B, 2>, f64);
+
 /// Implemented by every tuner; the bare model uses [`NoHook`]. All methods default to "nothing".
 pub trait ModelHook<B: Backend> {
     /// Learned embeddings `[batch, n, d]` placed before the input tokens at prefill.
@@ -85,7 +88,7 @@ pub trait ModelHook<B: Backend> {
     /// The delta as low-rank factors when it is `scale · x A B` (LoRA): `A [in, r]`, `B [r, out]`
     /// and `scale`. With them a batch of rows with different adapters computes every row's
     /// delta in one batched product.
-    fn low_rank_factors(&self, _layer: usize, _projection: Projection) -> Option<(Tensor<B, 2>, Tensor<B, 2>, f64)> {
+    fn low_rank_factors(&self, _layer: usize, _projection: Projection) -> Option<LowRankFactors<B>> {
         None
     }
 }

@@ -23,7 +23,7 @@ pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use error::LoadError;
 pub use generate::{generate, Generation, GenerationConfig, NextLogits, PartSeconds};
-pub use hook::{LayerInput, LayerPrefix, ModelHook, NoHook, Projection, TrainableTuner};
+pub use hook::{LayerInput, LayerPrefix, LowRankFactors, ModelHook, NoHook, Projection, TrainableTuner};
 pub use load::{llama_from_weights, load_llama, read_checkpoint, read_checkpoint_config};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::{load_tokenizer, ChatMessage, Tokenizer};

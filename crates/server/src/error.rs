@@ -52,7 +52,9 @@ impl ApiError {
             SubmitError::NoTokens => Self::invalid("max_tokens", message),
             SubmitError::UnknownAdapter(name) => Self::unknown_model(&name),
             SubmitError::ContextExceeded { .. } => Self { code: Some("context_length_exceeded"), ..Self::invalid(prompt_field, message) },
-            SubmitError::QueueFull(_) => Self { status: StatusCode::TOO_MANY_REQUESTS, message, kind: "rate_limit_error", param: None, code: Some("queue_full") },
+            SubmitError::QueueFull(_) => {
+                Self { status: StatusCode::TOO_MANY_REQUESTS, message, kind: "rate_limit_error", param: None, code: Some("queue_full") }
+            }
             SubmitError::Stopped => Self { status: StatusCode::SERVICE_UNAVAILABLE, message, kind: "server_error", param: None, code: Some("shutting_down") },
         }
     }

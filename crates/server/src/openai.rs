@@ -260,7 +260,12 @@ impl ChatFields {
                     for (j, part) in parts.into_iter().enumerate() {
                         match (part.kind.as_str(), part.text) {
                             ("text", Some(t)) => text.push_str(&t),
-                            (kind, _) => return Err(ApiError::invalid(format!("messages[{i}].content[{j}]"), format!("content parts of type `{kind}` are not supported (only `text`)"))),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("content parts of type `{kind}` are not supported (only `text`)"),
+                                ))
+                            }
                         }
                     }
                     text

@@ -199,7 +199,8 @@ impl Answer {
     fn body(&self, chunk: bool, choices: Vec<Value>, usage: Option<Usage>) -> Value {
         let mut body = json!({ "id": self.id, "object": self.object(chunk), "created": self.created, "model": self.model, "choices": choices });
         if let Some(u) = usage {
-            body["usage"] = json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens });
+            body["usage"] =
+                json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens });
         }
         body
     }
@@ -261,7 +262,11 @@ async fn whole(answer: Answer, mut events: mpsc::UnboundedReceiver<Event>) -> Re
 /// Server-sent events: one chunk per piece of released text, a final chunk with the finish
 /// reason, the usage chunk if asked for, then `data: [DONE]`. Dropping the stream (the client
 /// went away) drops the receiver, and the engine frees the row at its next step.
-fn streamed(answer: Answer, events: mpsc::UnboundedReceiver<Event>, include_usage: bool) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+fn streamed(
+    answer: Answer,
+    events: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut stream = Streaming { answer, events, include_usage, pending: VecDeque::new(), ended: false };
     if stream.answer.endpoint == Endpoint::Chat {
         let role = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });

@@ -266,10 +266,12 @@ fn concurrent_mixed_adapter_requests_equal_their_runs_alone() {
 #[ignore = "needs the real model (fetched on first use); scripts/test.sh runs it"]
 fn a_stream_ends_with_done_and_usage_and_matches_the_whole_answer() {
     let f = fixture();
-    let body = json!({ "model": "iapt", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
+    let body =
+        json!({ "model": "iapt", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
     let out = stream(f.addr, "/v1/completions", &body);
     assert!(out.done);
-    let whole = client::post_json(f.addr, "/v1/completions", &json!({ "model": "iapt", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0 })).unwrap().json();
+    let whole =
+        client::post_json(f.addr, "/v1/completions", &json!({ "model": "iapt", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0 })).unwrap().json();
     assert_eq!(out.text, whole["choices"][0]["text"].as_str().unwrap());
     assert_eq!(out.finish.as_deref(), whole["choices"][0]["finish_reason"].as_str());
     assert_eq!(out.usage.as_ref(), Some(&whole["usage"]));
@@ -282,7 +284,10 @@ fn a_stream_ends_with_done_and_usage_and_matches_the_whole_answer() {
     let free = whole["choices"][0]["text"].as_str().unwrap().to_string();
     if let Some(word) = free.split_whitespace().nth(2) {
         let cut = free.find(word).unwrap();
-        let stopped = client::post_json(f.addr, "/v1/completions", &json!({ "model": "iapt", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0, "stop": [word] })).unwrap().json();
+        let stopped =
+            client::post_json(f.addr, "/v1/completions", &json!({ "model": "iapt", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0, "stop": [word] }))
+                .unwrap()
+                .json();
         assert_eq!(stopped["choices"][0]["text"].as_str().unwrap(), &free[..cut]);
         assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
     }
@@ -328,7 +333,8 @@ fn adapters_load_and_unload_at_run_time() {
     assert!(listed["data"].as_array().unwrap().iter().any(|m| m["id"] == "tenant-7"));
     let body = json!({ "model": "tenant-7", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0 });
     let via_new = client::post_json(f.addr, "/v1/completions", &body).unwrap().json();
-    let via_old = client::post_json(f.addr, "/v1/completions", &json!({ "model": "prefix", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0 })).unwrap().json();
+    let via_old =
+        client::post_json(f.addr, "/v1/completions", &json!({ "model": "prefix", "prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0 })).unwrap().json();
     assert_eq!(via_new["choices"][0]["text"], via_old["choices"][0]["text"]);
     assert_eq!(client::post_json(f.addr, "/v1/unload_lora_adapter", &json!({ "lora_name": "tenant-7" })).unwrap().status, 200);
     let gone = client::post_json(f.addr, "/v1/completions", &body).unwrap();
@@ -368,7 +374,10 @@ fn every_error_has_its_status_and_names_its_field() {
     assert_eq!(failure(a, "/v1/completions", &ok(json!({ "top_p": 0 }))).1, json!("top_p"));
     assert_eq!(failure(a, "/v1/completions", &ok(json!({ "n": 2 }))).1, json!("n"));
     assert_eq!(failure(a, "/v1/completions", &ok(json!({ "presence_penalty": 0.5 }))).1, json!("presence_penalty"));
-    assert_eq!(failure(a, "/v1/completions", &ok(json!({ "stream": true, "stream_options": { "include_usage": "yes" } }))).1, json!("stream_options.include_usage"));
+    assert_eq!(
+        failure(a, "/v1/completions", &ok(json!({ "stream": true, "stream_options": { "include_usage": "yes" } }))).1,
+        json!("stream_options.include_usage")
+    );
     assert_eq!(failure(a, "/v1/completions", &ok(json!({ "prompt": ["a", "b"] }))).1, json!("prompt"));
     assert_eq!(failure(a, "/v1/completions", &ok(json!({ "prompt": [999999] }))).1, json!("prompt"));
     assert_eq!(failure(a, "/v1/completions", &ok(json!({ "max_tokens": 100000 }))), (400, json!("prompt"), json!("context_length_exceeded")));

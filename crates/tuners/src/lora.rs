@@ -200,7 +200,7 @@ impl<B: Backend> ModelHook<B> for Lora<B> {
     fn adds_delta(&self, layer: usize, projection: Projection) -> bool {
         self.pair(layer, projection).is_some()
     }
-    fn low_rank_factors(&self, layer: usize, projection: Projection) -> Option<(Tensor<B, 2>, Tensor<B, 2>, f64)> {
+    fn low_rank_factors(&self, layer: usize, projection: Projection) -> Option<iapt_model::LowRankFactors<B>> {
         self.pair(layer, projection).map(|pair| (pair.lora_a.val(), pair.lora_b.val(), self.config.scale()))
     }
 }

@@ -8,9 +8,9 @@ use crate::kind::TunerKind;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
-use iapt_model::{ModelHook, Projection};
 use iapt_model::TrainableTuner;
 use iapt_model::{Llama, LlamaConfig};
+use iapt_model::{ModelHook, Projection};
 use serde::{Deserialize, Serialize};
 
 /// Standard deviation of the random prompt when no embedding table is at hand: LLaMA's

@@ -204,7 +204,7 @@ impl<B: Backend> ModelHook<B> for Tuner<B> {
     fn adds_delta(&self, layer: usize, projection: Projection) -> bool {
         self.hook().adds_delta(layer, projection)
     }
-    fn low_rank_factors(&self, layer: usize, projection: Projection) -> Option<(Tensor<B, 2>, Tensor<B, 2>, f64)> {
+    fn low_rank_factors(&self, layer: usize, projection: Projection) -> Option<iapt_model::LowRankFactors<B>> {
         self.hook().low_rank_factors(layer, projection)
     }
 }

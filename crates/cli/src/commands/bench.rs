@@ -165,7 +165,13 @@ fn multitenant(mut args: MultitenantArgs) -> Result<()> {
     if args.batch.contains(&0) || args.new_tokens < 2 || args.prompt_tokens == 0 {
         anyhow::bail!("--batch sizes must be positive, --new-tokens at least 2 (one prefill token, then decode steps) and --prompt-tokens positive");
     }
-    let shape = MultitenantShape { prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, batches: args.batch, distinct: args.distinct, repeats: args.repeats };
+    let shape = MultitenantShape {
+        prompt_tokens: args.prompt_tokens,
+        new_tokens: args.new_tokens,
+        batches: args.batch,
+        distinct: args.distinct,
+        repeats: args.repeats,
+    };
     with_backend!(args.model.backend, |B, device| {
         let loaded = LoadedModel::<B>::load(&path, &device)?;
         let mut methods = default_methods(loaded.model.config(), iapt);

@@ -85,7 +85,7 @@ fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id
     let options = EngineOptions { max_batch: args.max_batch, max_waiting: args.max_waiting, max_resident_adapters: args.max_resident_adapters };
     let tokenizer = Arc::new(loaded.tokenizer.clone());
     let pad_id = loaded.tokenizer.pad_id();
-    let (engine, mut engine_loop) = Engine::new(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
+    let (engine, mut engine_loop) = Engine::prepare(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
     for (name, dir) in &adapters {
         let dir = adapter_dir(dir)?;
         let info = engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;

@@ -92,7 +92,3 @@ pub fn temporaries(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
-
-pub fn network() -> bool {
-    std::env::var("IAPT_NETWORK_TESTS").as_deref() == Ok("1")
-}
