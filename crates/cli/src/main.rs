@@ -5,7 +5,7 @@ mod backend;
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, compare, config, data, eval, fetch, serve, text, train};
+use commands::{bench, compare, config, data, eval, export, fetch, serve, text, train};
 
 #[derive(Parser)]
 #[command(name = "iapt", version, about = "Instruction-Aware Prompt Tuning on burn")]
@@ -41,6 +41,8 @@ enum Command {
     /// Serve the model and adapters over an OpenAI-compatible HTTP API, every request with its
     /// own adapter, in one continuously batched decode.
     Serve(serve::ServeArgs),
+    /// Write an adapter in Hugging Face PEFT's layout (LoRA, prompt tuning).
+    Export(export::ExportArgs),
 }
 
 /// glibc serves allocations above a dynamic threshold (at most 32 MB) with fresh `mmap`s and
@@ -75,6 +77,7 @@ fn main() {
         Command::Data(args) => data::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Export(args) => export::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

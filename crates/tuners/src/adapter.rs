@@ -1,7 +1,8 @@
 //! Adapter files, one layout for every tuner (HF PEFT style): a directory holding
 //! `adapter_config.json` (`"tuner"` tag, the tuner's config, the base model's identity and full
 //! shape) and `adapter_model.safetensors` (f32 tensors named by module path, e.g.
-//! `layers.3.pooler.queries`, `shared.down.weight`). Files are written atomically.
+//! `layers.3.pooler.queries`, `shared.down.weight`). Files are written atomically. PEFT's own
+//! layout (LoRA, prompt tuning) is read too, recognised by its `peft_type` (see [`crate::peft`]).
 
 use crate::tuner::{Tuner, TunerConfig, TunerModule};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -104,10 +105,7 @@ impl AdapterConfig {
     /// Read `dir/adapter_config.json`.
     pub fn read(dir: &Path) -> Result<Self, AdapterError> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| AdapterError::Io { path: path.clone(), source })?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| AdapterError::Config { path: path.clone(), reason: format!("invalid JSON: {e}") })?;
-        Self::from_json(&value, &path)
+        Self::from_json(&read_config_json(&path)?, &path)
     }
 
     /// Write `dir/adapter_config.json` atomically.
@@ -120,6 +118,12 @@ impl AdapterConfig {
     pub fn check_base(&self, model: &LlamaConfig, path: &Path) -> Result<(), AdapterError> {
         self.base_model.compare(model).map_err(|(field, adapter, model)| AdapterError::BaseMismatch { path: path.to_path_buf(), field, adapter, model })
     }
+}
+
+/// `adapter_config.json` as JSON, errors naming it.
+fn read_config_json(path: &Path) -> Result<serde_json::Value, AdapterError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| AdapterError::Config { path: path.to_path_buf(), reason: format!("invalid JSON: {e}") })
 }
 
 /// Save `tuner` into `dir` (created if needed). `base_name` identifies the backbone (a name or
@@ -155,8 +159,16 @@ pub fn load_module<B: Backend, M: TunerModule<B>>(dir: &Path, base: &LlamaConfig
 
 /// Read the config, check the tuner tag (when `expected`) and the base shape, then the weights.
 fn load_checked<B: Backend>(dir: &Path, base: &LlamaConfig, device: &B::Device, expected: Option<&str>) -> Result<Tuner<B>, AdapterError> {
-    let config = AdapterConfig::read(dir)?;
     let config_path = dir.join(CONFIG_FILE);
+    let value = read_config_json(&config_path)?;
+    if crate::peft::is_peft_config(&value) {
+        let tuner = crate::peft::load_peft(dir, &value, &config_path, base, device)?;
+        if let Some(expected) = expected.filter(|&e| e != tuner.name()) {
+            return Err(AdapterError::WrongTuner { path: config_path, found: tuner.name().into(), expected: expected.into() });
+        }
+        return Ok(tuner);
+    }
+    let config = AdapterConfig::from_json(&value, &config_path)?;
     if let Some(expected) = expected.filter(|&e| e != config.tuner.name()) {
         return Err(AdapterError::WrongTuner { path: config_path, found: config.tuner.name().into(), expected: expected.into() });
     }

@@ -18,6 +18,7 @@ mod generator;
 mod iapt;
 mod kind;
 mod lora;
+pub mod peft;
 mod pooler;
 mod prefix_tuning;
 mod prompt_tuning;

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod fetch;
 pub mod serve;
 pub mod text;
