@@ -9,6 +9,7 @@
 
 pub mod client;
 mod error;
+pub mod load;
 mod openai;
 mod routes;
 

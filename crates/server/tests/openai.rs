@@ -436,3 +436,22 @@ fn a_full_queue_gets_429_and_stopping_finishes_in_flight_requests() {
     assert_eq!(waiting.join().unwrap().status, 200);
     engine.shutdown();
 }
+
+/// The load run `iapt bench serve` reports: bounded in count, every request accounted for.
+#[test]
+#[ignore = "needs the real model (fetched on first use); scripts/test.sh runs it"]
+fn a_bounded_load_run_accounts_for_every_request() {
+    let f = fixture();
+    let models = std::iter::once(BASE.to_string()).chain(f.adapters.iter().map(|(n, _)| n.clone())).collect();
+    let plan = iapt_server::load::LoadPlan { clients: 4, requests: 10, models, prompt: PROMPTS[3].into(), max_tokens: 6, time_limit: Duration::from_secs(300) };
+    let report = iapt_server::load::run(f.addr, &plan);
+    assert_eq!((report.requests_sent, report.requests_completed, report.requests_failed), (10, 10, 0), "{report:?}");
+    let ttft = report.time_to_first_token.expect("first tokens were timed");
+    assert!(ttft.p50_ms > 0.0 && ttft.p50_ms <= ttft.p99_ms && ttft.p99_ms <= ttft.max_ms, "{report:?}");
+    assert!(report.inter_token_latency.is_some() && report.tokens_per_s > 0.0, "{report:?}");
+    // An unknown model is a failed request, reported with its error.
+    let bad = iapt_server::load::LoadPlan { requests: 2, models: vec!["nobody".into()], ..plan };
+    let report = iapt_server::load::run(f.addr, &bad);
+    assert_eq!((report.requests_completed, report.requests_failed), (0, 2));
+    assert!(report.first_error.as_deref().is_some_and(|e| e.contains("404")), "{report:?}");
+}

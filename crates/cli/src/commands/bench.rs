@@ -1,4 +1,4 @@
-//! `iapt bench generate|train|data`: throughput benchmarks, printed as JSON.
+//! `iapt bench generate|train|data|multitenant|serve`: benchmarks, printed as JSON.
 
 use super::{print_json, ModelArgs};
 use crate::with_backend;
@@ -38,6 +38,9 @@ enum BenchCommand {
     /// distinct adapters: IAPT, unmerged LoRA (IAPT's parameter count; r8 on all 7
     /// projections) and the bare model.
     Multitenant(MultitenantArgs),
+    /// A bounded load run over HTTP against `iapt serve`'s server, started on 127.0.0.1:
+    /// throughput, time to first token and inter-token latency (p50/p99).
+    Serve(super::serve::LoadArgs),
 }
 
 #[derive(Args)]
@@ -118,6 +121,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Generate(args) => generate(args),
         BenchCommand::Train(args) => train(args),
         BenchCommand::Multitenant(args) => multitenant(args),
+        BenchCommand::Serve(args) => super::serve::load(args),
         BenchCommand::Data { name, n, model } => {
             let tokenizer = iapt_model::load_tokenizer(&resolve_model(&model)?)?;
             let spec = iapt_experiment::task::task_spec(&DataSection { task: name, ..Default::default() })?;

@@ -103,3 +103,78 @@ fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id
     front.join().map_err(|_| anyhow!("the HTTP server thread panicked"))??;
     Ok(())
 }
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// A known model name or a `.gguf` file / HF directory.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    #[arg(long, value_enum, default_value = "ndarray")]
+    backend: BackendKind,
+    /// Adapters as `NAME=DIR`; requests go round-robin over the base model and these.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapters: Vec<String>,
+    /// Concurrent streaming clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 64)]
+    requests: usize,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    #[arg(long, default_value = "Write a short story about a robot who learns to paint.")]
+    prompt: String,
+    /// No request starts after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    time_limit_s: u64,
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+}
+
+/// `iapt bench serve`: the server started on 127.0.0.1 (any free port), a bounded load run
+/// against it over HTTP, its report as JSON, then a graceful stop.
+pub fn load(args: LoadArgs) -> Result<()> {
+    if args.clients == 0 || args.requests == 0 || args.max_tokens == 0 || args.max_batch == 0 {
+        bail!("--clients, --requests, --max-tokens and --max-batch must be at least 1");
+    }
+    let adapters = adapter_args(&args.adapters)?;
+    let path = resolve_model(&args.model)?;
+    with_backend!(args.backend, |B, device| load_on::<B>(&args, &path, &device, adapters))
+}
+
+fn load_on<B: Backend>(args: &LoadArgs, path: &Path, device: &B::Device, adapters: Vec<(String, PathBuf)>) -> Result<()> {
+    let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
+    let options = EngineOptions { max_batch: args.max_batch, max_waiting: args.requests.max(1), max_resident_adapters: adapters.len().max(1) };
+    let tokenizer = Arc::new(loaded.tokenizer.clone());
+    let pad_id = loaded.tokenizer.pad_id();
+    let (engine, mut engine_loop) = Engine::prepare(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
+    let mut models = vec![args.model.clone()];
+    for (name, dir) in &adapters {
+        let dir = adapter_dir(dir)?;
+        engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;
+        models.push(name.clone());
+    }
+    let server = Server::start(ServerState { engine: engine.clone(), tokenizer, model_id: args.model.clone() }, "127.0.0.1:0", false)?;
+    let plan = iapt_server::load::LoadPlan {
+        clients: args.clients,
+        requests: args.requests,
+        models,
+        prompt: args.prompt.clone(),
+        max_tokens: args.max_tokens,
+        time_limit: std::time::Duration::from_secs(args.time_limit_s),
+    };
+    let addr = server.addr();
+    let driver = std::thread::spawn(move || {
+        let report = iapt_server::load::run(addr, &plan);
+        let stopped = server.stop();
+        engine.shutdown();
+        stopped.map(|_| report)
+    });
+    engine_loop.run();
+    let report = driver.join().map_err(|_| anyhow!("the load run panicked"))??;
+    super::print_json(&report)?;
+    if report.requests_failed > 0 {
+        bail!("{} of {} requests failed; the first: {}", report.requests_failed, report.requests_sent, report.first_error.as_deref().unwrap_or("?"));
+    }
+    Ok(())
+}
