@@ -40,7 +40,7 @@ pub struct LoadReport {
     pub requests_failed: usize,
     pub first_error: Option<String>,
     pub seconds: f64,
-    /// Streamed text chunks (about one per token) per second, over all clients.
+    /// Generated tokens (the streams' `usage`) per second, over all clients.
     pub tokens_per_s: f64,
     pub completed_requests_per_s: f64,
     pub time_to_first_token: Option<Latency>,
@@ -70,7 +70,7 @@ pub fn run(addr: SocketAddr, plan: &LoadPlan) -> LoadReport {
                 }
                 sent_count.fetch_add(1, Ordering::SeqCst);
                 let model = &plan.models[n % plan.models.len().max(1)];
-                let body = json!({ "model": model, "prompt": plan.prompt, "max_tokens": plan.max_tokens, "temperature": 0, "stream": true });
+                let body = json!({ "model": model, "prompt": plan.prompt, "max_tokens": plan.max_tokens, "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
                 let sent = Instant::now();
                 let mut last: Option<Instant> = None;
                 let (mut ttft, mut gaps, mut tokens, mut done) = (None, Vec::new(), 0, false);
@@ -79,18 +79,17 @@ pub fn run(addr: SocketAddr, plan: &LoadPlan) -> LoadReport {
                         done = true;
                         return true;
                     }
-                    let has_text = serde_json::from_str::<serde_json::Value>(data)
-                        .ok()
-                        .and_then(|c| c["choices"][0]["text"].as_str().map(|t| !t.is_empty()))
-                        .unwrap_or(false);
-                    if has_text {
+                    let chunk = serde_json::from_str::<serde_json::Value>(data).unwrap_or_default();
+                    if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+                        tokens = n as usize;
+                    }
+                    if chunk["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
                         let now = Instant::now();
                         match last {
                             None => ttft = Some(now.duration_since(sent).as_secs_f64() * 1e3),
                             Some(prev) => gaps.push(now.duration_since(prev).as_secs_f64() * 1e3),
                         }
                         last = Some(now);
-                        tokens += 1;
                     }
                     true
                 });
