@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use iapt_engine::{Detokenizer, Engine, EngineHandle, EngineOptions, Event, FinishReason, Request, SubmitError, Usage};
 use iapt_model::{generate, GenerationConfig, Llama, LlamaConfig, ModelHook, NoHook, Projection, SamplingConfig};
 use iapt_tuners::{IaptConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig, Tuner, TunerConfig};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -41,16 +41,7 @@ fn adapters(tag: &str) -> Vec<(String, PathBuf)> {
         .into_iter()
         .enumerate()
         .map(|(i, (name, config))| {
-            let tuner = config.init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap();
-            let mut tensors = tuner.tensors();
-            let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            for t in tensors.values_mut() {
-                for v in &mut t.data {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    *v += ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5;
-                }
-            }
-            let tuner = tuner.load_tensors(tensors, Path::new("memory")).unwrap();
+            let tuner = config.init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap().jittered(i as u64 + 1, 0.5, |_| true);
             let dir = root.join(name);
             iapt_tuners::save_tuner(&dir, &tuner, "tiny").unwrap();
             (name.to_string(), dir)

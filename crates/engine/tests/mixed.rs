@@ -5,21 +5,11 @@ use burn::tensor::{Distribution, Tensor};
 use iapt_engine::mixed::{LowRankStack, MixedHook};
 use iapt_model::{LlamaConfig, ModelHook, Projection};
 use iapt_tuners::{IaptConfig, LoraConfig, Tuner, TunerConfig};
-use std::path::Path;
 
 type TB = burn::backend::NdArray;
 
 fn perturbed(config: TunerConfig, seed: u64) -> Tuner<TB> {
-    let tuner = config.init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap();
-    let mut tensors = tuner.tensors();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for t in tensors.values_mut() {
-        for v in &mut t.data {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *v += (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        }
-    }
-    tuner.load_tensors(tensors, Path::new("memory")).unwrap()
+    config.init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap().jittered(seed, 1.0, |_| true)
 }
 
 #[test]

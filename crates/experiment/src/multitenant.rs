@@ -137,15 +137,7 @@ fn write_adapters<B: Backend>(model: &Llama<B>, config: &TunerConfig, n: usize, 
         .map(|i| {
             B::seed(&model.device(), 1000 + i as u64);
             let tuner = config.init_from_backbone::<B>(model).map_err(|e| anyhow!("{e}"))?;
-            let mut tensors = tuner.tensors();
-            let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            for (_, t) in tensors.iter_mut().filter(|(name, _)| name.ends_with("lora_b")) {
-                for v in &mut t.data {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    *v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
-                }
-            }
-            let tuner = tuner.load_tensors(tensors, Path::new("memory"))?;
+            let tuner = tuner.jittered(i as u64 + 1, 0.02, |name| name.ends_with("lora_b"));
             let path = dir.join(format!("tenant-{i}"));
             iapt_tuners::save_tuner(&path, &tuner, "bench")?;
             Ok((format!("tenant-{i}"), path))

@@ -49,13 +49,18 @@ impl<B: Backend> LayerSlots<B> {
             return;
         }
         let capacity = slots.max(2 * self.len).next_multiple_of(64);
-        let [b, heads, _, hd] = self.filled.keys.dims();
-        let device = self.filled.keys.device();
-        let grow =
-            |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..self.len, 0..hd], t.narrow(2, 0, self.len));
-        let valid =
-            Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..self.len], self.filled.valid.clone().narrow(1, 0, self.len));
-        self.filled = LayerKv { keys: grow(self.filled.keys.clone()), values: grow(self.filled.values.clone()), valid, len: self.len };
+        let kv = &self.filled;
+        let filled = |t: &Tensor<B, 4>| t.clone().narrow(2, 0, self.len);
+        *self = Self::placed(filled(&kv.keys), filled(&kv.values), kv.valid.clone().narrow(1, 0, self.len), capacity);
+    }
+
+    /// Fresh buffers of `capacity` slots holding `keys`/`values`/`valid` (all filled) first.
+    fn placed(keys: Tensor<B, 4>, values: Tensor<B, 4>, valid: Tensor<B, 2, Bool>, capacity: usize) -> Self {
+        let [b, heads, len, hd] = keys.dims();
+        let device = keys.device();
+        let place = |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..len, 0..hd], t);
+        let valid = Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..len], valid);
+        Self { filled: LayerKv { keys: place(keys), values: place(values), valid, len }, len }
     }
 }
 
@@ -180,12 +185,8 @@ fn leading_unused_slots<B: Backend>(valid: &Tensor<B, 2, Bool>) -> usize {
 impl<B: Backend> LayerSlots<B> {
     /// Fresh buffers holding exactly `keys`/`values`/`valid` (all filled) plus spare room.
     fn packed(keys: Tensor<B, 4>, values: Tensor<B, 4>, valid: Tensor<B, 2, Bool>) -> Self {
-        let [b, heads, len, hd] = keys.dims();
-        let capacity = (len + SPARE_SLOTS).next_multiple_of(64);
-        let device = keys.device();
-        let place = |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..len, 0..hd], t);
-        let valid = Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..len], valid);
-        Self { filled: LayerKv { keys: place(keys), values: place(values), valid, len }, len }
+        let capacity = (keys.dims()[2] + SPARE_SLOTS).next_multiple_of(64);
+        Self::placed(keys, values, valid, capacity)
     }
 
     /// `a`'s rows then `b`'s, both right-aligned to the longer one's filled length.

@@ -46,17 +46,7 @@ fn make_adapters(model: &Llama<TB>, root: &Path) -> Vec<(String, PathBuf)> {
         .into_iter()
         .map(|(name, config)| {
             let tuner = config.init_from_backbone::<TB>(model).unwrap();
-            let mut tensors = tuner.tensors();
-            let mut state = 0x9E37_79B9_7F4A_7C15u64;
-            for (key, t) in tensors.iter_mut() {
-                if key.ends_with("lora_b") {
-                    for v in &mut t.data {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        *v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5;
-                    }
-                }
-            }
-            let tuner = tuner.load_tensors(tensors, Path::new("memory")).unwrap();
+            let tuner = tuner.jittered(1, 0.5, |name| name.ends_with("lora_b"));
             let dir = root.join(name);
             iapt_tuners::save_tuner(&dir, &tuner, BASE).unwrap();
             (name.to_string(), dir)

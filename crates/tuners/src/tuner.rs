@@ -188,6 +188,23 @@ tuners! {
     Lora(Lora, LoraConfig),
 }
 
+impl<B: Backend> Tuner<B> {
+    /// This tuner with every parameter whose name `select` accepts moved by a deterministic
+    /// pseudo-random amount in `[-amplitude/2, amplitude/2)`, seeded by `seed`. Tests and
+    /// benchmarks need adapters that change the output, which LoRA's `B = 0` start does not.
+    pub fn jittered(self, seed: u64, amplitude: f32, select: impl Fn(&str) -> bool) -> Self {
+        let mut tensors = self.tensors();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for (_, t) in tensors.iter_mut().filter(|(name, _)| select(name)) {
+            for v in &mut t.data {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *v += ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * amplitude;
+            }
+        }
+        self.load_tensors(tensors, Path::new("jittered tensors")).expect("a tuner's own tensors, moved in place, fit it")
+    }
+}
+
 impl<B: Backend> ModelHook<B> for Tuner<B> {
     fn input_prefix(&self, batch: usize, device: &B::Device) -> Option<Tensor<B, 3>> {
         self.hook().input_prefix(batch, device)

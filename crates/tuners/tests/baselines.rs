@@ -41,15 +41,7 @@ fn tuner<B: Backend>(config: &TunerConfig, seed: u64) -> Tuner<B> {
     if matches!(config, TunerConfig::Iapt(_)) {
         return tuner;
     }
-    let mut tensors = tuner.tensors();
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for t in tensors.values_mut() {
-        for v in &mut t.data {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *v += (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        }
-    }
-    tuner.load_tensors(tensors, Path::new("memory")).unwrap()
+    tuner.jittered(seed, 1.0, |_| true)
 }
 
 fn padded_logits<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>) -> Vec<Vec<Vec<f32>>> {

@@ -4,21 +4,12 @@
 use iapt_model::{LlamaConfig, Projection};
 use iapt_tuners::peft::save_peft;
 use iapt_tuners::{load_tuner, IaptConfig, LoraConfig, PromptTuningConfig, Tuner, TunerConfig};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 type TB = burn::backend::NdArray;
 
 fn perturbed(config: TunerConfig) -> Tuner<TB> {
-    let tuner = config.init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap();
-    let mut tensors = tuner.tensors();
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for t in tensors.values_mut() {
-        for v in &mut t.data {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *v += (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        }
-    }
-    tuner.load_tensors(tensors, Path::new("memory")).unwrap()
+    config.init::<TB>(&LlamaConfig::tiny(), &Default::default()).unwrap().jittered(7, 1.0, |_| true)
 }
 
 fn temp(tag: &str) -> PathBuf {

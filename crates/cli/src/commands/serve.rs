@@ -5,15 +5,17 @@ use crate::with_backend;
 use anyhow::{anyhow, bail, Context, Result};
 use burn::tensor::backend::Backend;
 use clap::Args;
-use iapt_engine::{Engine, EngineOptions};
+use iapt_engine::{AdapterInfo, Engine, EngineHandle, EngineLoop, EngineOptions};
 use iapt_experiment::model_source::{resolve_model, LoadedModel};
 use iapt_experiment::runs::adapter_dir;
+use iapt_model::Tokenizer;
 use iapt_server::{Server, ServerState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The model and adapters `iapt serve` and `iapt bench serve` both run.
 #[derive(Args)]
-pub struct ServeArgs {
+struct Served {
     /// A known model name (`smollm2`, fetched on first use) or a `.gguf` file / HF directory.
     #[arg(long, default_value = "smollm2")]
     model: String,
@@ -24,13 +26,19 @@ pub struct ServeArgs {
     /// select it with `"model": "NAME"`. Repeat for more; more can be loaded at run time.
     #[arg(long = "adapter", value_name = "NAME=DIR")]
     adapters: Vec<String>,
+    /// Rows decoded together at most.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    served: Served,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Rows decoded together at most.
-    #[arg(long, default_value_t = 16)]
-    max_batch: usize,
     /// Requests waiting for a row at most; beyond that, requests get 429.
     #[arg(long, default_value_t = 256)]
     max_waiting: usize,
@@ -58,16 +66,16 @@ fn adapter_args(args: &[String]) -> Result<Vec<(String, PathBuf)>> {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.max_batch == 0 {
+    if args.served.max_batch == 0 {
         bail!("--max-batch must be at least 1");
     }
-    let adapters = adapter_args(&args.adapters)?;
-    let path = resolve_model(&args.model)?;
-    let model_id = args.served_model_name.clone().unwrap_or_else(|| default_model_id(&args.model, &path));
+    let adapters = adapter_args(&args.served.adapters)?;
+    let path = resolve_model(&args.served.model)?;
+    let model_id = args.served_model_name.clone().unwrap_or_else(|| default_model_id(&args.served.model, &path));
     if let Some((name, _)) = adapters.iter().find(|(n, _)| *n == model_id) {
         bail!("--adapter {name}=...: `{name}` is the base model's id; choose another name");
     }
-    with_backend!(args.backend, |B, device| serve::<B>(&args, &path, &device, model_id, adapters))
+    with_backend!(args.served.backend, |B, device| serve::<B>(&args, &path, &device, model_id, adapters))
 }
 
 fn default_model_id(spec: &str, path: &Path) -> String {
@@ -81,15 +89,10 @@ fn default_model_id(spec: &str, path: &Path) -> String {
 /// The engine loop runs on this (the main) thread, which the CPU kernels' thread pool counts as
 /// a worker; the HTTP server runs on another.
 fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id: String, adapters: Vec<(String, PathBuf)>) -> Result<()> {
-    let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
-    let options = EngineOptions { max_batch: args.max_batch, max_waiting: args.max_waiting, max_resident_adapters: args.max_resident_adapters };
-    let tokenizer = Arc::new(loaded.tokenizer.clone());
-    let pad_id = loaded.tokenizer.pad_id();
-    let (engine, mut engine_loop) = Engine::prepare(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
-    for (name, dir) in &adapters {
-        let dir = adapter_dir(dir)?;
-        let info = engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;
-        eprintln!("adapter {name}: {} from {}", info.kind, dir.display());
+    let options = EngineOptions { max_batch: args.served.max_batch, max_waiting: args.max_waiting, max_resident_adapters: args.max_resident_adapters };
+    let (engine, engine_loop, tokenizer, registered) = prepare_engine::<B>(path, device, &adapters, options)?;
+    for info in &registered {
+        eprintln!("adapter {}: {} from {}", info.name, info.kind, info.dir.display());
     }
     let state = ServerState { engine: engine.clone(), tokenizer, model_id: model_id.clone() };
     let server = Server::start(state, &format!("{}:{}", args.host, args.port), true)?;
@@ -104,16 +107,28 @@ fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id
     Ok(())
 }
 
+/// The model and its adapters, loaded into an engine whose loop is still to run: its handle, the
+/// loop, the tokenizer, and the adapters as registered.
+type Prepared<B> = (EngineHandle, EngineLoop<B>, Arc<Tokenizer>, Vec<AdapterInfo>);
+
+fn prepare_engine<B: Backend>(path: &Path, device: &B::Device, adapters: &[(String, PathBuf)], options: EngineOptions) -> Result<Prepared<B>> {
+    let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
+    let tokenizer = Arc::new(loaded.tokenizer.clone());
+    let pad_id = loaded.tokenizer.pad_id();
+    let (engine, mut engine_loop) = Engine::prepare(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
+    let mut registered = Vec::with_capacity(adapters.len());
+    for (name, dir) in adapters {
+        let dir = adapter_dir(dir)?;
+        registered.push(engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?);
+    }
+    Ok((engine, engine_loop, tokenizer, registered))
+}
+
 #[derive(Args)]
 pub struct LoadArgs {
-    /// A known model name or a `.gguf` file / HF directory.
-    #[arg(long, default_value = "smollm2")]
-    model: String,
-    #[arg(long, value_enum, default_value = "ndarray")]
-    backend: BackendKind,
-    /// Adapters as `NAME=DIR`; requests go round-robin over the base model and these.
-    #[arg(long = "adapter", value_name = "NAME=DIR")]
-    adapters: Vec<String>,
+    /// Requests go round-robin over the base model and the adapters.
+    #[command(flatten)]
+    served: Served,
     /// Concurrent streaming clients.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -127,34 +142,25 @@ pub struct LoadArgs {
     /// No request starts after this many seconds.
     #[arg(long, default_value_t = 300)]
     time_limit_s: u64,
-    #[arg(long, default_value_t = 16)]
-    max_batch: usize,
 }
 
 /// `iapt bench serve`: the server started on 127.0.0.1 (any free port), a bounded load run
 /// against it over HTTP, its report as JSON, then a graceful stop.
 pub fn load(args: LoadArgs) -> Result<()> {
-    if args.clients == 0 || args.requests == 0 || args.max_tokens == 0 || args.max_batch == 0 {
+    if args.clients == 0 || args.requests == 0 || args.max_tokens == 0 || args.served.max_batch == 0 {
         bail!("--clients, --requests, --max-tokens and --max-batch must be at least 1");
     }
-    let adapters = adapter_args(&args.adapters)?;
-    let path = resolve_model(&args.model)?;
-    with_backend!(args.backend, |B, device| load_on::<B>(&args, &path, &device, adapters))
+    let adapters = adapter_args(&args.served.adapters)?;
+    let path = resolve_model(&args.served.model)?;
+    with_backend!(args.served.backend, |B, device| load_on::<B>(&args, &path, &device, adapters))
 }
 
 fn load_on<B: Backend>(args: &LoadArgs, path: &Path, device: &B::Device, adapters: Vec<(String, PathBuf)>) -> Result<()> {
-    let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
-    let options = EngineOptions { max_batch: args.max_batch, max_waiting: args.requests.max(1), max_resident_adapters: adapters.len().max(1) };
-    let tokenizer = Arc::new(loaded.tokenizer.clone());
-    let pad_id = loaded.tokenizer.pad_id();
-    let (engine, mut engine_loop) = Engine::prepare(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
-    let mut models = vec![args.model.clone()];
-    for (name, dir) in &adapters {
-        let dir = adapter_dir(dir)?;
-        engine_loop.register_adapter(name, dir.clone()).map_err(|e| anyhow!("--adapter {name}={}: {e}", dir.display()))?;
-        models.push(name.clone());
-    }
-    let server = Server::start(ServerState { engine: engine.clone(), tokenizer, model_id: args.model.clone() }, "127.0.0.1:0", false)?;
+    let options = EngineOptions { max_batch: args.served.max_batch, max_waiting: args.requests.max(1), max_resident_adapters: adapters.len().max(1) };
+    let (engine, engine_loop, tokenizer, _) = prepare_engine::<B>(path, device, &adapters, options)?;
+    let model_id = args.served.model.clone();
+    let models = std::iter::once(model_id.clone()).chain(adapters.iter().map(|(name, _)| name.clone())).collect();
+    let server = Server::start(ServerState { engine: engine.clone(), tokenizer, model_id }, "127.0.0.1:0", false)?;
     let plan = iapt_server::load::LoadPlan {
         clients: args.clients,
         requests: args.requests,
