@@ -127,7 +127,7 @@ fn train_then_eval_then_resume_on_real_data() {
     assert_eq!(eval["method"], "rank");
 
     let (again, log) = train();
-    assert!(log.contains("resumed") || again["epochs"] == results["epochs"], "second run did not resume: {log}");
+    assert!(log.contains("resumed from the epoch 1 checkpoint"), "second run did not say it resumed: {log}");
     assert_eq!(again["tuned_accuracy"], results["tuned_accuracy"]);
     let report: Value = serde_json::from_slice(&std::fs::read(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["resumed_from_epoch"], 1, "the second run should continue from epoch 1's checkpoint");
@@ -158,6 +158,97 @@ fn generation_beyond_the_context_or_with_a_negative_temperature_is_refused() {
     };
     let err = run(&["--max-new-tokens", "1000000"]);
     assert!(err.contains("max_position_embeddings") && err.contains("8192"), "{err}");
+    // Scoring a text longer than the context is refused up front, with both numbers.
+    let long = "word ".repeat(9000);
+    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["score", "--model", "smollm2", "--text", &long]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--text is 90") && err.contains("context of 8192 tokens"), "{err}");
     assert!(run(&["--temperature=-1"]).contains("--temperature"));
     assert!(run(&["--top-p", "0"]).contains("--top-p"));
+}
+
+/// Ctrl-C during `iapt train` stops after the current batch: the adapter of the last finished
+/// epoch is saved and evaluated, the results say why training stopped, and the exit code is 0.
+#[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
+fn ctrl_c_during_training_stops_cleanly_and_keeps_the_finished_epochs() {
+    let run = std::env::temp_dir().join(format!("iapt-e2e-ctrl-c-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run);
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/quickstart.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iapt"));
+    cmd.args(["train", "--config", config, "--run-dir", run.to_str().unwrap()]);
+    for s in ["data.max_train_examples=8", "data.max_dev_examples=4", "train.epochs=200", "train.batch_size=4", "eval.max_examples=4", "eval.zero_shot=false"] {
+        cmd.args(["--set", s]);
+    }
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("start iapt train");
+    // Wait for the first epoch's checkpoint (bounded), then press Ctrl-C.
+    let first = run.join("checkpoint/model-1.mpk");
+    let start = std::time::Instant::now();
+    while !first.exists() {
+        assert!(start.elapsed().as_secs() < 600, "no checkpoint after 10 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "iapt train after Ctrl-C: {:?}\n{stderr}", out.status);
+    assert!(stderr.contains("interrupted by Ctrl-C"), "{stderr}");
+    let results: Value = serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["stop"]["kind"], "interrupted", "{results}");
+    let epochs = results["epochs"].as_u64().unwrap();
+    assert!((1..200).contains(&epochs), "{results}");
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(&run);
+}
+
+/// `iapt compare` end to end: two methods trained, evaluated and benchmarked as child runs, one
+/// table with a row per method; run again, it reuses the finished runs and writes the same table.
+#[test]
+#[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
+fn compare_trains_two_methods_and_tabulates_them() {
+    let root = std::env::temp_dir().join(format!("iapt-e2e-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/quickstart.toml");
+    let file = root.join("compare.toml");
+    let text = format!(
+        "[compare]\nbase_config = {quickstart:?}\nout_dir = \"out\"\nseeds = [0]\ndecode_tokens = 4\ndecode_repeats = 1\n\n\
+         [base.data]\ntask = \"multiemo\"\nmax_train_examples = 8\nmax_dev_examples = 4\n\
+         [base.train]\nepochs = 1\nbatch_size = 4\ndashboard = \"off\"\n[base.eval]\nmax_examples = 4\nzero_shot = false\n\n\
+         [[methods]]\nname = \"iapt\"\ntuner = {{ kind = \"iapt\", bottleneck = 16, pooler = \"mean\" }}\n\n\
+         [[methods]]\nname = \"lora\"\ntuner = {{ kind = \"lora\", rank = 2 }}\n"
+    );
+    std::fs::write(&file, text).unwrap();
+    let out_dir = root.join("out");
+    let compare = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["compare", "--config"]).arg(&file).arg("--out-dir").arg(&out_dir).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "iapt compare failed: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+    };
+    let (markdown, _) = compare();
+    let table: Value = serde_json::from_slice(&std::fs::read(out_dir.join("comparison.json")).unwrap()).unwrap();
+    assert_eq!(table["task"], "multiemo");
+    let methods = table["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2, "{table}");
+    for (row, (name, tuner)) in methods.iter().zip([("iapt", "iapt"), ("lora", "lora")]) {
+        assert_eq!(row["method"], name, "{row}");
+        let seed = &row["runs"][0];
+        assert_eq!(seed["tuner"], tuner, "{row}");
+        let accuracy = seed["test_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy) && (accuracy * 4.0).fract() == 0.0, "accuracy on 4 examples: {row}");
+        assert!(seed["trainable_params"].as_u64().unwrap() > 0);
+        assert!(seed["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        let results: Value = serde_json::from_slice(&std::fs::read(out_dir.join(format!("{name}/seed-0/results.json"))).unwrap()).unwrap();
+        assert_eq!(results["tuned_accuracy"].as_f64().unwrap(), accuracy, "the table reports the run's own result");
+        assert!(markdown.contains(name), "{markdown}");
+    }
+    // LoRA rank 2 on q (576 -> 576) and v (576 -> 192): A is [2, in], B is [out, 2], in 30 layers.
+    assert_eq!(methods[1]["trainable_params"], 30 * (2 * (576 + 576) + 2 * (576 + 192)));
+
+    let (again, log) = compare();
+    assert_eq!(log.matches("finished earlier").count(), 2, "{log}");
+    assert_eq!(again, markdown, "a rerun tabulates the same runs");
+    let _ = std::fs::remove_dir_all(&root);
 }

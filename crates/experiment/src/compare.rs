@@ -8,7 +8,7 @@
 
 use crate::bench::GenerateBench;
 use crate::results::{RunResults, RESULTS_FILE};
-use crate::run_config::{RunConfig, TunerSection, RESOLVED_CONFIG};
+use crate::run_config::{RunConfig, TunerSection};
 use crate::runs::adapter_dir;
 use anyhow::{anyhow, bail, Context, Result};
 use iapt_model::LlamaConfig;
@@ -186,13 +186,8 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun], exe: &Path) -> Result<
     for (i, planned) in runs.iter().enumerate() {
         let dir = &planned.config.run.dir;
         let label = format!("[{}/{}] {} seed {}", i + 1, runs.len(), planned.method, planned.seed);
-        let saved = dir.join(RESOLVED_CONFIG);
-        if saved.is_file() {
-            let previous = RunConfig::load(Some(&saved), &[])?;
-            if previous != planned.config {
-                bail!("{}: this run was started with a different config; remove the directory or change compare.out_dir", dir.display());
-            }
-        }
+        // A run started with other settings names them (and is never mixed into this table).
+        planned.config.check_run_dir(dir).with_context(|| format!("{label}: change compare.out_dir (--out-dir) or remove the run"))?;
         if dir.join(RESULTS_FILE).is_file() {
             eprintln!("{label}: finished earlier ({})", dir.display());
         } else {

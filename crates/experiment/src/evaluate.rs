@@ -265,6 +265,78 @@ mod tests {
         }
     }
 
+    /// A word-level tokenizer over the tiny model's vocabulary: token `i` is the word `t{i}`.
+    fn word_tokenizer(vocab: usize) -> Tokenizer {
+        let words: serde_json::Map<String, serde_json::Value> = (0..vocab).map(|i| (format!("t{i}"), serde_json::json!(i))).collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": words, "unk_token": "t0"}
+        });
+        let inner: tokenizers::Tokenizer = json.to_string().parse().unwrap();
+        Tokenizer::from_parts(inner, None, "t2", Some("t0"), None).unwrap()
+    }
+
+    /// Greedy decoding by full recomputation (no cache, no batching), up to EOS or `max_new`.
+    fn greedy_by_recompute(model: &Llama<NdArray>, prompt: &[u32], eos: u32, max_new: usize) -> Vec<u32> {
+        let mut ids = prompt.to_vec();
+        let mut out = Vec::new();
+        while out.len() < max_new {
+            let batch = TokenBatch::<NdArray>::padded(std::slice::from_ref(&ids), 0, iapt_model::Padding::Right, &model.device());
+            let logits: Vec<f32> = model.logits(model.forward(batch, &mut KvCache::new(2), &NoHook)).into_data().to_vec().unwrap();
+            let vocab = model.config().vocab_size;
+            let last = &logits[(ids.len() - 1) * vocab..ids.len() * vocab];
+            let next = (0..vocab).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+            out.push(next);
+            ids.push(next);
+            if next == eos {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Evaluation by generation: batched greedy answers (prompts of different lengths in one
+    /// batch) equal unbatched greedy decoding, and each is judged by its own reference.
+    #[test]
+    fn generated_answers_equal_greedy_decoding_and_are_judged_by_the_reference() {
+        let device = Default::default();
+        <NdArray as Backend>::seed(&device, 3);
+        let model = Llama::<NdArray>::random(&LlamaConfig::tiny(), &device);
+        let tokenizer = word_tokenizer(model.config().vocab_size);
+        let prompts: [Vec<u32>; 3] = [vec![5, 6, 7], vec![12, 13, 14, 15, 16, 17], vec![40, 41]];
+        let max_new = 6;
+        let expected: Vec<String> =
+            prompts.iter().map(|p| tokenizer.decode(&greedy_by_recompute(&model, p, tokenizer.eos_id(), max_new), true).unwrap()).collect();
+        // The first two references are the model's own answers; the third is not.
+        let references = [expected[0].clone(), expected[1].clone(), format!("{} t1", expected[2])];
+        let examples: Vec<EncodedExample> = prompts
+            .iter()
+            .zip(&references)
+            .enumerate()
+            .map(|(i, (prompt, reference))| EncodedExample {
+                id: format!("g{i}"),
+                ids: prompt.iter().copied().chain([9, 2]).collect(),
+                prompt_len: prompt.len(),
+                truncated: 0,
+                answer: Answer::Text(iapt_data::TextTarget {
+                    response: reference.clone(),
+                    references: vec![reference.clone()],
+                    rule: iapt_data::MatchRule::Exact,
+                }),
+                choice_ids: Vec::new(),
+            })
+            .collect();
+        let request = EvalRequest { task: "toy", split: "test", method: EvalMethod::Auto, adapter: None, batch_size: 2, max_new_tokens: max_new };
+        let report = evaluate(&model, &NoHook, &tokenizer, &examples, request).unwrap();
+        assert_eq!(report.method, EvalMethod::Generate, "free-text answers are generated");
+        let got: Vec<&str> = report.predictions.iter().map(|p| p.prediction.as_str()).collect();
+        assert_eq!(got, expected.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(report.predictions.iter().map(|p| p.correct).collect::<Vec<_>>(), [true, true, false]);
+        assert_eq!((report.correct, report.examples), (2, 3));
+        assert_eq!(report.majority_label, None);
+    }
+
     #[test]
     fn majority_is_the_most_frequent_label() {
         let c = vec![vec![9, 2], vec![10, 2]];

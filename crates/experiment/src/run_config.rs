@@ -361,12 +361,18 @@ mod tests {
     use super::*;
 
     fn load(text: &str, sets: &[&str]) -> Result<RunConfig> {
-        let dir = std::env::temp_dir().join(format!("iapt-run-config-{}-{}", std::process::id(), text.len()));
+        // One file per call: tests run on parallel threads, and two that shared a file could read
+        // each other's half-written text.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("iapt-run-config-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, text).unwrap();
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        RunConfig::load(Some(&path), &sets)
+        let config = RunConfig::load(Some(&path), &sets);
+        std::fs::remove_dir_all(&dir).unwrap();
+        config
     }
 
     #[test]
@@ -410,6 +416,20 @@ mod tests {
         assert_eq!((iapt.bottleneck, iapt.pooler), (16, iapt_tuners::PoolerKind::Mean));
         let back: RunConfig = toml::from_str(&config.to_toml()).unwrap();
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn patience_and_clipping_switch_off_in_a_file_and_with_set() {
+        let config = load("[train]\npatience = \"off\"\n", &["train.max_grad_norm=off"]).unwrap();
+        assert_eq!((config.train.patience, config.train.max_grad_norm), (None, None));
+        // The resolved config.toml says so, and reads back the same (not as the defaults).
+        let text = config.to_toml();
+        assert!(text.contains("patience = \"off\"") && text.contains("max_grad_norm = \"off\""), "{text}");
+        assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), config);
+        let err = load("[train]\npatience = \"never\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("patience") && err.contains("\"off\"") && err.contains("line 2"), "{err}");
+        let err = load("", &["train.patience=0"]).unwrap_err().to_string();
+        assert!(err.contains("patience") && err.contains("\"off\""), "{err}");
     }
 
     #[test]

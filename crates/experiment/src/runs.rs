@@ -3,6 +3,7 @@
 //! run directory and returned as [`RunResults`].
 
 use crate::evaluate::{evaluate, save_report, EvalReport, EvalRequest};
+use crate::provenance::RunInputs;
 use crate::results::{peak_rss_bytes, RunResults};
 use crate::run_config::{EvalMethod, RunConfig, RESOLVED_CONFIG};
 use crate::task::{lm_examples, prepare_task, PreparedTask};
@@ -83,25 +84,32 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     eprintln!("task {}: train {} / dev {} / {} {} examples", task.spec.name, task.train.len(), task.dev.len(), split.name(), task.split(split).len());
     let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, &device)?;
     check_context(backbone.config(), &config.data, &config.eval)?;
+    let inputs = RunInputs::of(model_path, backbone.config(), &task, &splits)?;
+    inputs.check(&run_dir)?;
+    <Autodiff<B> as Backend>::seed(&device, config.run.seed);
+    let tuner = tuner_config.init_from_backbone(&backbone).map_err(|e| anyhow!("tuner ({}): {e}", tuner_config.name()))?;
+    let train_examples = lm_examples(&task.train)?;
+    let dev_examples = lm_examples(&task.dev)?;
+    for (split, examples) in [("training", &train_examples), ("dev", &dev_examples)] {
+        if examples.is_empty() {
+            bail!("task {}: the {split} split is empty; training needs both (see the task's split fractions and data.max_*_examples)", task.spec.name);
+        }
+    }
 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let saved = config.save(&run_dir)?;
+    inputs.save(&run_dir)?;
     eprintln!("run directory {} (resolved config: {})", run_dir.display(), saved.display());
     let zero_shot = zero_shot_accuracy(&backbone.valid(), &tokenizer, &task, config)?;
-
-    <Autodiff<B> as Backend>::seed(&device, config.run.seed);
-    let tuner = tuner_config.init_from_backbone(&backbone).map_err(|e| anyhow!("tuner ({}): {e}", tuner_config.name()))?;
     let count = ParamCount::new(tuner.num_params(), backbone.config().num_params());
     eprintln!("tuner {}: {count}", tuner_config.name());
-
-    let train_examples = lm_examples(&task.train)?;
     let train_tokens: usize = train_examples.iter().map(|e| e.ids.len()).sum();
     let start = Instant::now();
     let trained = iapt_train::train_on_devices(
         &config.train,
         TunedLm::new(backbone, tuner),
         InMemDataset::new(train_examples),
-        InMemDataset::new(lm_examples(&task.dev)?),
+        InMemDataset::new(dev_examples),
         &run_dir,
         devices,
     )?;
@@ -243,5 +251,43 @@ fn eval_request<'a>(config: &RunConfig, task: &'a PreparedTask, split: Split, ad
         adapter,
         batch_size: config.eval.batch_size,
         max_new_tokens: config.eval.max_new_tokens,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_config::{DataSection, EvalSection};
+
+    #[test]
+    fn a_saved_zero_shot_result_is_reused_only_for_the_same_examples_and_method() {
+        let dir = std::env::temp_dir().join(format!("iapt-saved-accuracy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(saved_accuracy(&dir, "zero", 8, EvalMethod::Rank), None, "nothing saved");
+        std::fs::write(dir.join("zero.json"), r#"{"examples": 8, "method": "rank", "accuracy": 0.625}"#).unwrap();
+        assert_eq!(saved_accuracy(&dir, "zero", 8, EvalMethod::Rank), Some(0.625));
+        assert_eq!(saved_accuracy(&dir, "zero", 8, EvalMethod::Auto), Some(0.625), "auto accepts the method it resolved to");
+        assert_eq!(saved_accuracy(&dir, "zero", 16, EvalMethod::Rank), None, "another example limit");
+        assert_eq!(saved_accuracy(&dir, "zero", 8, EvalMethod::Generate), None, "another method");
+        std::fs::write(dir.join("zero.json"), "{\"examples\": 8, ").unwrap();
+        assert_eq!(saved_accuracy(&dir, "zero", 8, EvalMethod::Rank), None, "a damaged file is measured again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runs_past_the_context_are_refused_with_both_numbers() {
+        let model = iapt_model::LlamaConfig::tiny(); // a context of 256 tokens
+        let data = |max_len| DataSection { max_len, ..Default::default() };
+        let eval = |method, max_new_tokens| EvalSection { method, max_new_tokens, ..Default::default() };
+        check_context(&model, &data(256), &eval(EvalMethod::Rank, 1000)).unwrap();
+        let err = check_context(&model, &data(300), &eval(EvalMethod::Rank, 0)).unwrap_err().to_string();
+        assert!(err.contains("data.max_len = 300") && err.contains("256 tokens"), "{err}");
+        // Generated answers follow the prompt: together they must fit.
+        check_context(&model, &data(200), &eval(EvalMethod::Generate, 56)).unwrap();
+        let err = check_context(&model, &data(200), &eval(EvalMethod::Generate, 57)).unwrap_err().to_string();
+        assert!(err.contains("= 257") && err.contains("256 tokens"), "{err}");
+        let err = check_context(&model, &data(200), &eval(EvalMethod::Auto, 100)).unwrap_err().to_string();
+        assert!(err.contains("eval.max_new_tokens"), "{err}");
     }
 }

@@ -33,10 +33,11 @@ pub fn task_spec(data: &DataSection) -> Result<TaskSpec> {
     let builtin = iapt_data::builtin_task(&data.task).is_some();
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if !builtin && matches!(extension, "jsonl" | "jsonlines") {
+        // `classification:reviews.jsonl` is how a task file's `source` names it, not a task.
+        let file = data.task.split_once(':').map_or(data.task.as_str(), |(_, file)| file);
         bail!(
-            "data.task = {}: a .{extension} file holds examples, not a task; write a task file (.toml or .json) whose `source` names it, e.g. `source = \"classification:{}\"` (see examples/own_task/task.toml)",
+            "data.task = {}: a .{extension} file holds examples, not a task; write a task file (.toml or .json) whose `source` names it, e.g. `source = \"classification:{file}\"` (see examples/own_task/task.toml)",
             data.task,
-            data.task
         );
     }
     if !builtin && !path.is_file() && (matches!(extension, "toml" | "json") || data.task.contains('/')) {

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 /// Every variant names the file (and the tensor or field) so a user can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The I/O error is part of the message, not a separate cause, so that a report printed
+    /// with its chain of causes (`{:#}`) does not say it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a valid {format} file: {reason}")]
     Format { path: PathBuf, format: &'static str, reason: String },
     #[error("{path}: tensor `{tensor}` is missing from the checkpoint")]
@@ -16,6 +18,11 @@ pub enum LoadError {
     UnusedTensors { path: PathBuf, tensors: String },
     #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error(
+        "{path}: tensor `{tensor}` has shape {found:?}, but {config} gives {sizes}, so {expected:?} was expected: \
+         the weights and the config are from different models"
+    )]
+    ConfigMismatch { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize>, config: String, sizes: String },
     #[error("{path}: tensor `{tensor}` holds {count} non-finite value(s) (NaN or infinity): a damaged or wrongly decoded checkpoint")]
     NonFinite { path: PathBuf, tensor: String, count: usize },
     #[error("{path}: tensor `{tensor}` has unsupported type {dtype}")]
@@ -29,8 +36,8 @@ pub enum LoadError {
 }
 
 impl LoadError {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LoadError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        LoadError::Io { path: path.into(), error }
     }
     pub fn format(path: impl Into<PathBuf>, format: &'static str, reason: impl Into<String>) -> Self {
         LoadError::Format { path: path.into(), format, reason: reason.into() }

@@ -48,8 +48,28 @@ pub fn load_llama<B: Backend>(path: &Path, device: &B::Device) -> Result<Llama<B
 }
 
 /// Move host weights (HF names and layouts) into a model; fails on a missing, misshapen or
-/// unused tensor, naming it.
-pub fn llama_from_weights<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device) -> Result<Llama<B>, LoadError> {
+/// unused tensor, naming it. A misshapen tensor is reported against the config that set the
+/// expected shape (`config.json` of a HF directory, a GGUF file's header).
+pub fn llama_from_weights<B: Backend>(config: &LlamaConfig, weights: WeightMap, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    let source = weights.source.clone();
+    build_llama(config, weights, device).map_err(|e| match e {
+        LoadError::ShapeMismatch { path, tensor, found, expected } => {
+            let config_file = match source.is_dir() {
+                true => source.join(crate::hf::CONFIG_FILE).display().to_string(),
+                false => format!("the header of {}", source.display()),
+            };
+            let c = config;
+            let sizes = format!(
+                "hidden_size {}, intermediate_size {}, vocab_size {}, num_attention_heads {}, num_key_value_heads {}, head_dim {}",
+                c.hidden_size, c.intermediate_size, c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim
+            );
+            LoadError::ConfigMismatch { path, tensor, found, expected, config: config_file, sizes }
+        }
+        other => other,
+    })
+}
+
+fn build_llama<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device) -> Result<Llama<B>, LoadError> {
     config.validate().map_err(|reason| LoadError::field(&weights.source, "config", reason))?;
     let c = config;
     let (d, kv, qd, ff) = (c.hidden_size, c.kv_dim(), c.num_heads * c.head_dim, c.intermediate_size);

@@ -25,12 +25,15 @@ pub struct TrainConfig {
     /// warm-up/decay curve. Default 1e-5 (30x below `learning_rate`: the coefficients shape
     /// every generator's activation and drift easily; the authors' related work used 1e-6).
     pub rational_lr: f64,
-    /// Clip the global L2 norm of the (averaged) gradients to this. Default 1.0; `null` = off.
+    /// Clip the global L2 norm of the (averaged) gradients to this. Default 1.0; `"off"` = no
+    /// clipping.
+    #[serde(with = "off_or")]
     pub max_grad_norm: Option<f32>,
     /// Batches whose gradients are averaged into one optimiser step. Default 1. A last group
     /// shorter than this at the end of an epoch is dropped (burn-train's behaviour).
     pub grad_accumulation: usize,
-    /// Stop after this many epochs without a lower dev loss. Default 3; `null` = never.
+    /// Stop after this many epochs without a lower dev loss. Default 3; `"off"` = never.
+    #[serde(with = "off_or")]
     pub patience: Option<usize>,
     /// Seed of the per-epoch shuffle. Default 42. (Parameter initialisation is the caller's:
     /// the model arrives built.)
@@ -118,10 +121,10 @@ impl TrainConfig {
             return Err(format!("weight_decay must be >= 0, got {}", self.weight_decay));
         }
         if self.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
-            return Err("max_grad_norm must be positive (or null for no clipping)".into());
+            return Err("max_grad_norm must be positive (or \"off\" for no clipping)".into());
         }
         if self.patience == Some(0) {
-            return Err("patience must be at least 1 (or null for no early stopping)".into());
+            return Err("patience must be at least 1 (or \"off\" for no early stopping)".into());
         }
         Ok(())
     }
@@ -132,6 +135,81 @@ impl TrainConfig {
             return vec!["<unserialisable>".into()];
         };
         a.iter().filter(|(k, v)| !PRESENTATION_FIELDS.contains(&k.as_str()) && b.get(k.as_str()) != Some(v)).map(|(k, _)| k.clone()).collect()
+    }
+}
+
+/// An optional number written as the number or as `"off"`: TOML (run configs, `--set`) has no
+/// `null`, and a `None` left out of a file would read back as the default, not as off. `null`
+/// is still read, from `train_config.json` files written before.
+mod off_or {
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Serialize, Serializer};
+    use std::fmt;
+
+    pub const OFF: &str = "off";
+
+    /// The numbers that may be switched off.
+    pub trait Number: Sized + Serialize {
+        fn from_f64(v: f64) -> Result<Self, String>;
+    }
+
+    impl Number for usize {
+        fn from_f64(v: f64) -> Result<Self, String> {
+            match v >= 0.0 && v.fract() == 0.0 && v <= usize::MAX as f64 {
+                true => Ok(v as usize),
+                false => Err(format!("expected a whole number >= 0 or \"{OFF}\", found {v}")),
+            }
+        }
+    }
+
+    impl Number for f32 {
+        fn from_f64(v: f64) -> Result<Self, String> {
+            Ok(v as f32)
+        }
+    }
+
+    pub fn serialize<T: Number, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => v.serialize(s),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, T: Number, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        struct OffOr<T>(std::marker::PhantomData<T>);
+        impl<T: Number> OffOr<T> {
+            fn number<E: de::Error>(v: f64) -> Result<Option<T>, E> {
+                T::from_f64(v).map(Some).map_err(E::custom)
+            }
+        }
+        impl<'de, T: Number> Visitor<'de> for OffOr<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a number, or \"{OFF}\" to switch it off")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Self::number(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Self::number(v as f64)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Self::number(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    OFF => Ok(None),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        d.deserialize_any(OffOr(std::marker::PhantomData))
     }
 }
 
@@ -148,6 +226,20 @@ mod tests {
         assert_eq!((partial.epochs, partial.max_grad_norm, partial.batch_size), (3, None, 16));
         assert!(serde_json::from_str::<TrainConfig>(r#"{"epoch": 3}"#).is_err(), "typos are errors");
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn switched_off_numbers_are_written_as_off_and_read_back() {
+        let off = TrainConfig { patience: None, max_grad_norm: None, ..TrainConfig::default() };
+        let json = serde_json::to_value(&off).unwrap();
+        assert_eq!((&json["patience"], &json["max_grad_norm"]), (&serde_json::json!("off"), &serde_json::json!("off")));
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap(), off);
+        let on: TrainConfig = serde_json::from_str(r#"{"patience": 5, "max_grad_norm": 0.5}"#).unwrap();
+        assert_eq!((on.patience, on.max_grad_norm), (Some(5), Some(0.5)));
+        for bad in [r#"{"patience": "never"}"#, r#"{"patience": 2.5}"#, r#"{"patience": -1}"#, r#"{"max_grad_norm": true}"#] {
+            let err = serde_json::from_str::<TrainConfig>(bad).unwrap_err().to_string();
+            assert!(err.contains("\"off\""), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -108,12 +108,12 @@ pub enum TrainError {
         message: String,
     },
     /// Reading or writing the run directory failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not a separate cause: printed once).
+        error: std::io::Error,
     },
     /// The run directory has checkpoints and `resume` is off.
     #[error("{0} already holds checkpoints; set `resume` to continue them or choose another run directory")]
@@ -269,13 +269,14 @@ where
     let checkpoint_dir = run_dir.join(CHECKPOINT_DIR);
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
+        move |error| TrainError::Io { path, error }
     };
     std::fs::create_dir_all(&checkpoint_dir).map_err(io(&checkpoint_dir))?;
 
     let extension = <CheckpointRecorder as FileRecorder<B>>::file_extension();
     let saved = checkpoint::complete_epochs(&checkpoint_dir, extension);
     let resume_epoch = resume_point(config, &run_dir, &saved)?;
+    checkpoint::remove_logs_after(&run_dir, resume_epoch.unwrap_or(0)).map_err(io(&run_dir))?;
 
     let interrupter = Interrupter::new();
     let monitor = StepMonitor::new(interrupter.clone());
@@ -453,7 +454,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let json = serde_json::to_vec_pretty(value).expect("serialisable");
-    iapt_assets::atomic::write_atomically(path, &json).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+    iapt_assets::atomic::write_atomically(path, &json).map_err(|error| TrainError::Io { path: path.to_path_buf(), error })
 }
 
 #[cfg(test)]

@@ -260,9 +260,22 @@ fn resumed_run_matches_an_uninterrupted_one() {
             std::fs::remove_file(split_dir.join("checkpoint").join(format!("{part}-{epoch}.mpk"))).unwrap();
         }
     }
+    // What the crashed session logged after its last checkpoint must not survive the resume: a
+    // metric only it wrote (the resumed session rewrites the ones it logs itself).
+    let stale = split_dir.join("valid/epoch-3/Stale.log");
+    std::fs::write(&stale, "from the killed session\n").unwrap();
     // A fresh process builds the model again: same pretrained backbone, a different tuner init
     // (replaced by the checkpoint).
     let resumed = train(&config, model_with(4, 99), dataset(train_set), dataset(dev_set), &split_dir).unwrap();
+    assert!(!stale.exists(), "a log from after the resumed checkpoint survived");
+    for epoch in 1..=4 {
+        for split in ["train", "valid"] {
+            let log = split_dir.join(format!("{split}/epoch-{epoch}/Loss.log"));
+            let lines = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display())).lines().count();
+            // 4 training examples and 2 dev examples in batches of 2.
+            assert_eq!(lines, if split == "train" { 2 } else { 1 }, "{}", log.display());
+        }
+    }
 
     assert_eq!(resumed.report.resumed_from_epoch, Some(2));
     let tail = &full.report.batch_losses[4..];
@@ -291,6 +304,11 @@ fn resumed_run_matches_an_uninterrupted_one() {
     let changed = TrainConfig { learning_rate: 1e-3, ..config.clone() };
     let err = train(&changed, model(4), dataset(examples(4, 0)), dataset(examples(2, 5)), &split_dir).err().unwrap();
     assert!(matches!(err, TrainError::ConfigMismatch { .. }), "{err}");
+    // With resume off, a directory holding checkpoints is refused, naming it.
+    let fresh = TrainConfig { resume: false, ..config.clone() };
+    let err = train(&fresh, model(4), dataset(examples(4, 0)), dataset(examples(2, 5)), &split_dir).err().unwrap();
+    assert!(matches!(&err, TrainError::RunDirInUse(dir) if dir == &split_dir), "{err}");
+    assert!(err.to_string().contains("resume"), "{err}");
     std::fs::remove_dir_all(full_dir).unwrap();
     std::fs::remove_dir_all(split_dir).unwrap();
 }
@@ -340,11 +358,21 @@ fn data_parallel_on_two_cpu_devices() {
     for sharded in [false, true] {
         let dir = run_dir(if sharded { "ddp-sharded" } else { "ddp-main" });
         let model = model(7);
+        let model_copy = model.clone();
         let backbone_before = values(&model.backbone);
-        let config = quiet(TrainConfig { epochs: 4, batch_size: 2, learning_rate: 1e-2, patience: None, sharded_optimizer: sharded, ..Default::default() });
+        let config = quiet(TrainConfig {
+            epochs: 4,
+            batch_size: 2,
+            learning_rate: 1e-2,
+            patience: None,
+            shuffle: false,
+            restore_best: false,
+            sharded_optimizer: sharded,
+            ..Default::default()
+        });
         let devices = vec![Default::default(), Default::default()];
         let data = examples(8, 0);
-        let trained = train_on_devices(&config, model, dataset(data.clone()), dataset(data), &dir, devices).unwrap();
+        let trained = train_on_devices(&config, model, dataset(data.clone()), dataset(data.clone()), &dir, devices).unwrap();
         let report = trained.report;
         assert_eq!(report.steps_per_epoch, 2, "8 examples, 2 devices, batch 2: 2 rounds");
         assert_eq!(report.batch_losses.len(), 4 * 4, "every device's batches ran");
@@ -353,7 +381,20 @@ fn data_parallel_on_two_cpu_devices() {
         eprintln!("data parallel (sharded {sharded}): train loss per epoch {:?}", report.epochs.iter().map(|e| e.train_loss.unwrap()).collect::<Vec<_>>());
         assert!(last < first, "loss {first} -> {last}");
         assert_eq!(values(&trained.model.backbone), backbone_before);
+
+        // Each round is one step over both devices' batches: the same update as one device
+        // on the combined batch. burn-train gives each device a contiguous half of the epoch
+        // (examples 0-3 and 4-7), so round r combines examples 2r, 2r+1, 4+2r and 5+2r; every
+        // example has 3 response tokens, so the mean of the two devices' mean losses is the
+        // combined batch's mean loss.
+        let combined: Vec<LmExample> = [0, 1, 4, 5, 2, 3, 6, 7].iter().map(|&i| data[i].clone()).collect();
+        let single_dir = run_dir(if sharded { "ddp-sharded-one" } else { "ddp-main-one" });
+        let one = train(&TrainConfig { batch_size: 4, ..config }, model_copy, dataset(combined.clone()), dataset(combined), &single_dir).unwrap();
+        assert_eq!(one.report.steps_per_epoch, report.steps_per_epoch);
+        let difference = max_difference(&values(&trained.model.tuner), &values(&one.model.tuner));
+        assert!(difference < 1e-5, "two devices and one device on the combined batches differ by {difference}");
         std::fs::remove_dir_all(dir).unwrap();
+        std::fs::remove_dir_all(single_dir).unwrap();
     }
 }
 

@@ -24,8 +24,8 @@ pub const FORMAT_VERSION: u64 = 1;
 /// field where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error("{path}: adapter is for tuner `{found}`, expected `{expected}`")]
@@ -122,7 +122,7 @@ impl AdapterConfig {
 
 /// `adapter_config.json` as JSON, errors naming it.
 fn read_config_json(path: &Path) -> Result<serde_json::Value, AdapterError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), error: source })?;
     serde_json::from_str(&text).map_err(|e| AdapterError::Config { path: path.to_path_buf(), reason: format!("invalid JSON: {e}") })
 }
 
@@ -138,7 +138,7 @@ pub fn save_module<B: Backend, M: TunerModule<B>>(dir: &Path, module: &M, base_n
 }
 
 fn save_parts(dir: &Path, tensors: &BTreeMap<String, HostTensor>, tuner: TunerConfig, base: &LlamaConfig, base_name: &str) -> Result<(), AdapterError> {
-    std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io { path: dir.to_path_buf(), error: source })?;
     write_safetensors(&dir.join(WEIGHTS_FILE), tensors)?;
     let config = AdapterConfig { tuner, base_model: BaseModel { name: base_name.to_string(), config: base.clone() } };
     config.write(dir)
@@ -274,7 +274,7 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) ->
 
 /// Read every tensor of a safetensors file; only F32 is accepted (adapters are saved in f32).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, AdapterError> {
-    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| AdapterError::Io { path: path.to_path_buf(), error: source })?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| AdapterError::Weights { path: path.to_path_buf(), reason: iapt_model::hf::describe_safetensors_error(&e) })?;
     let mut out = BTreeMap::new();
@@ -290,7 +290,7 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Ada
 
 /// [`iapt_assets::atomic::write_atomically`], its error naming `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
-    iapt_assets::atomic::write_atomically(path, bytes).map_err(|source| AdapterError::Io { path: path.to_path_buf(), source })
+    iapt_assets::atomic::write_atomically(path, bytes).map_err(|source| AdapterError::Io { path: path.to_path_buf(), error: source })
 }
 
 /// Trainable vs total parameters, printed as `trainable 82.3K / total 134.6M (0.061%)`.

@@ -239,10 +239,10 @@ pub fn save_peft<B: Backend>(dir: &Path, tuner: &Tuner<B>, base_name: &str) -> R
             })
         }
     };
-    std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| AdapterError::Io { path: dir.to_path_buf(), error: source })?;
     write_safetensors(&dir.join(WEIGHTS_FILE), &tensors)?;
     let text = serde_json::to_string_pretty(&config).expect("JSON value serialises");
-    iapt_assets::atomic::write_atomically(&config_path, text.as_bytes()).map_err(|source| AdapterError::Io { path: config_path.clone(), source })
+    iapt_assets::atomic::write_atomically(&config_path, text.as_bytes()).map_err(|source| AdapterError::Io { path: config_path.clone(), error: source })
 }
 
 #[cfg(test)]

@@ -267,9 +267,29 @@ mod tests {
             assert_eq!(tuner.config(), config);
             assert_eq!(tuner.base(), &base);
             assert_eq!(Module::num_params(&tuner), config.num_params(&base));
-            let expected = if let Tuner::Iapt(iapt) = &tuner { iapt.small_lr_params() } else { Vec::new() };
-            assert_eq!(tuner.small_lr_params(), expected);
+            // The small-learning-rate group is IAPT's rational coefficients and nothing else:
+            // one numerator (6) and one denominator (4) per layer, parameters of this module.
+            let small = tuner.small_lr_params();
+            let params = param_sizes(&tuner);
+            let sizes: Vec<usize> = small.iter().map(|id| params.iter().find(|(p, _)| p == id).expect("a parameter of the tuner").1).collect();
+            match config {
+                TunerConfig::Iapt(_) => assert_eq!(sizes, [6, 4].repeat(base.num_layers)),
+                _ => assert!(small.is_empty()),
+            }
         }
+    }
+
+    /// Every float parameter's id and element count.
+    fn param_sizes<M: Module<TB>>(module: &M) -> Vec<(burn::module::ParamId, usize)> {
+        struct Sizes(Vec<(burn::module::ParamId, usize)>);
+        impl burn::module::ModuleVisitor<TB> for Sizes {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<TB, D>>) {
+                self.0.push((param.id, param.val().shape().num_elements()));
+            }
+        }
+        let mut sizes = Sizes(Vec::new());
+        module.visit(&mut sizes);
+        sizes.0
     }
 
     #[test]

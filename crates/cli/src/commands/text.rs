@@ -48,6 +48,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         if ids.len() < 2 {
             anyhow::bail!("--text must be at least two tokens long to score (got {})", ids.len());
         }
+        let context = loaded.model.config().max_position_embeddings;
+        if ids.len() > context {
+            anyhow::bail!("--text is {} tokens, more than the model's context of {context} tokens (max_position_embeddings)", ids.len());
+        }
         let (mean_nll, n_tokens) = iapt_model::score::mean_nll(&loaded.model, &ids, &NoHook);
         if args.model.json {
             println!("{}", json!({ "mean_nll": mean_nll, "n_tokens": n_tokens }));
@@ -139,8 +143,9 @@ fn run_generate<B: Backend>(loaded: &LoadedModel<B>, args: &GenerateArgs, hook: 
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if longest + args.max_new_tokens > context {
         anyhow::bail!(
-            "a prompt of {longest} tokens plus --max-new-tokens {} exceeds the model's context of {context} tokens (max_position_embeddings)",
-            args.max_new_tokens
+            "a prompt of {longest} token(s) plus --max-new-tokens {} = {} exceeds the model's context of {context} tokens (max_position_embeddings)",
+            args.max_new_tokens,
+            longest + args.max_new_tokens
         );
     }
     let temperature = if args.greedy { 0.0 } else { args.temperature };
