@@ -19,10 +19,12 @@ pub enum LoadError {
     #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize> },
     #[error(
-        "{path}: tensor `{tensor}` has shape {found:?}, but {config} gives {sizes}, so {expected:?} was expected: \
+        "{path}: tensor `{tensor}` has shape {found:?}, but {config_gives}, so {expected:?} was expected: \
          the weights and the config are from different models"
     )]
-    ConfigMismatch { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize>, config: String, sizes: String },
+    /// `config_gives` names the config and the sizes it sets, in one string so that the error
+    /// stays small (it is returned by every loading function).
+    ConfigMismatch { path: PathBuf, tensor: String, found: Vec<usize>, expected: Vec<usize>, config_gives: String },
     #[error("{path}: tensor `{tensor}` holds {count} non-finite value(s) (NaN or infinity): a damaged or wrongly decoded checkpoint")]
     NonFinite { path: PathBuf, tensor: String, count: usize },
     #[error("{path}: tensor `{tensor}` has unsupported type {dtype}")]

@@ -59,11 +59,11 @@ pub fn llama_from_weights<B: Backend>(config: &LlamaConfig, weights: WeightMap, 
                 false => format!("the header of {}", source.display()),
             };
             let c = config;
-            let sizes = format!(
-                "hidden_size {}, intermediate_size {}, vocab_size {}, num_attention_heads {}, num_key_value_heads {}, head_dim {}",
+            let config_gives = format!(
+                "{config_file} gives hidden_size {}, intermediate_size {}, vocab_size {}, num_attention_heads {}, num_key_value_heads {}, head_dim {}",
                 c.hidden_size, c.intermediate_size, c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim
             );
-            LoadError::ConfigMismatch { path, tensor, found, expected, config: config_file, sizes }
+            LoadError::ConfigMismatch { path, tensor, found, expected, config_gives }
         }
         other => other,
     })

@@ -95,28 +95,6 @@ pub fn complete_epochs(dir: &Path, extension: &str) -> BTreeSet<usize> {
     complete
 }
 
-/// The metric-log splits burn-train writes under the run directory (`train/epoch-N/*.log`).
-pub const LOG_SPLITS: [&str; 2] = ["train", "valid"];
-
-/// Remove the metric logs of every epoch after `epoch` (the checkpoint a run resumes from, 0
-/// for none): they belong to a session that stopped before checkpointing them (killed, or
-/// interrupted), and a resumed run that stops earlier than that session would otherwise leave
-/// them beside its own.
-pub fn remove_logs_after(run_dir: &Path, epoch: usize) -> std::io::Result<()> {
-    for split in LOG_SPLITS {
-        let Ok(entries) = fs::read_dir(run_dir.join(split)) else { continue };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let later = name.to_str().and_then(|n| n.strip_prefix("epoch-")?.parse::<usize>().ok()).is_some_and(|n| n > epoch);
-            if later {
-                fs::remove_dir_all(entry.path())?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Path of `history.json` in a checkpoint directory.
 pub fn history_path(checkpoint_dir: &Path) -> PathBuf {
     checkpoint_dir.join("history.json")

@@ -17,6 +17,7 @@ mod config;
 pub mod interrupt;
 pub mod loader;
 pub mod metric;
+mod metric_log;
 mod model;
 mod monitor;
 pub mod optim;

@@ -16,6 +16,7 @@ use crate::config::TrainConfig;
 use crate::interrupt::CtrlCWatch;
 use crate::loader::EpochLoader;
 use crate::metric::{PerplexityMetric, TokenAccuracyMetric};
+use crate::metric_log::{self, ResumedFileLogger};
 use crate::model::TunedLm;
 use crate::monitor::{EpochLosses, StepMonitor};
 use crate::optim::GroupedAdamWConfig;
@@ -276,7 +277,7 @@ where
     let extension = <CheckpointRecorder as FileRecorder<B>>::file_extension();
     let saved = checkpoint::complete_epochs(&checkpoint_dir, extension);
     let resume_epoch = resume_point(config, &run_dir, &saved)?;
-    checkpoint::remove_logs_after(&run_dir, resume_epoch.unwrap_or(0)).map_err(io(&run_dir))?;
+    metric_log::remove_logs_after(&run_dir, resume_epoch.unwrap_or(0)).map_err(io(&run_dir))?;
 
     let interrupter = Interrupter::new();
     let monitor = StepMonitor::new(interrupter.clone());
@@ -321,6 +322,7 @@ where
 
     let policy = CheckpointPolicy::new(monitor.clone(), config.keep_last, checkpoint_dir.clone(), saved);
     let mut training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(dev_loader))
+        .with_metric_logger(ResumedFileLogger::new(&run_dir, resume_epoch))
         .metrics((LossMetric::<Flex>::new(), PerplexityMetric::default(), TokenAccuracyMetric::default()))
         .metric_train_numeric(LearningRateMetric::new())
         .with_file_checkpointer(CheckpointRecorder::default())

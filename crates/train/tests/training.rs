@@ -271,9 +271,13 @@ fn resumed_run_matches_an_uninterrupted_one() {
     for epoch in 1..=4 {
         for split in ["train", "valid"] {
             let log = split_dir.join(format!("{split}/epoch-{epoch}/Loss.log"));
-            let lines = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display())).lines().count();
+            let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
             // 4 training examples and 2 dev examples in batches of 2.
-            assert_eq!(lines, if split == "train" { 2 } else { 1 }, "{}", log.display());
+            assert_eq!(text.lines().count(), if split == "train" { 2 } else { 1 }, "{}", log.display());
+            // Training is deterministic, so each epoch's log, whichever session wrote it, is the
+            // uninterrupted run's.
+            let uninterrupted = std::fs::read_to_string(full_dir.join(format!("{split}/epoch-{epoch}/Loss.log"))).unwrap();
+            assert_eq!(text, uninterrupted, "{}", log.display());
         }
     }
 
@@ -391,8 +395,17 @@ fn data_parallel_on_two_cpu_devices() {
         let single_dir = run_dir(if sharded { "ddp-sharded-one" } else { "ddp-main-one" });
         let one = train(&TrainConfig { batch_size: 4, ..config }, model_copy, dataset(combined.clone()), dataset(combined), &single_dir).unwrap();
         assert_eq!(one.report.steps_per_epoch, report.steps_per_epoch);
+        // Step by step, the mean of the two devices' losses is the combined batch's loss: the
+        // whole trajectory is the same.
+        for (round, (pair, single)) in report.batch_losses.chunks(2).zip(&one.report.batch_losses).enumerate() {
+            let mean = (pair[0] + pair[1]) / 2.0;
+            assert!((mean - single).abs() < 1e-5 * single.abs(), "round {round}: devices' mean loss {mean}, combined batch {single}");
+        }
+        // The tuners agree to a small fraction of one step (lr = 1e-2): the devices' gradients
+        // are summed in a different order than one batch's, and Adam's g / (sqrt(v) + eps)
+        // magnifies those last-bit differences in entries whose gradient is near zero.
         let difference = max_difference(&values(&trained.model.tuner), &values(&one.model.tuner));
-        assert!(difference < 1e-5, "two devices and one device on the combined batches differ by {difference}");
+        assert!(difference < 1e-2 * 1e-2, "two devices and one device on the combined batches differ by {difference}");
         std::fs::remove_dir_all(dir).unwrap();
         std::fs::remove_dir_all(single_dir).unwrap();
     }
