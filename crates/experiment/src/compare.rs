@@ -8,7 +8,7 @@
 
 use crate::bench::GenerateBench;
 use crate::results::{RunResults, RESULTS_FILE};
-use crate::run_config::{RunConfig, TunerSection};
+use crate::run_config::RunConfig;
 use crate::runs::adapter_dir;
 use anyhow::{anyhow, bail, Context, Result};
 use iapt_model::LlamaConfig;
@@ -62,7 +62,7 @@ impl Default for CompareSection {
 #[serde(deny_unknown_fields)]
 struct MethodEntry {
     name: String,
-    tuner: TunerSection,
+    tuner: TunerConfig,
     #[serde(default)]
     sets: Vec<String>,
 }
@@ -119,7 +119,7 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
     for method in &file.methods {
         for (s, &seed) in compare.seeds.iter().enumerate() {
             let mut run_table = base.clone();
-            run_table.insert("tuner".into(), toml::Value::try_from(&method.tuner).expect("a tuner section is TOML"));
+            run_table.insert("tuner".into(), toml::Value::try_from(&method.tuner).expect("a tuner config is TOML"));
             let dir = compare.out_dir.join(&method.name).join(format!("seed-{seed}"));
             let mut sets: Vec<String> = method.sets.iter().chain(cli_sets).cloned().collect();
             sets.extend([
@@ -136,8 +136,7 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
                     let model = crate::model_source::resolve_model(&config.model.name)?;
                     backbone = Some(iapt_model::read_checkpoint_config(&model)?);
                 }
-                let sized = size_to_budget(&config.tuner.config()?, backbone.as_ref().expect("just read"), compare.param_budget);
-                config.tuner = TunerSection::of(&sized);
+                config.tuner = size_to_budget(&config.tuner, backbone.as_ref().expect("just read"), compare.param_budget);
             }
             runs.push(PlannedRun { method: method.name.clone(), seed, config });
         }
@@ -271,7 +270,8 @@ pub struct SeedRow {
     pub peak_rss_bytes: Option<u64>,
     pub decode_tokens_per_s: Option<f64>,
     pub decode_speed_vs_bare: Option<f64>,
-    pub tuner_config: toml::Table,
+    /// The tuner as run (`kind` and every set field).
+    pub tuner_config: TunerConfig,
 }
 
 /// One method over its seeds.
@@ -336,7 +336,7 @@ impl Comparison {
                     // The benchmark names its models `bare` and the adapter's tuner kind.
                     decode_tokens_per_s: row.and_then(|r| r.models.get(&results.tuner)).map(|s| s.decode_tokens_per_s),
                     decode_speed_vs_bare: row.and_then(|r| r.tuned_decode_speed_vs_bare),
-                    tuner_config: planned.config.tuner.options.clone(),
+                    tuner_config: planned.config.tuner.clone(),
                     tuner: results.tuner,
                 });
             }
@@ -465,7 +465,7 @@ sets = ["train.learning_rate=1e-3"]
         );
         let (compare, runs) = plan(&path, &["train.batch_size=2".into()], None, None).unwrap();
         assert_eq!(compare.seeds, vec![3, 4]);
-        let summary: Vec<_> = runs.iter().map(|r| (r.method.as_str(), r.seed, r.config.tuner.kind.as_str(), r.config.eval.zero_shot)).collect();
+        let summary: Vec<_> = runs.iter().map(|r| (r.method.as_str(), r.seed, r.config.tuner.name(), r.config.eval.zero_shot)).collect();
         assert_eq!(summary, [("iapt", 3, "iapt", true), ("iapt", 4, "iapt", false), ("lora", 3, "lora", false), ("lora", 4, "lora", false)]);
         for run in &runs {
             assert_eq!((run.config.train.epochs, run.config.train.batch_size, run.config.run.seed, run.config.train.seed), (2, 2, run.seed, run.seed));
@@ -482,7 +482,7 @@ sets = ["train.learning_rate=1e-3"]
         let (_, runs) = plan(&path, &[], Some(Path::new("o")), Some(&[7])).unwrap();
         let c = &runs[0].config;
         assert_eq!((c.train.epochs, c.train.batch_size, c.train.learning_rate, c.data.max_len), (3, 5, 0.5, 99));
-        assert_eq!((runs.len(), runs[0].seed, c.tuner.kind.as_str()), (1, 7, "prompt_tuning"));
+        assert_eq!((runs.len(), runs[0].seed, c.tuner.name()), (1, 7, "prompt_tuning"));
         assert_eq!(c.run.dir, Path::new("o/m/seed-7"));
         std::fs::write(path.with_file_name("run.toml"), "[train]\nepoks = 2\n").unwrap();
         let err = plan(&path, &[], None, None).unwrap_err().to_string();
@@ -516,7 +516,7 @@ sets = ["train.learning_rate=1e-3"]
         let err = plan(&write("slash", "[[methods]]\nname = \"a/b\"\ntuner = {}\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("a/b"), "{err}");
         let err = plan(&write("badtuner", "[[methods]]\nname = \"l\"\ntuner = { kind = \"lora\", rank = 0 }\n"), &[], None, None).unwrap_err().to_string();
-        assert!(err.contains("method `l`") && err.contains("rank"), "{err}");
+        assert!(err.contains("line 3") && err.contains("tuner (lora): rank must be positive"), "{err}");
         let err = plan(&write("none", "[compare]\nseeds = [1]\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("methods"), "{err}");
     }

@@ -46,7 +46,9 @@ pub const RESOLVED_CONFIG: &str = "config.toml";
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelSection,
-    pub tuner: TunerSection,
+    /// `[tuner]`: `kind` (`iapt`, `prompt_tuning`, `p_tuning_v2`, `lora`) plus that tuner's own
+    /// hyper-parameters; absent ones take the tuner's defaults, unknown ones are errors.
+    pub tuner: TunerConfig,
     pub data: DataSection,
     pub train: TrainConfig,
     pub eval: EvalSection,
@@ -69,76 +71,6 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self { name: "smollm2".into(), backend: BackendKind::Ndarray, devices: 1 }
     }
-}
-
-/// `[tuner]`: `kind` (`iapt`, `prompt_tuning`, `p_tuning_v2`, `lora`) plus that tuner's own
-/// hyper-parameters (for `iapt`: every field of `IaptConfig`); absent ones take the tuner's
-/// defaults, unknown ones are errors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TunerSection {
-    #[serde(default = "default_tuner_kind")]
-    pub kind: String,
-    #[serde(flatten)]
-    pub options: toml::Table,
-}
-
-fn default_tuner_kind() -> String {
-    "iapt".into()
-}
-
-impl Default for TunerSection {
-    fn default() -> Self {
-        Self { kind: default_tuner_kind(), options: toml::Table::new() }.resolve().expect("the default tuner config is valid")
-    }
-}
-
-/// IAPT's bottleneck `m` when the config gives none (d/9 for SmolLM2's d = 576).
-const DEFAULT_BOTTLENECK: usize = 64;
-
-impl TunerSection {
-    /// The tuner config these options describe.
-    pub fn config(&self) -> Result<TunerConfig> {
-        let mut json = serde_json::to_value(&self.options).context("tuner: not representable as JSON")?;
-        if let (Some(object), "iapt") = (json.as_object_mut(), self.kind.as_str()) {
-            object.entry("bottleneck").or_insert(DEFAULT_BOTTLENECK.into());
-        }
-        let config = TunerConfig::from_json(&self.kind, &json).map_err(|e| {
-            if e.starts_with("unknown tuner") {
-                anyhow!("tuner.kind: {e}")
-            } else {
-                anyhow!("tuner ({}): {e}", self.kind)
-            }
-        })?;
-        config.validate().map_err(|e| anyhow!("tuner ({}): {e}", self.kind))?;
-        Ok(config)
-    }
-
-    /// The section of `config`, every option written out.
-    pub fn of(config: &TunerConfig) -> Self {
-        let options = json_to_toml(config.to_json()).and_then(|v| v.as_table().cloned()).expect("an object");
-        Self { kind: config.name().to_string(), options }
-    }
-
-    /// The same section with every default written out.
-    pub fn resolve(&self) -> Result<Self> {
-        Ok(Self::of(&self.config()?))
-    }
-}
-
-/// TOML has no null: absent means "default", so nulls (unset options) are dropped.
-fn json_to_toml(value: serde_json::Value) -> Option<toml::Value> {
-    use serde_json::Value as J;
-    Some(match value {
-        J::Null => return None,
-        J::Bool(b) => toml::Value::Boolean(b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => toml::Value::Integer(i),
-            None => toml::Value::Float(n.as_f64()?),
-        },
-        J::String(s) => toml::Value::String(s),
-        J::Array(items) => toml::Value::Array(items.into_iter().filter_map(json_to_toml).collect()),
-        J::Object(map) => toml::Value::Table(map.into_iter().filter_map(|(k, v)| Some((k, json_to_toml(v)?))).collect()),
-    })
 }
 
 /// `[data]`: the task and how its examples become token sequences.
@@ -258,8 +190,7 @@ impl RunConfig {
             // Check after each override so the error names the key that broke it.
             toml::Value::Table(table.clone()).try_into::<RunConfig>().map_err(|e| anyhow!("--set {set}: {}", e.message()))?;
         }
-        let mut config: RunConfig = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{}", e.message()))?;
-        config.tuner = config.tuner.resolve()?;
+        let config: RunConfig = toml::Value::Table(table).try_into().map_err(|e| anyhow!("{}", e.message()))?;
         config.validate()?;
         Ok(config)
     }
@@ -409,7 +340,7 @@ mod tests {
         assert_eq!((config.train.epochs, config.train.learning_rate), (3, 1e-3));
         assert_eq!(config.data.task, "strategyqa");
         assert_eq!(config.data.system.as_deref(), Some(""));
-        let iapt = match config.tuner.config().unwrap() {
+        let iapt = match config.tuner.clone() {
             TunerConfig::Iapt(iapt) => iapt,
             other => panic!("expected IAPT, got {other:?}"),
         };
@@ -484,15 +415,17 @@ mod tests {
     fn every_tuner_kind_resolves_with_its_defaults() {
         for &kind in TunerConfig::KINDS {
             let config = load(&format!("[tuner]\nkind = \"{kind}\"\n"), &[]).unwrap();
-            let tuner = config.tuner.config().unwrap();
+            let tuner = config.tuner.clone();
             assert_eq!(tuner.name(), kind);
-            // The resolved section writes every option out, and reads back to the same tuner.
-            assert_eq!(config.tuner, TunerSection::of(&tuner));
+            // The resolved section writes every set option out, and reads back to the same tuner.
+            let written = config.to_toml().parse::<toml::Table>().unwrap()["tuner"].as_table().unwrap().clone();
+            let fields = tuner.to_json().as_object().unwrap().iter().filter(|(_, v)| !v.is_null()).count();
+            assert_eq!((written["kind"].as_str(), written.len()), (Some(kind), fields + 1), "{written:?}");
             let back: RunConfig = toml::from_str(&config.to_toml()).unwrap();
-            assert_eq!(back.tuner.config().unwrap(), tuner);
+            assert_eq!(back.tuner, tuner);
         }
         let lora = load("[tuner]\nkind = \"lora\"\nrank = 4\ntargets = [\"q\", \"up\"]\n", &[]).unwrap();
-        match lora.tuner.config().unwrap() {
+        match lora.tuner.clone() {
             TunerConfig::Lora(c) => assert_eq!((c.rank, c.alpha, c.targets.len()), (4, 16.0, 2)),
             other => panic!("expected LoRA, got {other:?}"),
         }

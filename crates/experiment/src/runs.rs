@@ -73,7 +73,7 @@ fn check_context(model: &iapt_model::LlamaConfig, data: &crate::run_config::Data
 pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Device, devices: Vec<B::Device>) -> Result<RunResults> {
     let run_dir = config.run.dir.clone();
     config.check_run_dir(&run_dir)?;
-    let tuner_config = config.tuner.config()?;
+    let tuner_config = config.tuner.clone();
 
     // Everything that can be refused is checked before the run directory is written to.
     let tokenizer = iapt_model::load_tokenizer(model_path)?;

@@ -401,11 +401,13 @@ fn data_parallel_on_two_cpu_devices() {
             let mean = (pair[0] + pair[1]) / 2.0;
             assert!((mean - single).abs() < 1e-5 * single.abs(), "round {round}: devices' mean loss {mean}, combined batch {single}");
         }
-        // The tuners agree to a small fraction of one step (lr = 1e-2): the devices' gradients
-        // are summed in a different order than one batch's, and Adam's g / (sqrt(v) + eps)
-        // magnifies those last-bit differences in entries whose gradient is near zero.
+        // The tuners agree to a tenth of one Adam step (each step moves an entry by up to
+        // ~lr = 1e-2; a wrong update over 16 steps shows as ~1e-2): the devices' gradients are
+        // summed in another order than one batch's, and Adam's g / (sqrt(v) + eps) magnifies
+        // those last-bit differences in entries whose gradient is near zero (seen: 1e-5-2e-4,
+        // depending on which device's gradients arrive first).
         let difference = max_difference(&values(&trained.model.tuner), &values(&one.model.tuner));
-        assert!(difference < 1e-2 * 1e-2, "two devices and one device on the combined batches differ by {difference}");
+        assert!(difference < 0.1 * 1e-2, "two devices and one device on the combined batches differ by {difference}");
         std::fs::remove_dir_all(dir).unwrap();
         std::fs::remove_dir_all(single_dir).unwrap();
     }

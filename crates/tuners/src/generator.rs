@@ -3,26 +3,27 @@
 
 use crate::pooler::{Pooler, PoolerConfig, PoolerKind};
 use crate::rational::{Activation, ActivationConfig};
-use burn::config::Config;
 use burn::module::{Initializer, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{backend::Backend, Bool, FloatDType, Tensor};
 
 /// The bottleneck pair `d -> m -> d`, shared across layers or owned by one generator.
-#[derive(Config, Debug)]
+#[derive(Debug, Clone)]
 pub struct ProjectionsConfig {
     /// Hidden size `d` of the backbone.
     pub d_model: usize,
     /// Bottleneck width `m`.
     pub bottleneck: usize,
-    /// `None`: W_up and b_up take burn's default `Linear` init (Kaiming-uniform, bound
-    /// 1/sqrt(m)), like W_down. `Some(s)`: W_up ~ N(0, s) and b_up = 0. See `IaptConfig::up_init_std`
-    /// for why a small W_up does not start training near the base model.
-    #[config(default = "None")]
+    /// Init of W_up: see [`crate::IaptConfig::up_init_std`].
     pub up_init_std: Option<f64>,
 }
 
 impl ProjectionsConfig {
+    /// `d -> m -> d` with burn's default `Linear` init.
+    pub fn new(d_model: usize, bottleneck: usize) -> Self {
+        Self { d_model, bottleneck, up_init_std: None }
+    }
+
     pub fn init<B: Backend>(&self, device: &B::Device) -> Projections<B> {
         let down = LinearConfig::new(self.d_model, self.bottleneck).init(device);
         let up = match self.up_init_std {
@@ -50,37 +51,34 @@ pub struct Projections<B: Backend> {
 }
 
 /// One layer's generator.
-#[derive(Config, Debug)]
+#[derive(Debug, Clone)]
 pub struct PromptGeneratorConfig {
-    pub d_model: usize,
-    pub bottleneck: usize,
+    /// Shape and init of its bottleneck pair (its own, or the shared one it is handed).
+    pub projections: ProjectionsConfig,
     /// `l_sp`.
     pub num_tokens: usize,
-    #[config(default = "PoolerKind::SelfAttn")]
     pub pooler: PoolerKind,
-    #[config(default = false)]
+    /// Scale pooler scores by 1/sqrt(m).
     pub pooler_scale: bool,
-    #[config(default = "ActivationConfig::new()")]
     pub activation: ActivationConfig,
     /// Give this generator its own projections (else it uses the caller's shared ones).
-    #[config(default = false)]
     pub own_projections: bool,
-    #[config(default = "None")]
-    pub up_init_std: Option<f64>,
 }
 
 impl PromptGeneratorConfig {
-    fn projections(&self) -> ProjectionsConfig {
-        ProjectionsConfig::new(self.d_model, self.bottleneck).with_up_init_std(self.up_init_std)
+    /// A generator of `num_tokens` soft tokens with the paper's pooler and activation, using
+    /// shared projections of shape `projections`.
+    pub fn new(projections: ProjectionsConfig, num_tokens: usize) -> Self {
+        Self { projections, num_tokens, pooler: PoolerKind::SelfAttn, pooler_scale: false, activation: ActivationConfig::default(), own_projections: false }
     }
 
     fn pooler(&self) -> PoolerConfig {
-        PoolerConfig::new(self.bottleneck, self.num_tokens).with_kind(self.pooler).with_scale(self.pooler_scale)
+        PoolerConfig { kind: self.pooler, scale: self.pooler_scale, ..PoolerConfig::new(self.projections.bottleneck, self.num_tokens) }
     }
 
     pub fn init<B: Backend>(&self, device: &B::Device) -> PromptGenerator<B> {
         PromptGenerator {
-            projections: self.own_projections.then(|| self.projections().init(device)),
+            projections: self.own_projections.then(|| self.projections.init(device)),
             pooler: self.pooler().init(device),
             activation: self.activation.init(device),
         }
@@ -88,13 +86,8 @@ impl PromptGeneratorConfig {
 
     /// Learnable scalars of this generator (its own projections included when it has them).
     pub fn num_params(&self) -> usize {
-        let own = if self.own_projections { self.projections().num_params() } else { 0 };
+        let own = if self.own_projections { self.projections.num_params() } else { 0 };
         own + self.pooler().num_params() + self.activation.num_params()
-    }
-
-    /// Parameters of a shared projection pair for generators of this shape.
-    pub fn shared_projections(&self) -> ProjectionsConfig {
-        self.projections()
     }
 }
 
@@ -139,7 +132,8 @@ mod tests {
         let device = Default::default();
         <TB as Backend>::seed(&device, 3);
         let (d, m, l, n) = (6, 3, 2, 4);
-        let config = PromptGeneratorConfig::new(d, m, l).with_own_projections(true).with_activation(ActivationConfig::new().with_kind(ActivationKind::Gelu));
+        let activation = ActivationConfig { kind: ActivationKind::Gelu, ..Default::default() };
+        let config = PromptGeneratorConfig { own_projections: true, activation, ..PromptGeneratorConfig::new(ProjectionsConfig::new(d, m), l) };
         let generator = config.init::<TB>(&device);
         let h = Tensor::<TB, 3>::random([1, n, d], Distribution::Normal(0.0, 1.0), &device);
         let mask = Tensor::<TB, 2, Bool>::from_data(TensorData::new(vec![true, true, true, false], [1, n]), &device);
@@ -168,7 +162,7 @@ mod tests {
         let device = Default::default();
         for own in [false, true] {
             for pooler in [PoolerKind::SelfAttn, PoolerKind::Mean] {
-                let config = PromptGeneratorConfig::new(10, 4, 3).with_own_projections(own).with_pooler(pooler);
+                let config = PromptGeneratorConfig { own_projections: own, pooler, ..PromptGeneratorConfig::new(ProjectionsConfig::new(10, 4), 3) };
                 assert_eq!(Module::num_params(&config.init::<TB>(&device)), config.num_params());
             }
         }
@@ -179,7 +173,8 @@ mod tests {
     #[test]
     fn up_init_std_zero_gives_input_independent_zero_tokens() {
         let device = Default::default();
-        let config = PromptGeneratorConfig::new(8, 4, 2).with_own_projections(true).with_up_init_std(Some(0.0));
+        let projections = ProjectionsConfig { up_init_std: Some(0.0), ..ProjectionsConfig::new(8, 4) };
+        let config = PromptGeneratorConfig { own_projections: true, ..PromptGeneratorConfig::new(projections, 2) };
         let g = config.init::<TB>(&device);
         let h = Tensor::<TB, 3>::random([2, 3, 8], Distribution::Normal(0.0, 1.0), &device);
         let mask = Tensor::<TB, 2, Bool>::full([2, 3], true, &device);

@@ -1,12 +1,11 @@
 //! IAPT: a prompt generator before every layer, plugged into the frozen backbone as a per-input
 //! KV prefix through [`ModelHook`] (method spec §2 and §4).
 
-use crate::config_json::parse_validated;
-use crate::generator::{Projections, PromptGenerator, PromptGeneratorConfig};
+use crate::config::tuner_config;
+use crate::generator::{Projections, ProjectionsConfig, PromptGenerator, PromptGeneratorConfig};
 use crate::kind::TunerKind;
 use crate::pooler::PoolerKind;
 use crate::rational::{ActivationConfig, ActivationKind, RationalConfig};
-use burn::config::Config;
 use burn::module::{Module, ParamId};
 use burn::tensor::{backend::Backend, Bool, Tensor};
 use iapt_model::LlamaConfig;
@@ -48,61 +47,54 @@ pub enum SoftTokenSpace {
     Normed,
 }
 
-/// Every IAPT hyper-parameter; saved verbatim in `adapter_config.json`.
-#[derive(Config, Debug, PartialEq)]
-pub struct IaptConfig {
-    /// Bottleneck width `m` of the generators (`m << d`).
-    pub bottleneck: usize,
-    /// `l_sp`, soft tokens per layer.
-    #[config(default = 4)]
-    pub num_soft_tokens: usize,
-    #[config(default = "ActivationKind::Rational")]
-    pub activation: ActivationKind,
-    /// Degrees of the rational activation (when `activation` is `rational`).
-    #[config(default = "RationalConfig::new()")]
-    pub rational: RationalConfig,
-    #[config(default = "PoolerKind::SelfAttn")]
-    pub pooler: PoolerKind,
-    /// Scale pooler scores by 1/sqrt(m) (off: the paper's form).
-    #[config(default = false)]
-    pub pooler_scale: bool,
-    /// Share W_down, b_down, W_up, b_up across layers (pooler and activation stay per layer).
-    #[config(default = true)]
-    pub share_projections: bool,
-    #[config(default = "GeneratorInput::Normed")]
-    pub generator_input: GeneratorInput,
-    #[config(default = "PrefixPositions::Shifted")]
-    pub prefix_positions: PrefixPositions,
-    #[config(default = "SoftTokenSpace::Hidden")]
-    pub soft_token_space: SoftTokenSpace,
-    /// Init of W_up. `None` (default): burn's `Linear` default, Kaiming-uniform with bound
-    /// 1/sqrt(m), the same as W_down; `Some(s)`: N(0, s) with b_up = 0. Why the default is not a
-    /// tiny W_up: `docs/method.md`, section 4.
-    #[config(default = "None")]
-    pub up_init_std: Option<f64>,
+tuner_config! {
+    /// Every IAPT hyper-parameter; saved verbatim in `adapter_config.json`.
+    pub struct IaptConfig {
+        /// Bottleneck width `m` of the generators (`m << d`); 64 = d/9 for SmolLM2's d = 576.
+        pub bottleneck: usize = 64,
+        /// `l_sp`, soft tokens per layer.
+        pub num_soft_tokens: usize = 4,
+        pub activation: ActivationKind = ActivationKind::Rational,
+        /// Degrees of the rational activation (when `activation` is `rational`).
+        pub rational: RationalConfig = RationalConfig::default(),
+        pub pooler: PoolerKind = PoolerKind::SelfAttn,
+        /// Scale pooler scores by 1/sqrt(m) (off: the paper's form).
+        pub pooler_scale: bool = false,
+        /// Share W_down, b_down, W_up, b_up across layers (pooler and activation stay per layer).
+        pub share_projections: bool = true,
+        pub generator_input: GeneratorInput = GeneratorInput::Normed,
+        pub prefix_positions: PrefixPositions = PrefixPositions::Shifted,
+        pub soft_token_space: SoftTokenSpace = SoftTokenSpace::Hidden,
+        /// Init of W_up. `None` (default): burn's `Linear` default, Kaiming-uniform with bound
+        /// 1/sqrt(m), the same as W_down; `Some(s)`: N(0, s) with b_up = 0. Why the default is not a
+        /// tiny W_up: `docs/method.md`, section 4.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub up_init_std: Option<f64> = None,
+    }
 }
 
 impl IaptConfig {
+    /// The defaults with bottleneck width `m`.
+    pub fn new(bottleneck: usize) -> Self {
+        Self { bottleneck, ..Self::default() }
+    }
+
     /// The generator of one layer.
     pub fn generator(&self, base: &LlamaConfig) -> PromptGeneratorConfig {
-        PromptGeneratorConfig::new(base.hidden_size, self.bottleneck, self.num_soft_tokens)
-            .with_pooler(self.pooler)
-            .with_pooler_scale(self.pooler_scale)
-            .with_activation(ActivationConfig::new().with_kind(self.activation).with_rational(self.rational.clone()))
-            .with_own_projections(!self.share_projections)
-            .with_up_init_std(self.up_init_std)
+        let projections = ProjectionsConfig { up_init_std: self.up_init_std, ..ProjectionsConfig::new(base.hidden_size, self.bottleneck) };
+        PromptGeneratorConfig {
+            pooler: self.pooler,
+            pooler_scale: self.pooler_scale,
+            activation: ActivationConfig { kind: self.activation, rational: self.rational.clone() },
+            own_projections: !self.share_projections,
+            ..PromptGeneratorConfig::new(projections, self.num_soft_tokens)
+        }
     }
 }
 
 impl TunerKind for IaptConfig {
     const NAME: &'static str = "iapt";
     type Module<B: Backend> = Iapt<B>;
-
-    /// Only `bottleneck` is required.
-    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let bottleneck = value.get("bottleneck").ok_or("missing field `bottleneck`")?.as_u64().ok_or("field `bottleneck` must be a non-negative integer")?;
-        parse_validated(&IaptConfig::new(bottleneck as usize), value, Self::validate)
-    }
 
     fn validate(&self) -> Result<(), String> {
         if self.bottleneck == 0 {
@@ -128,7 +120,7 @@ impl TunerKind for IaptConfig {
     fn num_params(&self, base: &LlamaConfig) -> usize {
         let generator = self.generator(base);
         let per_layer = generator.num_params();
-        let shared = if self.share_projections { generator.shared_projections().num_params() } else { 0 };
+        let shared = if self.share_projections { generator.projections.num_params() } else { 0 };
         shared + base.num_layers * per_layer
     }
 
@@ -136,7 +128,7 @@ impl TunerKind for IaptConfig {
         self.validate().map_err(|e| format!("invalid IAPT config: {e}"))?;
         let generator = self.generator(base);
         let iapt = Iapt {
-            shared: self.share_projections.then(|| generator.shared_projections().init(device)),
+            shared: self.share_projections.then(|| generator.projections.init(device)),
             layers: (0..base.num_layers).map(|_| generator.init(device)).collect(),
             config: self.clone(),
             base: base.clone(),
@@ -249,7 +241,8 @@ mod tests {
         );
         assert!(parse(r#"{"bottleneck": 8, "pooler": "sum"}"#).unwrap_err().contains("sum"));
         assert!(parse(r#"{"bottleneck": 8, "rational": {"degree": 3}}"#).unwrap_err().contains("rational.degree"));
-        assert!(parse(r#"{"num_soft_tokens": 8}"#).unwrap_err().contains("bottleneck"));
+        assert_eq!(parse(r#"{"num_soft_tokens": 8}"#).unwrap(), IaptConfig::default().with_num_soft_tokens(8));
+        assert_eq!(IaptConfig::default().bottleneck, 64);
         assert!(parse(r#"{"bottleneck": 0}"#).is_err());
     }
 

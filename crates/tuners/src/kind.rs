@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use iapt_model::{Llama, LlamaConfig, ModelHook, TrainableTuner};
 
-pub trait TunerKind: Clone + PartialEq + std::fmt::Debug + serde::Serialize + Sized {
+pub trait TunerKind: Clone + PartialEq + std::fmt::Debug + Default + serde::Serialize + serde::de::DeserializeOwned {
     /// The `"tuner"` tag of configs and adapter files.
     const NAME: &'static str;
 
@@ -15,8 +15,12 @@ pub trait TunerKind: Clone + PartialEq + std::fmt::Debug + serde::Serialize + Si
     type Module<B: Backend>: Module<B> + ModelHook<B> + TrainableTuner;
 
     /// Parse a possibly partial JSON object: absent fields take their defaults, unknown fields
-    /// and invalid values are refused naming the field.
-    fn from_json(value: &serde_json::Value) -> Result<Self, String>;
+    /// and invalid values are refused naming the field, then [`TunerKind::validate`].
+    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let config: Self = crate::config::parse(value)?;
+        config.validate()?;
+        Ok(config)
+    }
 
     /// Values that parse but make no sense.
     fn validate(&self) -> Result<(), String>;

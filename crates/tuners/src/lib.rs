@@ -9,10 +9,10 @@
 //! `prefix_tuning` (P-tuning v2: learned per-layer keys/values) and `lora` (low-rank
 //! projection deltas). `kind` says what a tuner provides; `tuner` is the registry that lists
 //! them once and builds the runtime-selected [`Tuner`] and its [`TunerConfig`]; `adapter` the
-//! adapter files, one layout for all; [`config_json`] the partial-JSON config parsing.
+//! adapter files, one layout for all; `config` how configs are declared and read.
 
 mod adapter;
-pub mod config_json;
+mod config;
 pub mod gelu_fit;
 mod generator;
 mod iapt;

@@ -3,34 +3,35 @@
 //! it costs two extra thin matmuls per adapted projection at every step, decode included — the
 //! cost IAPT avoids; [`merge_lora`] folds it into the weights for deployment.
 
-use crate::config_json::parse_validated;
+use crate::config::tuner_config;
 use crate::kind::TunerKind;
-use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
 use iapt_model::{Llama, LlamaConfig};
 use iapt_model::{ModelHook, Projection, TrainableTuner};
 
-/// LoRA's hyper-parameters; saved verbatim in `adapter_config.json`.
-#[derive(Config, Debug, PartialEq)]
-pub struct LoraConfig {
-    /// Rank `r` of every delta.
-    #[config(default = 8)]
-    pub rank: usize,
-    /// The delta is scaled by `alpha / rank`, so changing the rank does not rescale the update.
-    #[config(default = 16.0)]
-    pub alpha: f64,
-    /// Dropout on the delta's input. burn's dropout is active only on autodiff backends, i.e.
-    /// in training; inference never drops.
-    #[config(default = 0.0)]
-    pub dropout: f64,
-    /// Projections that get a delta, in every layer (`q k v o gate up down`).
-    #[config(default = "vec![Projection::Q, Projection::V]")]
-    pub targets: Vec<Projection>,
+tuner_config! {
+    /// LoRA's hyper-parameters; saved verbatim in `adapter_config.json`.
+    pub struct LoraConfig {
+        /// Rank `r` of every delta.
+        pub rank: usize = 8,
+        /// The delta is scaled by `alpha / rank`, so changing the rank does not rescale the update.
+        pub alpha: f64 = 16.0,
+        /// Dropout on the delta's input. burn's dropout is active only on autodiff backends, i.e.
+        /// in training; inference never drops.
+        pub dropout: f64 = 0.0,
+        /// Projections that get a delta, in every layer (`q k v o gate up down`).
+        pub targets: Vec<Projection> = vec![Projection::Q, Projection::V],
+    }
 }
 
 impl LoraConfig {
+    /// The defaults (rank 8 on q and v).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// `alpha / rank`.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
@@ -40,10 +41,6 @@ impl LoraConfig {
 impl TunerKind for LoraConfig {
     const NAME: &'static str = "lora";
     type Module<B: Backend> = Lora<B>;
-
-    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        parse_validated(&Self::new(), value, Self::validate)
-    }
 
     fn validate(&self) -> Result<(), String> {
         if self.rank == 0 {

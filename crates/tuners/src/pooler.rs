@@ -1,7 +1,6 @@
 //! Pooling the instruction's bottleneck states into `l_sp` vectors (method spec §2):
 //! self-attention pooling with one learnable query per soft token, or mean / max / last.
 
-use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor};
@@ -27,20 +26,23 @@ pub enum PoolerKind {
 }
 
 /// Shapes and form of a pooler.
-#[derive(Config, Debug)]
+#[derive(Debug, Clone)]
 pub struct PoolerConfig {
     /// Width `m` of the states being pooled (the generator's bottleneck).
     pub d_input: usize,
     /// `l_sp`, the number of pooled vectors (soft tokens).
     pub num_tokens: usize,
-    #[config(default = "PoolerKind::SelfAttn")]
     pub kind: PoolerKind,
     /// Divide the attention scores by sqrt(m). Off by default, as the paper writes the pooler.
-    #[config(default = false)]
     pub scale: bool,
 }
 
 impl PoolerConfig {
+    /// The paper's self-attention pooler, unscaled.
+    pub fn new(d_input: usize, num_tokens: usize) -> Self {
+        Self { d_input, num_tokens, kind: PoolerKind::SelfAttn, scale: false }
+    }
+
     /// Queries start as N(0, 1/m): with bottleneck states of unit-ish scale the scores are O(1),
     /// and distinct random queries break the symmetry between soft tokens (zeros would make all
     /// `l_sp` tokens identical, and with unrotated prefixes they would stay identical).
@@ -135,7 +137,7 @@ mod tests {
         (0..b).map(|i| (0..l).map(|j| v[(i * l + j) * m..(i * l + j + 1) * m].to_vec()).collect()).collect()
     }
     fn attention_pooler(queries: [[f32; 2]; 2], scale: bool) -> Pooler<TB> {
-        let mut p = PoolerConfig::new(2, 2).with_scale(scale).init::<TB>(&Default::default());
+        let mut p = PoolerConfig { scale, ..PoolerConfig::new(2, 2) }.init::<TB>(&Default::default());
         p.queries = Some(Param::from_tensor(Tensor::from_floats(queries, &Default::default())));
         p
     }
@@ -170,7 +172,7 @@ mod tests {
         let m = mask(&keep);
         for kind in [PoolerKind::SelfAttn, PoolerKind::Mean, PoolerKind::Max, PoolerKind::Last] {
             <TB as Backend>::seed(&device, 11);
-            let pooler = PoolerConfig::new(3, 4).with_kind(kind).init::<TB>(&device);
+            let pooler = PoolerConfig { kind, ..PoolerConfig::new(3, 4) }.init::<TB>(&device);
             let x = Tensor::<TB, 3>::random([2, 5, 3], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
             let noise = Tensor::<TB, 3>::random([2, 5, 3], burn::tensor::Distribution::Normal(0.0, 100.0), &device);
             let outside = m.clone().bool_not().float().reshape([2, 5, 1]);
@@ -189,7 +191,7 @@ mod tests {
     fn mean_max_last_by_hand() {
         let x = tensor3(&[vec![vec![1.0, -4.0], vec![3.0, 2.0], vec![9.0, 9.0]], vec![vec![5.0, 5.0], vec![-1.0, -2.0], vec![-3.0, 0.5]]]);
         let m = mask(&[vec![true, true, false], vec![false, true, true]]);
-        let run = |kind| host(PoolerConfig::new(2, 3).with_kind(kind).init::<TB>(&Default::default()).forward(x.clone(), m.clone()));
+        let run = |kind| host(PoolerConfig { kind, ..PoolerConfig::new(2, 3) }.init::<TB>(&Default::default()).forward(x.clone(), m.clone()));
         let want =
             [(PoolerKind::Mean, [[2.0, -1.0], [-2.0, -0.75]]), (PoolerKind::Max, [[3.0, 2.0], [-1.0, 0.5]]), (PoolerKind::Last, [[3.0, 2.0], [-3.0, 0.5]])];
         for (kind, rows) in want {
@@ -208,7 +210,7 @@ mod tests {
         let x = tensor3(&[vec![vec![1.0, 2.0], vec![3.0, 4.0]], vec![vec![1.0, 2.0], vec![3.0, 4.0]]]);
         let m = mask(&[vec![false, false], vec![true, false]]);
         for kind in [PoolerKind::SelfAttn, PoolerKind::Mean, PoolerKind::Max, PoolerKind::Last] {
-            let got = host(PoolerConfig::new(2, 2).with_kind(kind).init::<TB>(&Default::default()).forward(x.clone(), m.clone()));
+            let got = host(PoolerConfig { kind, ..PoolerConfig::new(2, 2) }.init::<TB>(&Default::default()).forward(x.clone(), m.clone()));
             assert!(got[0].iter().flatten().all(|&v| v == 0.0), "{kind:?}: {got:?}");
             assert!(got[1].iter().flatten().all(|v| v.is_finite()));
         }
@@ -218,6 +220,6 @@ mod tests {
     fn parameter_count() {
         assert_eq!(PoolerConfig::new(16, 4).num_params(), 64);
         assert_eq!(burn::module::Module::num_params(&PoolerConfig::new(16, 4).init::<TB>(&Default::default())), 64);
-        assert_eq!(PoolerConfig::new(16, 4).with_kind(PoolerKind::Max).num_params(), 0);
+        assert_eq!(PoolerConfig { kind: PoolerKind::Max, ..PoolerConfig::new(16, 4) }.num_params(), 0);
     }
 }

@@ -9,9 +9,8 @@
 //! RoPE gives `R(p + n) q · k = R(p) q · R(n)^T k`, so a shift only rotates every learned key by
 //! a fixed orthogonal map, which the free keys (or the MLP's last linear map) absorb.
 
-use crate::config_json::parse_validated;
+use crate::config::tuner_config;
 use crate::kind::TunerKind;
-use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::tanh;
@@ -20,26 +19,29 @@ use iapt_model::LlamaConfig;
 use iapt_model::TrainableTuner;
 use iapt_model::{LayerInput, LayerPrefix, ModelHook, Projection};
 
-/// P-tuning v2's hyper-parameters; saved verbatim in `adapter_config.json`.
-#[derive(Config, Debug, PartialEq)]
-pub struct PrefixTuningConfig {
-    /// Prefix positions per layer.
-    #[config(default = 16)]
-    pub num_tokens: usize,
-    /// Width `h` of the reparameterisation MLP `E [n, d] -> Linear(d, h) -> tanh ->
-    /// Linear(h, L 2 kv_dim)` (Li & Liang's trick to stabilise training). `None`: the keys and
-    /// values are parameters themselves (P-tuning v2's default).
-    #[config(default = "None")]
-    pub reparam_hidden: Option<usize>,
+tuner_config! {
+    /// P-tuning v2's hyper-parameters; saved verbatim in `adapter_config.json`.
+    pub struct PrefixTuningConfig {
+        /// Prefix positions per layer.
+        pub num_tokens: usize = 16,
+        /// Width `h` of the reparameterisation MLP `E [n, d] -> Linear(d, h) -> tanh ->
+        /// Linear(h, L 2 kv_dim)` (Li & Liang's trick to stabilise training). `None`: the keys and
+        /// values are parameters themselves (P-tuning v2's default).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub reparam_hidden: Option<usize> = None,
+    }
+}
+
+impl PrefixTuningConfig {
+    /// The defaults (16 positions, no reparameterisation).
+    pub fn new() -> Self {
+        Self::default()
+    }
 }
 
 impl TunerKind for PrefixTuningConfig {
     const NAME: &'static str = "p_tuning_v2";
     type Module<B: Backend> = PrefixTuning<B>;
-
-    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        parse_validated(&Self::new(), value, Self::validate)
-    }
 
     fn validate(&self) -> Result<(), String> {
         if self.num_tokens == 0 {

@@ -3,9 +3,8 @@
 //! layer like real tokens; the model gives it positions `0..n` and shifts the real tokens by `n`
 //! itself (positions count the prefix as valid tokens), so no position offset is declared here.
 
-use crate::config_json::parse_validated;
+use crate::config::tuner_config;
 use crate::kind::TunerKind;
-use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
 use iapt_model::TrainableTuner;
@@ -29,17 +28,21 @@ pub enum PromptInit {
     Random,
 }
 
-/// Prompt tuning's hyper-parameters; saved verbatim in `adapter_config.json`.
-#[derive(Config, Debug, PartialEq)]
-pub struct PromptTuningConfig {
-    /// Soft tokens placed before the input.
-    #[config(default = 32)]
-    pub num_tokens: usize,
-    #[config(default = "PromptInit::Vocab")]
-    pub init: PromptInit,
+tuner_config! {
+    /// Prompt tuning's hyper-parameters; saved verbatim in `adapter_config.json`.
+    pub struct PromptTuningConfig {
+        /// Soft tokens placed before the input.
+        pub num_tokens: usize = 32,
+        pub init: PromptInit = PromptInit::Vocab,
+    }
 }
 
 impl PromptTuningConfig {
+    /// The defaults (32 tokens copied from the vocabulary).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     fn build<B: Backend>(&self, base: &LlamaConfig, prompt: Tensor<B, 2>) -> PromptTuning<B> {
         PromptTuning { prompt: Param::from_tensor(prompt), config: self.clone(), base: base.clone() }
     }
@@ -48,10 +51,6 @@ impl PromptTuningConfig {
 impl TunerKind for PromptTuningConfig {
     const NAME: &'static str = "prompt_tuning";
     type Module<B: Backend> = PromptTuning<B>;
-
-    fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        parse_validated(&Self::new(), value, Self::validate)
-    }
 
     fn validate(&self) -> Result<(), String> {
         if self.num_tokens == 0 {

@@ -1,8 +1,8 @@
 //! The generator's elementwise activation: a learnable Padé rational ("version B"), or a fixed
 //! GELU / ReLU / identity for ablations (method spec §2–3).
 
+use crate::config::tuner_config;
 use crate::gelu_fit;
-use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
@@ -27,18 +27,22 @@ pub const GELU_NUMERATOR_5_4: [f64; 6] = [
 /// x/2 + even(x) with an even denominator.
 pub const GELU_DENOMINATOR_5_4: [f64; 4] = [5.958_904_362_492_838e-9, 1.507_306_566_068_639_4e-1, 1.375_552_243_401_100_9e-9, -7.046_269_968_964_62e-3];
 
-/// Degrees of the rational `P(x) / (1 + |Q(x)|)`; coefficients start as a GELU fit on [-3, 3].
-#[derive(Config, Debug, PartialEq)]
-pub struct RationalConfig {
-    /// Degree of the numerator P (it has `numerator_degree + 1` coefficients).
-    #[config(default = 5)]
-    pub numerator_degree: usize,
-    /// Degree of the denominator Q (no constant term: `denominator_degree` coefficients).
-    #[config(default = 4)]
-    pub denominator_degree: usize,
+tuner_config! {
+    /// Degrees of the rational `P(x) / (1 + |Q(x)|)`; coefficients start as a GELU fit on [-3, 3].
+    pub struct RationalConfig {
+        /// Degree of the numerator P (it has `numerator_degree + 1` coefficients).
+        pub numerator_degree: usize = 5,
+        /// Degree of the denominator Q (no constant term: `denominator_degree` coefficients).
+        pub denominator_degree: usize = 4,
+    }
 }
 
 impl RationalConfig {
+    /// Degrees (5, 4).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Initial `(numerator, denominator)` coefficients: the hard-coded fit for (5, 4), otherwise
     /// fitted now (a fraction of a second).
     pub fn gelu_coefficients(&self) -> (Vec<f64>, Vec<f64>) {
@@ -119,13 +123,18 @@ pub enum ActivationKind {
 }
 
 /// The activation of one layer's generator.
-#[derive(Config, Debug)]
+#[derive(Debug, Clone)]
 pub struct ActivationConfig {
-    #[config(default = "ActivationKind::Rational")]
     pub kind: ActivationKind,
     /// Degrees of the rational (used only when `kind` is `rational`).
-    #[config(default = "RationalConfig::new()")]
     pub rational: RationalConfig,
+}
+
+impl Default for ActivationConfig {
+    /// The paper's learnable (5, 4) rational.
+    fn default() -> Self {
+        Self { kind: ActivationKind::Rational, rational: RationalConfig::default() }
+    }
 }
 
 impl ActivationConfig {
@@ -216,15 +225,15 @@ mod tests {
     fn fixed_activations() {
         let device = Default::default();
         let x = Tensor::<TB, 1>::from_floats([-2.0, -0.5, 0.0, 1.5], &device);
-        let run = |kind| host(ActivationConfig::new().with_kind(kind).init::<TB>(&device).forward(x.clone()));
+        let run = |kind| host(ActivationConfig { kind, ..Default::default() }.init::<TB>(&device).forward(x.clone()));
         assert_eq!(run(ActivationKind::Relu), vec![0.0, 0.0, 0.0, 1.5]);
         assert_eq!(run(ActivationKind::Identity), vec![-2.0, -0.5, 0.0, 1.5]);
         for (g, x) in run(ActivationKind::Gelu).iter().zip([-2.0, -0.5, 0.0, 1.5]) {
             assert!((g - exact_gelu(x)).abs() < 1e-5);
         }
-        assert!(ActivationConfig::new().with_kind(ActivationKind::Gelu).init::<TB>(&device).rational.is_none());
-        assert_eq!(ActivationConfig::new().with_kind(ActivationKind::Relu).num_params(), 0);
-        assert_eq!(ActivationConfig::new().num_params(), 10);
+        assert!(ActivationConfig { kind: ActivationKind::Gelu, ..Default::default() }.init::<TB>(&device).rational.is_none());
+        assert_eq!(ActivationConfig { kind: ActivationKind::Relu, ..Default::default() }.num_params(), 0);
+        assert_eq!(ActivationConfig::default().num_params(), 10);
     }
 
     /// Autodiff gradients w.r.t. the 10 coefficients and the input, against central differences

@@ -120,6 +120,20 @@ macro_rules! tuners {
             }
         }
 
+        /// The `[tuner]` table of a run config: `kind` (the `"tuner"` tag) next to the
+        /// variant's fields; unset optional fields are left out.
+        impl serde::Serialize for TunerConfig {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                #[derive(serde::Serialize)]
+                struct Tagged<'a, C> {
+                    kind: &'static str,
+                    #[serde(flatten)]
+                    config: &'a C,
+                }
+                match self { $(Self::$variant(c) => Tagged { kind: <$config as TunerKind>::NAME, config: c }.serialize(serializer),)+ }
+            }
+        }
+
         impl<B: Backend> Tuner<B> {
             /// The config it was built from.
             pub fn config(&self) -> TunerConfig {
@@ -186,6 +200,31 @@ tuners! {
     /// Deep prefix tuning, tagged `p_tuning_v2`.
     PrefixTuning(PrefixTuning, PrefixTuningConfig),
     Lora(Lora, LoraConfig),
+}
+
+impl Default for TunerConfig {
+    /// IAPT with its defaults.
+    fn default() -> Self {
+        Self::Iapt(IaptConfig::default())
+    }
+}
+
+/// Reads the `[tuner]` table of a run config: `kind` (default `iapt`) and that tuner's fields,
+/// absent ones defaulted, then checked. Errors say `tuner.kind: ...` or `tuner (KIND): ...`.
+impl<'de> serde::Deserialize<'de> for TunerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let kind = match fields.remove("kind") {
+            None => IaptConfig::NAME.to_string(),
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(other) => return Err(D::Error::custom(format!("tuner.kind: expected a string, found {other}"))),
+        };
+        if !Self::KINDS.contains(&kind.as_str()) {
+            return Err(D::Error::custom(format!("tuner.kind: unknown tuner `{kind}` (known: {})", Self::KINDS.join(", "))));
+        }
+        Self::from_json(&kind, &serde_json::Value::Object(fields)).map_err(|e| D::Error::custom(format!("tuner ({kind}): {e}")))
+    }
 }
 
 impl<B: Backend> Tuner<B> {

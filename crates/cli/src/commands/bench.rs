@@ -153,7 +153,7 @@ fn train(mut args: TrainArgs) -> Result<()> {
         anyhow::bail!("--set {set}: bench train takes only tuner.* options");
     }
     args.sets.insert(0, format!("tuner.kind={}", args.tuner));
-    let config = RunConfig::load(None, &args.sets)?.tuner.config()?;
+    let config = RunConfig::load(None, &args.sets)?.tuner;
     let shape = TrainShape { batch: args.batch, prompt_len: args.prompt_tokens, response_len: args.response_tokens, steps: args.steps, profile: args.profile };
     with_backend!(args.model.backend, |B, device| print_json(&bench_train::<B>(&path, &device, &config, &shape)?))
 }
@@ -165,7 +165,7 @@ fn multitenant(mut args: MultitenantArgs) -> Result<()> {
         anyhow::bail!("--set {set}: bench multitenant takes only IAPT's tuner.* options");
     }
     args.sets.insert(0, "tuner.kind=iapt".into());
-    let iapt_tuners::TunerConfig::Iapt(iapt) = RunConfig::load(None, &args.sets)?.tuner.config()? else { unreachable!("tuner.kind=iapt") };
+    let iapt_tuners::TunerConfig::Iapt(iapt) = RunConfig::load(None, &args.sets)?.tuner else { unreachable!("tuner.kind=iapt") };
     if args.batch.contains(&0) || args.new_tokens < 2 || args.prompt_tokens == 0 {
         anyhow::bail!("--batch sizes must be positive, --new-tokens at least 2 (one prefill token, then decode steps) and --prompt-tokens positive");
     }
