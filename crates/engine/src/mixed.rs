@@ -7,7 +7,8 @@
 //!   (`scale · x A B`), each row's factors are stacked once per batch composition into
 //!   `[rows, in, r]` / `[rows, r, out]` tensors (zeros for rows without a delta; ranks padded
 //!   with zeros; the scale folded into `B`), and every row's delta is two batched products per
-//!   projection, however many adapters the batch holds;
+//!   projection, however many adapters the batch holds (one pass over the factors on the CPU
+//!   backends, [`iapt_kernels::low_rank`]);
 //! - **grouped**: otherwise, each adapter's rows are gathered, its delta computed for them in
 //!   one product, and scattered back into the batch-shaped sum.
 
@@ -115,7 +116,8 @@ impl<B: Backend> ModelHook<B> for MixedHook<'_, B> {
     fn projection_delta(&self, layer: usize, projection: Projection, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         if let Some(stack) = self.stack {
             let (a, b) = stack.factors.get(&(layer, projection))?;
-            return Some(x.clone().matmul(a.clone()).matmul(b.clone()));
+            let fast = iapt_kernels::low_rank::batched_low_rank(x, a, b);
+            return Some(fast.unwrap_or_else(|| x.clone().matmul(a.clone()).matmul(b.clone())));
         }
         let mut sum: Option<Tensor<B, 3>> = None;
         for group in self.groups.iter().filter(|g| g.hook.adds_delta(layer, projection)) {

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod evaluate;
 pub mod model_source;
 pub mod multitenant;
+pub mod plot;
 pub mod provenance;
 pub mod results;
 pub mod run_config;

@@ -10,6 +10,7 @@
 use crate::bench::{prompts, threads};
 use crate::compare::size_to_budget;
 use crate::model_source::LoadedModel;
+use crate::plot::{Chart, Level, Panel, Series};
 use anyhow::{anyhow, Result};
 use burn::tensor::backend::Backend;
 use iapt_engine::{Engine, EngineOptions, Request};
@@ -63,6 +64,53 @@ pub struct MultitenantRow {
     /// Decode tokens/s ÷ the bare model's at the same batch size.
     pub decode_vs_bare: f64,
     pub prefill_ms_per_row: f64,
+}
+
+impl MultitenantBench {
+    /// The results as a chart: one panel per batch size, decode tokens/s against distinct
+    /// adapters (log axis), a line per method, the bare model as a dashed level.
+    pub fn chart(&self) -> Chart {
+        let mut batches: Vec<usize> = self.rows.iter().map(|r| r.batch).collect();
+        batches.sort_unstable();
+        batches.dedup();
+        let panels = batches
+            .into_iter()
+            .map(|batch| {
+                let rows: Vec<&MultitenantRow> = self.rows.iter().filter(|r| r.batch == batch).collect();
+                let mut series: Vec<Series> = Vec::new();
+                let mut levels = Vec::new();
+                for row in rows {
+                    if row.distinct_adapters == 0 {
+                        levels.push(Level { label: row.method.clone(), y: row.decode_tokens_per_s });
+                        continue;
+                    }
+                    let point = (row.distinct_adapters as f64, row.decode_tokens_per_s);
+                    match series.iter_mut().find(|s| s.label == row.method) {
+                        Some(s) => s.points.push(point),
+                        None => series.push(Series { label: row.method.clone(), points: vec![point] }),
+                    }
+                }
+                for s in &mut series {
+                    s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                }
+                Panel { title: format!("batch of {batch} rows"), series, levels }
+            })
+            .collect();
+        Chart {
+            title: "Decode with a different adapter on every row".into(),
+            subtitle: format!(
+                "{} threads, {}-token prompts, {} new tokens, median of {} run(s)",
+                self.threads,
+                self.prompt_tokens,
+                self.new_tokens,
+                self.repeats.max(1)
+            ),
+            x_label: "distinct adapters in the batch".into(),
+            y_label: "decode tokens/s".into(),
+            x_log2: true,
+            panels,
+        }
+    }
 }
 
 /// The methods the paper's serving claim compares: the bare model, IAPT (`iapt`), unmerged LoRA

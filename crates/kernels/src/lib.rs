@@ -22,6 +22,7 @@ pub mod bandwidth;
 pub mod cpu;
 pub mod fused;
 pub mod host;
+pub mod low_rank;
 
 use burn::tensor::{backend::Backend, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};

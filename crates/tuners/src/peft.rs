@@ -1,16 +1,28 @@
 //! Hugging Face PEFT's adapter layout, read and written for the methods PEFT has: LoRA
-//! (`peft_type: "LORA"`) and prompt tuning (`"PROMPT_TUNING"`). An adapter trained with PEFT
-//! loads and serves like one of ours, and `iapt export --format peft` writes ours so PEFT loads
-//! them. IAPT and our prefix tuning have no PEFT counterpart with the same computation; they are
-//! refused with that reason.
+//! (`peft_type: "LORA"`), prompt tuning (`"PROMPT_TUNING"`) and prefix tuning
+//! (`"PREFIX_TUNING"`, our `p_tuning_v2`). An adapter trained with PEFT loads and serves like one
+//! of ours, and `iapt export --format peft` writes ours so PEFT loads them. IAPT has no PEFT
+//! counterpart; it is refused with that reason.
 //!
-//! The differences in layout: PEFT's tensors are named after the HF module they adapt
-//! (`base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`) and stored as `nn.Linear`
-//! weights, `[out, in]`; ours are `x W` factors, `A: [in, r]`, `B: [r, out]`, so each factor is
-//! transposed on the way. PEFT's prompt-tuning embedding is `prompt_embeddings`, `[n, d]`.
+//! The differences in layout:
+//! - LoRA: PEFT's tensors are named after the HF module they adapt
+//!   (`base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight`) and stored as
+//!   `nn.Linear` weights, `[out, in]`; ours are `x W` factors, `A: [in, r]`, `B: [r, out]`, so
+//!   each factor is transposed on the way.
+//! - Prompt tuning: PEFT's embedding is `prompt_embeddings`, `[n, d]`, as ours.
+//! - Prefix tuning: PEFT saves the prefix itself (its MLP, if any, already evaluated) as
+//!   `prompt_embeddings` `[n, L · 2 · kv_dim]`: row `i` holds, layer after layer, that layer's
+//!   key then value for prefix slot `i`, each `[kv_heads, head_dim]` (PEFT sizes the prefix to the
+//!   KV heads on grouped-query models). Ours are `keys` / `values` `[L, kv_heads, n, head_dim]`.
+//!   The positions differ too: PEFT's prefix sits in the KV cache ahead of the prompt, so the
+//!   prompt's tokens take positions `n..` and each query is rotated `n` positions further than
+//!   ours (ours start at 0). RoPE's `R(p + n) q · k = R(p) q · R(-n) k` makes the two the same
+//!   computation once every PEFT key is rotated by `-n` on the way in (and `+n` on the way out);
+//!   values and the prompt's attention among itself are unchanged.
 
 use crate::adapter::{read_safetensors, write_safetensors, AdapterError, CONFIG_FILE, WEIGHTS_FILE};
 use crate::lora::LoraConfig;
+use crate::prefix_tuning::PrefixTuningConfig;
 use crate::prompt_tuning::{PromptInit, PromptTuningConfig};
 use crate::tuner::{Tuner, TunerConfig};
 use burn::tensor::backend::Backend;
@@ -88,7 +100,96 @@ pub fn load_peft<B: Backend>(dir: &Path, value: &Value, config_path: &Path, base
             let tuner = TunerConfig::PromptTuning(config).init::<B>(base, device).map_err(bad)?;
             tuner.load_tensors(BTreeMap::from([("prompt".to_string(), prompt)]), &weights_path)
         }
-        other => Err(bad(format!("PEFT adapters of type `{other}` are not supported (LORA and PROMPT_TUNING are)"))),
+        "PREFIX_TUNING" => {
+            let n =
+                value["num_virtual_tokens"].as_u64().filter(|&n| n > 0).ok_or_else(|| bad("`num_virtual_tokens` must be a positive integer".into()))? as usize;
+            // PEFT's own sizes, after its grouped-query adjustment (`token_dim` = kv_dim).
+            for (field, model) in [("num_layers", base.num_layers), ("token_dim", base.kv_dim()), ("num_attention_heads", base.num_kv_heads)] {
+                if let Some(found) = value[field].as_u64().filter(|&v| v as usize != model) {
+                    return Err(AdapterError::BaseMismatch {
+                        path: config_path.to_path_buf(),
+                        field: field.into(),
+                        adapter: found.to_string(),
+                        model: model.to_string(),
+                    });
+                }
+            }
+            if value["num_transformer_submodules"].as_u64().is_some_and(|m| m != 1) {
+                return Err(bad("num_transformer_submodules must be 1 (a decoder-only model)".into()));
+            }
+            let mut tensors = read_safetensors(&weights_path)?;
+            let flat = tensors
+                .remove("prompt_embeddings")
+                .ok_or_else(|| AdapterError::MissingTensor { path: weights_path.clone(), tensor: "prompt_embeddings".into() })?;
+            if !tensors.is_empty() {
+                return Err(AdapterError::UnusedTensors { path: weights_path, tensors: tensors.into_keys().collect::<Vec<_>>().join(", ") });
+            }
+            let expected = vec![n, 2 * base.num_layers * base.kv_dim()];
+            if flat.shape != expected {
+                return Err(AdapterError::ShapeMismatch { path: weights_path, tensor: "prompt_embeddings".into(), found: flat.shape, expected });
+            }
+            let (mut keys, values) = prefix_from_peft(&flat, n, base);
+            rotate_keys(&mut keys, -(n as f64), base);
+            let tuner = TunerConfig::PrefixTuning(PrefixTuningConfig::new().with_num_tokens(n)).init::<B>(base, device).map_err(bad)?;
+            tuner.load_tensors(BTreeMap::from([("keys".to_string(), keys), ("values".to_string(), values)]), &weights_path)
+        }
+        other => Err(bad(format!("PEFT adapters of type `{other}` are not supported (LORA, PROMPT_TUNING and PREFIX_TUNING are)"))),
+    }
+}
+
+/// PEFT's flat prefix `[n, L · 2 · kv_dim]` as our keys and values `[L, kv_heads, n, head_dim]`.
+fn prefix_from_peft(flat: &HostTensor, n: usize, base: &LlamaConfig) -> (HostTensor, HostTensor) {
+    let (layers, heads, hd) = (base.num_layers, base.num_kv_heads, base.head_dim);
+    let kv_dim = heads * hd;
+    let shape = vec![layers, heads, n, hd];
+    let (mut keys, mut values) = (vec![0.0; flat.data.len() / 2], vec![0.0; flat.data.len() / 2]);
+    for i in 0..n {
+        for layer in 0..layers {
+            for (kv, out) in [&mut keys, &mut values].into_iter().enumerate() {
+                for head in 0..heads {
+                    let src = i * 2 * layers * kv_dim + (2 * layer + kv) * kv_dim + head * hd;
+                    let dst = ((layer * heads + head) * n + i) * hd;
+                    out[dst..dst + hd].copy_from_slice(&flat.data[src..src + hd]);
+                }
+            }
+        }
+    }
+    (HostTensor { shape: shape.clone(), data: keys }, HostTensor { shape, data: values })
+}
+
+/// Our keys and values `[L, kv_heads, n, head_dim]` as PEFT's flat prefix `[n, L · 2 · kv_dim]`.
+fn prefix_to_peft(keys: &HostTensor, values: &HostTensor, base: &LlamaConfig) -> HostTensor {
+    let (layers, heads, hd) = (base.num_layers, base.num_kv_heads, base.head_dim);
+    let n = keys.shape[2];
+    let kv_dim = heads * hd;
+    let mut flat = vec![0.0; 2 * keys.data.len()];
+    for i in 0..n {
+        for layer in 0..layers {
+            for (kv, ours) in [keys, values].into_iter().enumerate() {
+                for head in 0..heads {
+                    let dst = i * 2 * layers * kv_dim + (2 * layer + kv) * kv_dim + head * hd;
+                    let src = ((layer * heads + head) * n + i) * hd;
+                    flat[dst..dst + hd].copy_from_slice(&ours.data[src..src + hd]);
+                }
+            }
+        }
+    }
+    HostTensor { shape: vec![n, 2 * layers * kv_dim], data: flat }
+}
+
+/// Rotate every key `[L, kv_heads, n, head_dim]` by RoPE at position `by` (HF's rotate-half
+/// pairs `(d, d + hd/2)`, angle `by · inv_freq[d]`), in f64.
+fn rotate_keys(keys: &mut HostTensor, by: f64, base: &LlamaConfig) {
+    let hd = base.head_dim;
+    let half = hd / 2;
+    let inv = iapt_model::rope::inverse_frequencies(hd, base.rope_theta);
+    let (cos, sin): (Vec<f64>, Vec<f64>) = inv.iter().map(|&f| ((by * f as f64).cos(), (by * f as f64).sin())).unzip();
+    for key in keys.data.chunks_exact_mut(hd) {
+        for d in 0..half {
+            let (x1, x2) = (key[d] as f64, key[d + half] as f64);
+            key[d] = (x1 * cos[d] - x2 * sin[d]) as f32;
+            key[d + half] = (x2 * cos[d] + x1 * sin[d]) as f32;
+        }
     }
 }
 
@@ -232,10 +333,37 @@ pub fn save_peft<B: Backend>(dir: &Path, tuner: &Tuner<B>, base_name: &str) -> R
             let t = ours.get("prompt").ok_or_else(|| AdapterError::MissingTensor { path: dir.to_path_buf(), tensor: "prompt".into() })?;
             (config, BTreeMap::from([("prompt_embeddings".to_string(), t.clone())]))
         }
+        TunerConfig::PrefixTuning(prefix) => {
+            let n = prefix.num_tokens;
+            let config = json!({
+                "peft_type": "PREFIX_TUNING",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": base_name,
+                "num_virtual_tokens": n,
+                "token_dim": base.kv_dim(),
+                "num_transformer_submodules": 1,
+                "num_attention_heads": base.num_kv_heads,
+                "num_layers": base.num_layers,
+                "encoder_hidden_size": base.kv_dim(),
+                "prefix_projection": false,
+                "inference_mode": true,
+            });
+            // The saved prefix itself: a reparameterised tuner's MLP is evaluated first, as PEFT does.
+            let Tuner::PrefixTuning(module) = tuner else { unreachable!("a prefix-tuning config belongs to a prefix tuner") };
+            let direct = crate::adapter::module_tensors(&module.fold_reparameterization());
+            let missing = |tensor: &str| AdapterError::MissingTensor { path: dir.to_path_buf(), tensor: tensor.into() };
+            let mut keys = direct.get("keys").ok_or_else(|| missing("keys"))?.clone();
+            let values = direct.get("values").ok_or_else(|| missing("values"))?;
+            rotate_keys(&mut keys, n as f64, base);
+            (config, BTreeMap::from([("prompt_embeddings".to_string(), prefix_to_peft(&keys, values, base))]))
+        }
         other => {
             return Err(AdapterError::Config {
                 path: config_path,
-                reason: format!("a `{}` adapter has no PEFT equivalent (PEFT's layout holds LoRA and prompt tuning); keep iapt's own layout", other.name()),
+                reason: format!(
+                    "a `{}` adapter has no PEFT equivalent (PEFT's layout holds LoRA, prompt tuning and prefix tuning); keep iapt's own layout",
+                    other.name()
+                ),
             })
         }
     };
@@ -255,6 +383,44 @@ mod tests {
         assert_eq!(lora_tensor_name("base_model.model.model.layers.12.mlp.down_proj.lora_B.weight").as_deref(), Some("layers.12.down.lora_b"));
         assert_eq!(lora_tensor_name("base_model.model.lm_head.lora_A.weight"), None);
         assert_eq!(lora_tensor_name("base_model.model.model.layers.1.self_attn.q_proj.lora_magnitude_vector"), None);
+    }
+
+    /// PEFT's prefix layout, hand-indexed: row `i`, layer `l`, key (0) or value (1), head `h`,
+    /// element `d` sits at `i·(2 L kv_dim) + (2l + kv)·kv_dim + h·hd + d`.
+    #[test]
+    fn peft_prefix_layout_round_trips_and_puts_each_element_where_peft_reads_it() {
+        let base = LlamaConfig { num_layers: 3, num_kv_heads: 2, head_dim: 4, num_heads: 4, hidden_size: 16, ..LlamaConfig::tiny() };
+        let n = 5;
+        let width = 2 * base.num_layers * base.kv_dim();
+        let flat = HostTensor { shape: vec![n, width], data: (0..n * width).map(|v| v as f32).collect() };
+        let (keys, values) = prefix_from_peft(&flat, n, &base);
+        let at = |t: &HostTensor, l: usize, h: usize, i: usize, d: usize| t.data[((l * 2 + h) * n + i) * 4 + d];
+        let peft = |i: usize, l: usize, kv: usize, h: usize, d: usize| (i * width + (2 * l + kv) * 8 + h * 4 + d) as f32;
+        assert_eq!(at(&keys, 2, 1, 3, 2), peft(3, 2, 0, 1, 2));
+        assert_eq!(at(&values, 1, 0, 4, 3), peft(4, 1, 1, 0, 3));
+        assert_eq!(prefix_to_peft(&keys, &values, &base), flat);
+    }
+
+    /// A PEFT key scored against a query at position p + n equals our rotated key scored
+    /// against the same query at position p (the reason keys are rotated by -n on import).
+    #[test]
+    fn rotating_keys_by_minus_n_moves_the_prompt_back_to_position_zero() {
+        let base = LlamaConfig { num_layers: 1, num_kv_heads: 1, head_dim: 8, rope_theta: 10000.0, ..LlamaConfig::tiny() };
+        let q: Vec<f32> = (0..8).map(|v| (v as f32 * 0.7).sin()).collect();
+        let k: Vec<f32> = (0..8).map(|v| (v as f32 * 1.3).cos()).collect();
+        let rotated = |x: &[f32], by: f64| {
+            let mut t = HostTensor { shape: vec![1, 1, 1, 8], data: x.to_vec() };
+            rotate_keys(&mut t, by, &base);
+            t.data
+        };
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        let (p, n) = (7.0, 4.0);
+        let peft = dot(&rotated(&q, p + n), &k);
+        let ours = dot(&rotated(&q, p), &rotated(&k, -n));
+        assert!((peft - ours).abs() < 1e-5, "{peft} vs {ours}");
+        assert!((peft - dot(&rotated(&q, p), &k)).abs() > 1e-3, "the shift matters for this pair");
+        let back = rotated(&rotated(&k, -n), n);
+        assert!(back.iter().zip(&k).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! PEFT's layout: our LoRA and prompt tuning written as PEFT adapters load back to the same
-//! tensors (so the same outputs); IAPT, which PEFT lacks, is refused with the reason.
+//! tensors (so the same outputs), prefix tuning (direct or reparameterised) to the same
+//! outputs; IAPT, which PEFT lacks, is refused with the reason.
+
+mod common;
 
 use iapt_model::{LlamaConfig, Projection};
 use iapt_tuners::peft::save_peft;
-use iapt_tuners::{load_tuner, IaptConfig, LoraConfig, PromptTuningConfig, Tuner, TunerConfig};
+use iapt_tuners::{load_tuner, IaptConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig, Tuner, TunerConfig};
 use std::path::PathBuf;
 
 type TB = burn::backend::NdArray;
@@ -37,6 +40,33 @@ fn lora_and_prompt_tuning_round_trip_through_peft_files() {
             assert_eq!(a.config.scale(), b.config.scale());
             assert_eq!(a.config.targets, b.config.targets);
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Prefix tuning goes out with its keys rotated `+n` (PEFT's prompt starts at position `n`) and
+/// its MLP evaluated, and comes back rotated `-n`: the same logits, up to the rotations'
+/// rounding, and PEFT's tensor shape `[n, L · 2 · kv_dim]`.
+#[test]
+fn prefix_tuning_round_trips_through_peft_files_to_the_same_outputs() {
+    let base = LlamaConfig::tiny();
+    let model = common::tiny::<TB>(3, false);
+    let batch = || iapt_model::TokenBatch::dense(common::ids_tensor(&[vec![5, 9, 2, 7, 1], vec![3, 3, 8, 0, 4]]));
+    for (tag, config) in
+        [("direct", PrefixTuningConfig::new().with_num_tokens(3)), ("reparam", PrefixTuningConfig::new().with_num_tokens(2).with_reparam_hidden(Some(6)))]
+    {
+        let tuner = perturbed(TunerConfig::PrefixTuning(config.clone()));
+        let dir = temp(&format!("prefix-{tag}"));
+        save_peft(&dir, &tuner, "tiny").unwrap();
+        let tensors = iapt_tuners::read_safetensors(&dir.join("adapter_model.safetensors")).unwrap();
+        assert_eq!(tensors["prompt_embeddings"].shape, vec![config.num_tokens, 2 * base.num_layers * base.kv_dim()]);
+        let back = load_tuner::<TB>(&dir, &base, &Default::default()).unwrap();
+        assert_eq!(back.name(), "p_tuning_v2");
+        let (want, got) = (common::logits(&model, batch(), &tuner), common::logits(&model, batch(), &back));
+        let bare = common::logits(&model, batch(), &iapt_model::NoHook);
+        let diff = common::max_abs(&want, &got);
+        assert!(diff < 1e-4, "{tag}: logits moved by {diff} through PEFT's layout");
+        assert!(common::max_abs(&want, &bare) > 1e-2, "{tag}: the prefix changes the output");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -23,7 +23,7 @@ fn peft_adapters_give_peft_s_logits_and_greedy_tokens() {
     let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
     let prompt = ids(&expected["prompt_ids"]);
     let max_new_tokens = expected["max_new_tokens"].as_u64().unwrap() as usize;
-    for name in ["bare", "lora", "prompt_tuning"] {
+    for name in ["bare", "lora", "prompt_tuning", "prefix_tuning"] {
         let tuner = (name != "bare").then(|| iapt_tuners::load_tuner::<TB>(&fixtures().join(name), model.config(), &Default::default()).unwrap());
         let hook: &dyn ModelHook<TB> = match &tuner {
             Some(t) => t,

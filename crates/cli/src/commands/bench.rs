@@ -2,14 +2,14 @@
 
 use super::{print_json, ModelArgs};
 use crate::with_backend;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use iapt_experiment::bench::{bench_generate, bench_train, TrainShape};
 use iapt_experiment::model_source::{resolve_model, LoadedModel};
 use iapt_experiment::run_config::{DataSection, RunConfig};
 use iapt_experiment::runs::adapter_dir;
 use iapt_tuners::{IaptConfig, Tuner, TunerKind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -64,6 +64,13 @@ struct MultitenantArgs {
     /// Methods to measure (default: all of bare, iapt, lora_same_params, lora_r8_all7).
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
+    /// Also draw the results as a PNG: decode tokens/s against distinct adapters, one line per
+    /// method, one panel per batch size, the bare model dashed.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+    /// Measure nothing: read the JSON an earlier run printed (then `--plot` draws it).
+    #[arg(long, value_name = "FILE.json", requires = "plot")]
+    from: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -159,7 +166,18 @@ fn train(mut args: TrainArgs) -> Result<()> {
 }
 
 fn multitenant(mut args: MultitenantArgs) -> Result<()> {
-    use iapt_experiment::multitenant::{bench_multitenant, default_methods, MultitenantShape};
+    use iapt_experiment::multitenant::{bench_multitenant, default_methods, MultitenantBench, MultitenantShape};
+    let plot = |bench: &MultitenantBench, path: &Path| -> Result<()> {
+        bench.chart().write_png(path)?;
+        eprintln!("plot written to {}", path.display());
+        Ok(())
+    };
+    if let (Some(from), Some(to)) = (&args.from, &args.plot) {
+        let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+        let bench: MultitenantBench =
+            serde_json::from_str(&text).with_context(|| format!("{}: not the JSON `iapt bench multitenant` prints", from.display()))?;
+        return plot(&bench, to);
+    }
     let path = resolve_model(&args.model.model)?;
     if let Some(set) = args.sets.iter().find(|s| !s.starts_with("tuner.") || s.starts_with("tuner.kind")) {
         anyhow::bail!("--set {set}: bench multitenant takes only IAPT's tuner.* options");
@@ -186,6 +204,10 @@ fn multitenant(mut args: MultitenantArgs) -> Result<()> {
             // The bare model is always measured: every row is reported relative to it.
             methods.retain(|(name, _)| name == "bare" || args.methods.contains(name));
         }
-        print_json(&bench_multitenant(&loaded, &shape, &methods)?)
+        let bench = bench_multitenant(&loaded, &shape, &methods)?;
+        if let Some(to) = &args.plot {
+            plot(&bench, to)?;
+        }
+        print_json(&bench)
     })
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
-    /// Hugging Face PEFT (`peft_type`, PEFT's tensor names): LoRA and prompt tuning.
+    /// Hugging Face PEFT (`peft_type`, PEFT's tensor names): LoRA, prompt tuning and prefix tuning.
     Peft,
 }
 
