@@ -79,9 +79,17 @@ impl Chart {
         labels
     }
 
+    /// Width of one legend entry: a swatch, a gap and the longest label at scale 2.
+    fn legend_slot(&self) -> usize {
+        44 + 16 * self.labels().iter().map(|l| l.chars().count()).max().unwrap_or(0) + 32
+    }
+
+    fn legend_per_row(&self) -> usize {
+        ((self.width() - LEFT) / self.legend_slot()).max(1)
+    }
+
     fn legend_rows(&self) -> usize {
-        let per_row = (self.width() - LEFT) / 220;
-        self.labels().len().div_ceil(per_row.max(1))
+        self.labels().len().div_ceil(self.legend_per_row())
     }
 
     pub fn width(&self) -> usize {
@@ -174,9 +182,9 @@ impl Chart {
         }
         // Legend: a swatch and a label per line, in rows under the panels.
         let dashed: Vec<&String> = self.panels.iter().flat_map(|p| p.levels.iter().map(|l| &l.label)).collect();
-        let per_row = ((self.width() - LEFT) / 220).max(1);
+        let (per_row, slot) = (self.legend_per_row(), self.legend_slot());
         for (k, label) in self.labels().iter().enumerate() {
-            let x = (LEFT + (k % per_row) * 220) as f64;
+            let x = (LEFT + (k % per_row) * slot) as f64;
             let y = (TOP + PANEL_H + BOTTOM + (k / per_row) * LEGEND_ROW + 8) as f64;
             let dash = dashed.contains(&label).then_some(8.0);
             c.line((x, y), (x + 36.0, y), 2.5, self.colour_of(label), dash);
