@@ -302,17 +302,8 @@ impl Canvas {
 
     /// `text` with its top-left corner at `(x, y)`, each font pixel `scale` × `scale`.
     fn text(&mut self, x: usize, y: usize, text: &str, scale: usize, colour: Rgb) {
-        for (k, ch) in text.chars().enumerate() {
-            let glyph = BASIC_FONTS.get(ch).or_else(|| BASIC_FONTS.get('?')).unwrap_or([0; 8]);
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits >> col & 1 == 1 {
-                        for (sy, sx) in (0..scale).flat_map(|sy| (0..scale).map(move |sx| (sy, sx))) {
-                            self.set((x + (k * 8 + col) * scale + sx) as isize, (y + row * scale + sy) as isize, colour);
-                        }
-                    }
-                }
-            }
+        for (along, across) in glyph_pixels(text, scale) {
+            self.set((x + along) as isize, (y + across) as isize, colour);
         }
     }
 
@@ -321,26 +312,27 @@ impl Canvas {
         self.text(cx.saturating_sub(w / 2), y, text, scale, colour);
     }
 
-    /// `text` reading bottom to top, centred on `cy`, its left edge at `x`.
+    /// `text` reading bottom to top, centred on `cy`, its left edge at `x`: the horizontal
+    /// text turned a quarter anticlockwise (along the line -> up, down the glyph -> right).
     fn text_vertical(&mut self, x: usize, cy: usize, text: &str, scale: usize, colour: Rgb) {
-        let len = text.chars().count() * 8 * scale;
-        let bottom = cy + len / 2;
-        for (k, ch) in text.chars().enumerate() {
-            let glyph = BASIC_FONTS.get(ch).or_else(|| BASIC_FONTS.get('?')).unwrap_or([0; 8]);
-            for (row, bits) in glyph.iter().enumerate() {
-                for col in 0..8 {
-                    if bits >> col & 1 == 1 {
-                        for (sy, sx) in (0..scale).flat_map(|sy| (0..scale).map(move |sx| (sy, sx))) {
-                            // Rotated a quarter turn anticlockwise: glyph column -> up, row -> right.
-                            let px = x + row * scale + sy;
-                            let py = bottom as isize - ((k * 8 + col) * scale + sx) as isize;
-                            self.set(px as isize, py, colour);
-                        }
-                    }
-                }
-            }
+        let bottom = cy + text.chars().count() * 8 * scale / 2;
+        for (along, across) in glyph_pixels(text, scale) {
+            self.set((x + across) as isize, bottom as isize - along as isize, colour);
         }
     }
+}
+
+/// The lit pixels of `text` set in the 8×8 font at `scale`, as (along the line, down the glyph)
+/// offsets from the text's start; unknown characters draw as '?'.
+fn glyph_pixels(text: &str, scale: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    text.chars().enumerate().flat_map(move |(k, ch)| {
+        let glyph = BASIC_FONTS.get(ch).or_else(|| BASIC_FONTS.get('?')).unwrap_or([0; 8]);
+        (0..8usize).flat_map(move |row| {
+            (0..8usize)
+                .filter(move |col| glyph[row] >> col & 1 == 1)
+                .flat_map(move |col| (0..scale * scale).map(move |s| ((k * 8 + col) * scale + s % scale, row * scale + s / scale)))
+        })
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! and splits the columns over all cores. Many rows are bound by arithmetic: `gemm`'s packed,
 //! register-blocked kernels with explicit parallelism do that better than anything written here.
 
-use rayon::prelude::*;
+use crate::pool::{self, SendPtr};
 
 /// Rows of `a` up to which the dot-product kernel runs; above it, `gemm`'s packing pays off.
 pub const FEW_ROWS: usize = 16;
@@ -62,7 +62,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
         return out;
     }
-    let threads = rayon::current_num_threads();
+    let threads = pool::team_size();
     if m <= FEW_ROWS && b.row_stride == 1 {
         // Column j of b is contiguous: out[i, j] = <row i of a, column j of b>.
         let copied;
@@ -79,7 +79,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
         // the rows of a tall-thin prefill product poorly).
         let bands = if threads > 1 && n >= 2 * GEMM_BAND { threads.min(n / GEMM_BAND) } else { 1 };
         let width = n.div_ceil(bands).next_multiple_of(GEMM_BAND).min(n);
-        let ptr = OutPtr(out.as_mut_ptr());
+        let ptr = SendPtr(out.as_mut_ptr());
         let band = |j0: usize| {
             #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
             let ptr = ptr;
@@ -113,7 +113,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
         if bands == 1 {
             band(0);
         } else {
-            (0..n.div_ceil(width)).into_par_iter().for_each(|i| band(i * width));
+            pool::run(n.div_ceil(width), &|i| band(i * width));
         }
     }
     out
@@ -129,19 +129,13 @@ pub(crate) fn dot_products_here(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb
     dot_products(a, lda, m, bt, ldb, k, n, out, 1);
 }
 
-/// A pointer that may cross threads: each task writes only its own output columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// `out[i * n + j] = Σ_p a[i * lda + p] · bt[j * ldb + p]` for `i < m`, `j < n`, the columns split
 /// into bands over `threads` threads (a few bands each, so an uneven core still finishes in time).
 #[allow(clippy::too_many_arguments)]
 fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usize, n: usize, out: &mut [f32], threads: usize) {
     assert!(a.len() >= (m - 1) * lda + k && bt.len() >= (n - 1) * ldb + k && out.len() >= m * n);
     let kernel = Kernel::detect();
-    let out = OutPtr(out.as_mut_ptr());
+    let out = SendPtr(out.as_mut_ptr());
     let run = |j0: usize, j1: usize| {
         #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
         let out = out;
@@ -153,7 +147,7 @@ fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usiz
     if bands == 1 {
         run(0, n);
     } else {
-        (0..n.div_ceil(width)).into_par_iter().for_each(|band| run(band * width, ((band + 1) * width).min(n)));
+        pool::run(n.div_ceil(width), &|band| run(band * width, ((band + 1) * width).min(n)));
     }
 }
 
@@ -217,6 +211,10 @@ mod x86 {
                 let k_vec = k - k % $lanes;
                 let mut p = 0;
                 while p < k_vec {
+                    // The next tile's weights follow this one's in memory: ask for them early.
+                    for c in 0..NR {
+                        _mm_prefetch::<_MM_HINT_T0>(cols[c].wrapping_add(p + NR * k) as *const i8);
+                    }
                     let b = [$load(cols[0].add(p)), $load(cols[1].add(p)), $load(cols[2].add(p)), $load(cols[3].add(p))];
                     for r in 0..MR {
                         let a = $load(rows[r].add(p));

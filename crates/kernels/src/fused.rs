@@ -4,15 +4,12 @@
 //! each returns `None` elsewhere and the model runs burn's ops.
 
 use crate::host::{from_vec, with_view, HostView};
+use crate::pool::{self, SendPtr, PARALLEL_ELEMENTS};
 use burn::tensor::{backend::Backend, Bool, Tensor};
-use rayon::prelude::*;
 
 /// Queries per attention task: a block sees only the slots up to its last query, so a causal
 /// prefill skips most of the future, and short prompts still give every core work.
 const QUERY_BLOCK: usize = 16;
-
-/// Below this many output elements the work runs on the calling thread.
-const PARALLEL_ELEMENTS: usize = 1 << 15;
 
 /// `x / sqrt(mean(x²) + eps) * gamma` over the last axis of `x`.
 pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
@@ -32,11 +29,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
                 *o = (v / rms) * g;
             }
         };
-        if x.len() >= PARALLEL_ELEMENTS {
-            out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(row);
-        } else {
-            out.chunks_mut(d).zip(x.chunks(d)).for_each(row);
-        }
+        pool::for_each_chunk_mut(&mut out, d, |i, out| row((out, &x[i * d..][..d])));
         out
     })?;
     from_vec(out, shape)
@@ -50,12 +43,12 @@ pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>
     let shape = gate.dims();
     let up: Vec<f32> = with_view(up, |u| u.to_row_major())?;
     let mut out: Vec<f32> = with_view(gate, |g| g.to_row_major())?;
-    let gated = |(g, u): (&mut f32, &f32)| *g = *g / (1.0 + (-*g).exp()) * u;
-    if out.len() >= PARALLEL_ELEMENTS {
-        out.par_iter_mut().zip(up.par_iter()).for_each(gated);
-    } else {
-        out.iter_mut().zip(&up).for_each(gated);
-    }
+    const PIECE: usize = 4096;
+    pool::for_each_chunk_mut(&mut out, PIECE, |i, gate| {
+        for (g, u) in gate.iter_mut().zip(&up[i * PIECE..]) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
     from_vec(out, shape)
 }
 
@@ -87,11 +80,7 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
             }
         };
         let row = heads * hd;
-        if x.len() >= PARALLEL_ELEMENTS {
-            out.par_chunks_mut(row).zip(x.par_chunks(row)).enumerate().for_each(position);
-        } else {
-            out.chunks_mut(row).zip(x.chunks(row)).enumerate().for_each(position);
-        }
+        pool::for_each_chunk_mut(&mut out, row, |p, out| position((p, (out, &x[p * row..][..row]))));
         out
     })?;
     from_vec(out, [b, t, heads, hd])
@@ -130,7 +119,7 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
             with_view(values, |v| {
                 let (k, v) = (Kv::new(k)?, Kv::new(v)?);
                 let mut out = vec![0.0f32; b * t * heads * hd];
-                let ptr = OutPtr(out.as_mut_ptr());
+                let ptr = SendPtr(out.as_mut_ptr());
                 // One task per (row, KV head): the `groups * t` queries that read this head get
                 // their scores against every slot in one register-tiled product, then a softmax
                 // over the visible slots and a weighted sum of values.
@@ -187,7 +176,7 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
                 let tasks: Vec<(usize, usize, usize)> =
                     (0..b).flat_map(|r| (0..kv_heads).flat_map(move |h| (0..t).step_by(QUERY_BLOCK).map(move |i0| (r, h, i0)))).collect();
                 if t * s * heads * b * hd >= PARALLEL_ELEMENTS {
-                    tasks.into_par_iter().for_each(task);
+                    pool::run(tasks.len(), &|i| task(tasks[i]));
                 } else {
                     tasks.into_iter().for_each(task);
                 }
@@ -225,8 +214,3 @@ impl<'a> Kv<'a> {
         &self.data[start..start + self.hd]
     }
 }
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}

@@ -9,8 +9,8 @@
 //! order, and rows run in parallel. Inference backends only ([`crate::host`]).
 
 use crate::host::{from_vec, with_view, HostView};
+use crate::pool::{self, SendPtr};
 use burn::tensor::{backend::Backend, Tensor};
-use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Below this many multiply-adds the rows run on the calling thread.
@@ -48,7 +48,13 @@ pub fn batched_low_rank<B: Backend>(x: &Tensor<B, 3>, a: &Tensor<B, 3>, b: &Tens
                 }
             };
             if rows > 1 && rows * t * rank * (d_in + d_out) >= PARALLEL_WORK {
-                out.par_chunks_mut(t * d_out).enumerate().for_each(row);
+                let base = SendPtr(out.as_mut_ptr());
+                pool::run(rows, &|r| {
+                    #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
+                    let base = base;
+                    // SAFETY: task r alone writes row r's `t * d_out` outputs; `out` outlives the run.
+                    row((r, unsafe { std::slice::from_raw_parts_mut(base.0.add(r * t * d_out), t * d_out) }));
+                });
             } else {
                 out.chunks_mut(t * d_out).enumerate().for_each(row);
             }

@@ -4,7 +4,7 @@
 //! `layers.3.pooler.queries`, `shared.down.weight`). Files are written atomically. PEFT's own
 //! layout (LoRA, prompt tuning) is read too, recognised by its `peft_type` (see [`crate::peft`]).
 
-use crate::tuner::{Tuner, TunerConfig, TunerModule};
+use crate::tuner::{Tuner, TunerConfig, TunerConfigError, TunerModule};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
 use iapt_model::{HostTensor, LlamaConfig};
@@ -95,8 +95,10 @@ impl AdapterConfig {
         }
         let tag = value.get("tuner").and_then(|v| v.as_str()).ok_or_else(|| bad("missing or invalid `tuner` tag".into()))?;
         let config = value.get("config").ok_or_else(|| bad("missing `config`".into()))?;
-        let known = TunerConfig::KINDS.contains(&tag);
-        let tuner = TunerConfig::from_json(tag, config).map_err(|e| bad(if known { format!("config: {e}") } else { e }))?;
+        let tuner = TunerConfig::from_json(tag, config).map_err(|e| match e {
+            TunerConfigError::UnknownKind(_) => bad(e.to_string()),
+            TunerConfigError::Invalid(reason) => bad(format!("config: {reason}")),
+        })?;
         let base = value.get("base_model").ok_or_else(|| bad("missing `base_model`".into()))?;
         let base_model: BaseModel = serde_json::from_value(base.clone()).map_err(|e| bad(format!("base_model: {e}")))?;
         Ok(Self { tuner, base_model })

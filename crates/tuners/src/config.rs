@@ -28,7 +28,9 @@ macro_rules! tuner_config {
             }
         }
 
-        #[allow(dead_code)]
+        // Public configs' setters are API; only the private configs of this module's tests
+        // leave some unused.
+        #[cfg_attr(test, allow(dead_code))]
         impl $name {
             $(paste::paste! {
                 #[doc = concat!("The same config with `", stringify!($field), "` set.")]

@@ -37,4 +37,4 @@ pub use pooler::{Pooler, PoolerConfig, PoolerKind};
 pub use prefix_tuning::{PrefixEncoder, PrefixTuning, PrefixTuningConfig};
 pub use prompt_tuning::{PromptInit, PromptTuning, PromptTuningConfig};
 pub use rational::{Activation, ActivationConfig, ActivationKind, Rational, RationalConfig};
-pub use tuner::{Tuner, TunerConfig, TunerModule};
+pub use tuner::{Tuner, TunerConfig, TunerConfigError, TunerModule};

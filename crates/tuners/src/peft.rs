@@ -77,53 +77,15 @@ pub fn load_peft<B: Backend>(dir: &Path, value: &Value, config_path: &Path, base
             tuner.load_tensors(ours, &weights_path)
         }
         "PROMPT_TUNING" => {
-            let n = value["num_virtual_tokens"].as_u64().ok_or_else(|| bad("`num_virtual_tokens` must be a positive integer".into()))? as usize;
-            if let Some(d) = value["token_dim"].as_u64().filter(|&d| d as usize != base.hidden_size) {
-                return Err(AdapterError::BaseMismatch {
-                    path: config_path.to_path_buf(),
-                    field: "token_dim".into(),
-                    adapter: d.to_string(),
-                    model: base.hidden_size.to_string(),
-                });
-            }
-            if value["num_transformer_submodules"].as_u64().is_some_and(|m| m != 1) {
-                return Err(bad("num_transformer_submodules must be 1 (a decoder-only model)".into()));
-            }
-            let mut tensors = read_safetensors(&weights_path)?;
-            let prompt = tensors
-                .remove("prompt_embeddings")
-                .ok_or_else(|| AdapterError::MissingTensor { path: weights_path.clone(), tensor: "prompt_embeddings".into() })?;
-            if !tensors.is_empty() {
-                return Err(AdapterError::UnusedTensors { path: weights_path, tensors: tensors.into_keys().collect::<Vec<_>>().join(", ") });
-            }
+            let (n, prompt) = read_virtual_tokens(value, config_path, &weights_path, &[("token_dim", base.hidden_size)])?;
             let config = PromptTuningConfig::new().with_num_tokens(n).with_init(PromptInit::Random);
             let tuner = TunerConfig::PromptTuning(config).init::<B>(base, device).map_err(bad)?;
             tuner.load_tensors(BTreeMap::from([("prompt".to_string(), prompt)]), &weights_path)
         }
         "PREFIX_TUNING" => {
-            let n =
-                value["num_virtual_tokens"].as_u64().filter(|&n| n > 0).ok_or_else(|| bad("`num_virtual_tokens` must be a positive integer".into()))? as usize;
             // PEFT's own sizes, after its grouped-query adjustment (`token_dim` = kv_dim).
-            for (field, model) in [("num_layers", base.num_layers), ("token_dim", base.kv_dim()), ("num_attention_heads", base.num_kv_heads)] {
-                if let Some(found) = value[field].as_u64().filter(|&v| v as usize != model) {
-                    return Err(AdapterError::BaseMismatch {
-                        path: config_path.to_path_buf(),
-                        field: field.into(),
-                        adapter: found.to_string(),
-                        model: model.to_string(),
-                    });
-                }
-            }
-            if value["num_transformer_submodules"].as_u64().is_some_and(|m| m != 1) {
-                return Err(bad("num_transformer_submodules must be 1 (a decoder-only model)".into()));
-            }
-            let mut tensors = read_safetensors(&weights_path)?;
-            let flat = tensors
-                .remove("prompt_embeddings")
-                .ok_or_else(|| AdapterError::MissingTensor { path: weights_path.clone(), tensor: "prompt_embeddings".into() })?;
-            if !tensors.is_empty() {
-                return Err(AdapterError::UnusedTensors { path: weights_path, tensors: tensors.into_keys().collect::<Vec<_>>().join(", ") });
-            }
+            let sizes = [("num_layers", base.num_layers), ("token_dim", base.kv_dim()), ("num_attention_heads", base.num_kv_heads)];
+            let (n, flat) = read_virtual_tokens(value, config_path, &weights_path, &sizes)?;
             let expected = vec![n, 2 * base.num_layers * base.kv_dim()];
             if flat.shape != expected {
                 return Err(AdapterError::ShapeMismatch { path: weights_path, tensor: "prompt_embeddings".into(), found: flat.shape, expected });
@@ -135,6 +97,35 @@ pub fn load_peft<B: Backend>(dir: &Path, value: &Value, config_path: &Path, base
         }
         other => Err(bad(format!("PEFT adapters of type `{other}` are not supported (LORA, PROMPT_TUNING and PREFIX_TUNING are)"))),
     }
+}
+
+/// What PEFT's prompt and prefix tuning share: `num_virtual_tokens`, the `sizes` their config
+/// records (each checked against the base model), one decoder submodule, and a weights file
+/// holding `prompt_embeddings` alone.
+fn read_virtual_tokens(value: &Value, config_path: &Path, weights_path: &Path, sizes: &[(&str, usize)]) -> Result<(usize, HostTensor), AdapterError> {
+    let bad = |reason: &str| AdapterError::Config { path: config_path.to_path_buf(), reason: reason.into() };
+    let n = value["num_virtual_tokens"].as_u64().filter(|&n| n > 0).ok_or_else(|| bad("`num_virtual_tokens` must be a positive integer"))? as usize;
+    for &(field, model) in sizes {
+        if let Some(found) = value[field].as_u64().filter(|&v| v as usize != model) {
+            return Err(AdapterError::BaseMismatch {
+                path: config_path.to_path_buf(),
+                field: field.into(),
+                adapter: found.to_string(),
+                model: model.to_string(),
+            });
+        }
+    }
+    if value["num_transformer_submodules"].as_u64().is_some_and(|m| m != 1) {
+        return Err(bad("num_transformer_submodules must be 1 (a decoder-only model)"));
+    }
+    let mut tensors = read_safetensors(weights_path)?;
+    let embeddings = tensors
+        .remove("prompt_embeddings")
+        .ok_or_else(|| AdapterError::MissingTensor { path: weights_path.to_path_buf(), tensor: "prompt_embeddings".into() })?;
+    if !tensors.is_empty() {
+        return Err(AdapterError::UnusedTensors { path: weights_path.to_path_buf(), tensors: tensors.into_keys().collect::<Vec<_>>().join(", ") });
+    }
+    Ok((n, embeddings))
 }
 
 /// PEFT's flat prefix `[n, L · 2 · kv_dim]` as our keys and values `[L, kv_heads, n, head_dim]`.

@@ -72,11 +72,11 @@ macro_rules! tuners {
 
             /// Parse the config object of tuner `kind`: absent fields take their defaults,
             /// unknown fields and invalid values are refused naming the field.
-            pub fn from_json(kind: &str, config: &serde_json::Value) -> Result<Self, String> {
+            pub fn from_json(kind: &str, config: &serde_json::Value) -> Result<Self, TunerConfigError> {
                 $(if kind == <$config as TunerKind>::NAME {
-                    return Ok(Self::$variant(<$config as TunerKind>::from_json(config)?));
+                    return <$config as TunerKind>::from_json(config).map(Self::$variant).map_err(TunerConfigError::Invalid);
                 })+
-                Err(format!("unknown tuner `{kind}` (known: {})", Self::KINDS.join(", ")))
+                Err(TunerConfigError::UnknownKind(kind.to_string()))
             }
 
             /// The variant's config object, every field present (the `"tuner"` tag is
@@ -202,6 +202,26 @@ tuners! {
     Lora(Lora, LoraConfig),
 }
 
+/// Why a tuner config object was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TunerConfigError {
+    /// The `"tuner"` tag names no registered tuner.
+    UnknownKind(String),
+    /// The tuner is known; its config object is not valid (the message names the field).
+    Invalid(String),
+}
+
+impl std::fmt::Display for TunerConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownKind(kind) => write!(f, "unknown tuner `{kind}` (known: {})", TunerConfig::KINDS.join(", ")),
+            Self::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for TunerConfigError {}
+
 impl Default for TunerConfig {
     /// IAPT with its defaults.
     fn default() -> Self {
@@ -220,10 +240,10 @@ impl<'de> serde::Deserialize<'de> for TunerConfig {
             Some(serde_json::Value::String(kind)) => kind,
             Some(other) => return Err(D::Error::custom(format!("tuner.kind: expected a string, found {other}"))),
         };
-        if !Self::KINDS.contains(&kind.as_str()) {
-            return Err(D::Error::custom(format!("tuner.kind: unknown tuner `{kind}` (known: {})", Self::KINDS.join(", "))));
-        }
-        Self::from_json(&kind, &serde_json::Value::Object(fields)).map_err(|e| D::Error::custom(format!("tuner ({kind}): {e}")))
+        Self::from_json(&kind, &serde_json::Value::Object(fields)).map_err(|e| match e {
+            TunerConfigError::UnknownKind(_) => D::Error::custom(format!("tuner.kind: {e}")),
+            TunerConfigError::Invalid(_) => D::Error::custom(format!("tuner ({kind}): {e}")),
+        })
     }
 }
 
@@ -293,7 +313,7 @@ mod tests {
             assert_eq!(config.name(), *kind);
             assert_eq!(&TunerConfig::from_json(kind, &config.to_json()).unwrap(), config);
         }
-        let err = TunerConfig::from_json("adapter", &serde_json::json!({})).unwrap_err();
+        let err = TunerConfig::from_json("adapter", &serde_json::json!({})).unwrap_err().to_string();
         assert!(err.contains("`adapter`") && err.contains("p_tuning_v2"), "{err}");
     }
 

@@ -372,7 +372,7 @@ fn bad_configs_are_refused_naming_the_field() {
         ("lora", serde_json::json!({"lora_alpha": 16}), "lora_alpha"),
     ];
     for (kind, value, field) in cases {
-        let err = TunerConfig::from_json(kind, &value).unwrap_err();
+        let err = TunerConfig::from_json(kind, &value).unwrap_err().to_string();
         assert!(err.contains(field), "{kind} {value}: `{err}` does not name `{field}`");
     }
     // The same message through an adapter file, naming the file too.
