@@ -206,14 +206,14 @@ mod x86 {
     macro_rules! dot_kernel {
         ($band:ident, $tile:ident, $feature:literal, $v:ty, $lanes:expr, $max_rows:expr, $zero:ident, $load:ident, $fma:ident, $sum:ident) => {
             #[target_feature(enable = $feature)]
-            unsafe fn $tile<const MR: usize>(rows: &[*const f32; MR], cols: &[*const f32; NR], k: usize) -> [[f32; NR]; MR] {
+            unsafe fn $tile<const MR: usize>(rows: &[*const f32; MR], cols: &[*const f32; NR], k: usize, ldb: usize) -> [[f32; NR]; MR] {
                 let mut acc: [[$v; NR]; MR] = [[$zero(); NR]; MR];
                 let k_vec = k - k % $lanes;
                 let mut p = 0;
                 while p < k_vec {
-                    // The next tile's weights follow this one's in memory: ask for them early.
+                    // Ask early for the same stretch of the next tile's columns (NR columns on).
                     for c in 0..NR {
-                        _mm_prefetch::<_MM_HINT_T0>(cols[c].wrapping_add(p + NR * k) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(cols[c].wrapping_add(p + NR * ldb) as *const i8);
                     }
                     let b = [$load(cols[0].add(p)), $load(cols[1].add(p)), $load(cols[2].add(p)), $load(cols[3].add(p))];
                     for r in 0..MR {
@@ -262,10 +262,10 @@ mod x86 {
                         let row = |r: usize| a.add((i + r) * lda);
                         let mut sums = [[0.0f32; NR]; $max_rows];
                         match mr {
-                            1 => super::put(&mut sums, $tile::<1>(&[row(0)], &cols, k)),
-                            2 => super::put(&mut sums, $tile::<2>(&[row(0), row(1)], &cols, k)),
-                            3 => super::put(&mut sums, $tile::<3>(&[row(0), row(1), row(2)], &cols, k)),
-                            _ => super::put(&mut sums, $tile::<4>(&[row(0), row(1), row(2), row(3)], &cols, k)),
+                            1 => super::put(&mut sums, $tile::<1>(&[row(0)], &cols, k, ldb)),
+                            2 => super::put(&mut sums, $tile::<2>(&[row(0), row(1)], &cols, k, ldb)),
+                            3 => super::put(&mut sums, $tile::<3>(&[row(0), row(1), row(2)], &cols, k, ldb)),
+                            _ => super::put(&mut sums, $tile::<4>(&[row(0), row(1), row(2), row(3)], &cols, k, ldb)),
                         }
                         for (r, sums) in sums.iter().enumerate().take(mr) {
                             for (c, &sum) in sums.iter().enumerate().take(nr) {

@@ -29,7 +29,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
                 *o = (v / rms) * g;
             }
         };
-        pool::for_each_chunk_mut(&mut out, d, |i, out| row((out, &x[i * d..][..d])));
+        pool::for_each_chunk_mut(&mut out, d, x.len() >= PARALLEL_ELEMENTS, |i, out| row((out, &x[i * d..][..d])));
         out
     })?;
     from_vec(out, shape)
@@ -44,7 +44,7 @@ pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>
     let up: Vec<f32> = with_view(up, |u| u.to_row_major())?;
     let mut out: Vec<f32> = with_view(gate, |g| g.to_row_major())?;
     const PIECE: usize = 4096;
-    pool::for_each_chunk_mut(&mut out, PIECE, |i, gate| {
+    pool::for_each_chunk_mut(&mut out, PIECE, up.len() >= PARALLEL_ELEMENTS, |i, gate| {
         for (g, u) in gate.iter_mut().zip(&up[i * PIECE..]) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
@@ -80,7 +80,7 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
             }
         };
         let row = heads * hd;
-        pool::for_each_chunk_mut(&mut out, row, |p, out| position((p, (out, &x[p * row..][..row]))));
+        pool::for_each_chunk_mut(&mut out, row, x.len() >= PARALLEL_ELEMENTS, |p, out| position((p, (out, &x[p * row..][..row]))));
         out
     })?;
     from_vec(out, [b, t, heads, hd])

@@ -9,7 +9,7 @@
 //! order, and rows run in parallel. Inference backends only ([`crate::host`]).
 
 use crate::host::{from_vec, with_view, HostView};
-use crate::pool::{self, SendPtr};
+use crate::pool;
 use burn::tensor::{backend::Backend, Tensor};
 use std::borrow::Cow;
 
@@ -47,17 +47,8 @@ pub fn batched_low_rank<B: Backend>(x: &Tensor<B, 3>, a: &Tensor<B, 3>, b: &Tens
                     }
                 }
             };
-            if rows > 1 && rows * t * rank * (d_in + d_out) >= PARALLEL_WORK {
-                let base = SendPtr(out.as_mut_ptr());
-                pool::run(rows, &|r| {
-                    #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
-                    let base = base;
-                    // SAFETY: task r alone writes row r's `t * d_out` outputs; `out` outlives the run.
-                    row((r, unsafe { std::slice::from_raw_parts_mut(base.0.add(r * t * d_out), t * d_out) }));
-                });
-            } else {
-                out.chunks_mut(t * d_out).enumerate().for_each(row);
-            }
+            let parallel = rows > 1 && rows * t * rank * (d_in + d_out) >= PARALLEL_WORK;
+            pool::for_each_chunk_mut(&mut out, t * d_out, parallel, |r, out| row((r, out)));
             Some(out)
         })
     })???;

@@ -36,13 +36,14 @@ pub fn run(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     }
 }
 
-/// `f(i, piece)` for every `chunk`-long piece `i` of `out` (the last may be shorter), spread
-/// over the team in runs of consecutive pieces (a few runs per thread, so a slow core does
-/// not hold the others up). Small outputs run on the calling thread.
-pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+/// `f(i, piece)` for every `chunk`-long piece `i` of `out` (the last may be shorter). With
+/// `parallel` the pieces are spread over the team in runs of consecutive pieces (a few runs per
+/// thread, so a slow core does not hold the others up); otherwise they run on the calling
+/// thread, for work too small to be worth waking the team.
+pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, parallel: bool, f: impl Fn(usize, &mut [T]) + Sync) {
     assert!(chunk > 0, "for_each_chunk_mut: chunk length 0");
     let pieces = out.len().div_ceil(chunk);
-    let runs = if out.len() < PARALLEL_ELEMENTS { 1 } else { pieces.min(team_size() * 4) };
+    let runs = if parallel { pieces.min(team_size() * 4) } else { 1 };
     let per_run = pieces.div_ceil(runs.max(1)).max(1);
     let (len, base) = (out.len(), SendPtr(out.as_mut_ptr()));
     run(pieces.div_ceil(per_run), &|r| {
@@ -58,7 +59,7 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize
     });
 }
 
-/// Below this many output elements [`for_each_chunk_mut`] runs on the calling thread: waking
+/// Below this many output elements an element-wise kernel runs on the calling thread: waking
 /// the team costs more than the work.
 pub const PARALLEL_ELEMENTS: usize = 1 << 15;
 
@@ -154,8 +155,7 @@ impl Pool {
             let _lock = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| self.take_tasks(tasks, task)));
-        IN_JOB.set(false);
+        let mine = self.take_tasks(tasks, task);
         while self.pending.load(Acquire) > 0 {
             std::hint::spin_loop();
         }
@@ -167,16 +167,19 @@ impl Pool {
         }
     }
 
-    fn take_tasks(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    /// Take tasks until none are left, with this thread marked as inside a job (and unmarked
+    /// again however the tasks end).
+    fn take_tasks(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) -> std::thread::Result<()> {
         IN_JOB.set(true);
-        loop {
+        let result = catch_unwind(AssertUnwindSafe(|| loop {
             let i = self.next.fetch_add(1, AcqRel);
             if i >= tasks {
                 break;
             }
             task(i);
-        }
+        }));
         IN_JOB.set(false);
+        result
     }
 
     fn work(&self) {
@@ -189,8 +192,7 @@ impl Pool {
             let job = self.job.lock().unwrap_or_else(|e| e.into_inner()).expect("a job is published before its generation");
             // SAFETY: see `run_job`: the closure lives until `pending` reaches 0 below.
             let task = unsafe { &*job.task };
-            if catch_unwind(AssertUnwindSafe(|| self.take_tasks(job.tasks, task))).is_err() {
-                IN_JOB.set(false);
+            if self.take_tasks(job.tasks, task).is_err() {
                 self.panicked.store(true, SeqCst);
             }
             self.pending.fetch_sub(1, Release);
@@ -268,7 +270,7 @@ mod tests {
     fn chunks_cover_the_output_once_with_their_own_index() {
         for (len, chunk) in [(0usize, 3usize), (1, 1), (10, 3), (PARALLEL_ELEMENTS + 7, 100), (PARALLEL_ELEMENTS * 3, 1)] {
             let mut out = vec![usize::MAX; len];
-            for_each_chunk_mut(&mut out, chunk, |i, piece| {
+            for_each_chunk_mut(&mut out, chunk, len >= PARALLEL_ELEMENTS, |i, piece| {
                 assert!(piece.len() == chunk || (i + 1) * chunk >= len, "piece {i} of {len}/{chunk} is {} long", piece.len());
                 for (k, v) in piece.iter_mut().enumerate() {
                     assert_eq!(*v, usize::MAX, "written twice");
