@@ -2,8 +2,9 @@
 //!
 //! burn-ndarray and burn-flex keep f32 tensors in host memory that can be read in place; their
 //! autodiff wrappers get a backward node whose only gradient is the input's, `dy · wᵀ` (run on the
-//! same kernels). A backend is recognised by its tensor type at run time: the generic model code
-//! calls one function on every backend, and only these four take the fast path.
+//! same kernels), and the fused kernels' nodes of [`crate::grad`] through [`on_autodiff`]. A
+//! backend is recognised by its tensor type at run time: the generic model code calls one
+//! function on every backend, and only these four take the fast path.
 
 use crate::cpu::{self, MatRef};
 use crate::host::{self, HostView};
@@ -21,6 +22,31 @@ use std::any::{Any, TypeId};
 type NdArrayCpu = NdArray<f32>;
 type NdArrayAutodiff = Autodiff<NdArrayCpu>;
 type FlexAutodiff = Autodiff<Flex>;
+
+/// A tensor primitive of the autodiff backend over `I`.
+pub(crate) type AutodiffPrimitive<I> = <Autodiff<I> as BackendTypes>::FloatTensorPrimitive;
+
+/// Whether `B` is one of the autodiff CPU backends (the ones [`on_autodiff`] runs).
+pub(crate) fn autodiff<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() || TypeId::of::<B>() == TypeId::of::<FlexAutodiff>()
+}
+
+/// An operation with its own backward node on the autodiff backend over any inner CPU backend
+/// `I`: `None` when it cannot take these inputs (the caller then runs burn's ops).
+pub(crate) trait HostOp<const N: usize> {
+    fn run<I: Backend>(self, inputs: [AutodiffPrimitive<I>; N]) -> Option<AutodiffPrimitive<I>>;
+}
+
+/// `op` on `inputs` when `B` is an autodiff CPU backend; `None` elsewhere.
+pub(crate) fn on_autodiff<B: Backend, const N: usize, O: HostOp<N>>(op: O, inputs: [B::FloatTensorPrimitive; N]) -> Option<B::FloatTensorPrimitive> {
+    if TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
+        cast(op.run::<NdArrayCpu>(cast(inputs)?)?)
+    } else if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        cast(op.run::<Flex>(cast(inputs)?)?)
+    } else {
+        None
+    }
+}
 
 /// A product on one inner backend's primitives: `None` when the kernels cannot take it (a dtype
 /// other than f32, negative strides), so the caller falls back to burn's matmul.

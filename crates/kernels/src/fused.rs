@@ -1,7 +1,8 @@
-//! Fused inference kernels for the CPU backends: RMSNorm, rotary embedding and causal GQA
+//! Fused kernels for the CPU backends: RMSNorm, SwiGLU gating, rotary embedding and causal GQA
 //! attention over the KV cache, each one pass over its data instead of burn's chain of
-//! element-wise ops, broadcasts, masks and copies. Inference backends only ([`crate::host`]);
-//! each returns `None` elsewhere and the model runs burn's ops.
+//! element-wise ops, broadcasts, masks and copies. The inference backends ([`crate::host`]) run
+//! them directly; their autodiff wrappers run them with backward nodes of their own
+//! ([`crate::grad`]); each returns `None` elsewhere and the model runs burn's ops.
 
 use crate::host::{from_vec, with_view, HostView};
 use crate::pool::{self, SendPtr, PARALLEL_ELEMENTS};
@@ -16,23 +17,33 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
     if !crate::enabled() {
         return None;
     }
+    if crate::backends::autodiff::<B>() {
+        return crate::grad::rms_norm(x, gamma, eps);
+    }
     let gamma: Vec<f32> = with_view(gamma, |g| g.to_row_major())?;
     let shape = x.dims();
-    let out = with_view(x, |x| {
-        let x = x.to_row_major();
-        let d = gamma.len();
-        let mut out = vec![0.0f32; x.len()];
-        let row = |(out, x): (&mut [f32], &[f32])| {
-            let mean = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            let rms = (mean + eps as f32).sqrt();
-            for ((o, v), g) in out.iter_mut().zip(x).zip(&gamma) {
-                *o = (v / rms) * g;
-            }
-        };
-        pool::for_each_chunk_mut(&mut out, d, x.len() >= PARALLEL_ELEMENTS, |i, out| row((out, &x[i * d..][..d])));
-        out
-    })?;
+    let out = with_view(x, |x| rms_norm_rows(&x.to_row_major(), &gamma, eps as f32))?;
     from_vec(out, shape)
+}
+
+/// [`rms_norm`] of the rows of `x` (row-major, rows of `gamma.len()`).
+pub(crate) fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+    let d = gamma.len();
+    let mut out = vec![0.0f32; x.len()];
+    pool::for_each_chunk_mut(&mut out, d, x.len() >= PARALLEL_ELEMENTS, |i, out| {
+        let x = &x[i * d..][..d];
+        let rms = rms(x, eps);
+        for ((o, v), g) in out.iter_mut().zip(x).zip(gamma) {
+            *o = (v / rms) * g;
+        }
+    });
+    out
+}
+
+/// `sqrt(mean(x²) + eps)` of one row.
+pub(crate) fn rms(x: &[f32], eps: f32) -> f32 {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    (mean + eps).sqrt()
 }
 
 /// `silu(gate) * up` (SwiGLU's gating), element-wise over same-shaped tensors.
@@ -40,16 +51,26 @@ pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>
     if !crate::enabled() || gate.dims() != up.dims() {
         return None;
     }
+    if crate::backends::autodiff::<B>() {
+        return crate::grad::swiglu(gate, up);
+    }
     let shape = gate.dims();
     let up: Vec<f32> = with_view(up, |u| u.to_row_major())?;
-    let mut out: Vec<f32> = with_view(gate, |g| g.to_row_major())?;
-    const PIECE: usize = 4096;
-    pool::for_each_chunk_mut(&mut out, PIECE, up.len() >= PARALLEL_ELEMENTS, |i, gate| {
+    let gate: Vec<f32> = with_view(gate, |g| g.to_row_major())?;
+    from_vec(swiglu_values(gate, &up), shape)
+}
+
+/// Pieces of element-wise work handed to one task.
+pub(crate) const PIECE: usize = 4096;
+
+/// [`swiglu`] of row-major values, written over `gate`.
+pub(crate) fn swiglu_values(mut gate: Vec<f32>, up: &[f32]) -> Vec<f32> {
+    pool::for_each_chunk_mut(&mut gate, PIECE, up.len() >= PARALLEL_ELEMENTS, |i, gate| {
         for (g, u) in gate.iter_mut().zip(&up[i * PIECE..]) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
     });
-    from_vec(out, shape)
+    gate
 }
 
 /// Rotary embedding of `x` `[b, t, heads, hd]` with `cos` / `signed_sin` `[b, t, 1, hd]`:
@@ -59,31 +80,46 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
     if !crate::enabled() {
         return None;
     }
-    let [b, t, heads, hd] = x.dims();
+    let [b, t, _heads, hd] = x.dims();
     if cos.dims() != [b, t, 1, hd] || signed_sin.dims() != [b, t, 1, hd] || hd % 2 != 0 {
         return None;
     }
+    if crate::backends::autodiff::<B>() {
+        return crate::grad::rope(x, cos, signed_sin);
+    }
     let cos: Vec<f32> = with_view(cos, |c| c.to_row_major())?;
     let sin: Vec<f32> = with_view(signed_sin, |s| s.to_row_major())?;
-    let out = with_view(x, |x| {
-        let x = x.to_row_major();
-        let half = hd / 2;
-        let mut out = vec![0.0f32; x.len()];
-        // One position (b, t) at a time: its heads share one row of the tables.
-        let position = |(p, (out, x)): (usize, (&mut [f32], &[f32]))| {
-            let (cos, sin) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
-            for (out, x) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)) {
-                for d in 0..hd {
-                    let swapped = x[(d + half) % hd];
-                    out[d] = x[d] * cos[d] + swapped * sin[d];
-                }
+    let out = with_view(x, |x| rotate(&x.to_row_major(), &cos, &sin, hd, Rotation::Forward))?;
+    from_vec(out, x.dims())
+}
+
+/// Which way [`rotate`] turns: the embedding itself, or its transpose (the input's gradient).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Rotation {
+    Forward,
+    Transposed,
+}
+
+/// Rotate every head of row-major `x` `[positions, heads, hd]`, where each position's heads
+/// share one `hd`-long row of `cos` / `sin` `[positions, hd]`. Forward: `out[d] = x[d]·cos[d] +
+/// x[σd]·sin[d]` with `σd = (d + hd/2) mod hd`; transposed: `out[d] = x[d]·cos[d] + x[σd]·sin[σd]`.
+pub(crate) fn rotate(x: &[f32], cos: &[f32], sin: &[f32], hd: usize, rotation: Rotation) -> Vec<f32> {
+    let half = hd / 2;
+    let positions = cos.len() / hd;
+    let row = x.len() / positions.max(1);
+    let mut out = vec![0.0f32; x.len()];
+    // One position (b, t) at a time: its heads share one row of the tables.
+    pool::for_each_chunk_mut(&mut out, row, x.len() >= PARALLEL_ELEMENTS, |p, out| {
+        let (cos, sin) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
+        for (out, x) in out.chunks_exact_mut(hd).zip(x[p * row..][..row].chunks_exact(hd)) {
+            for d in 0..hd {
+                let partner = (d + half) % hd;
+                let sin = if rotation == Rotation::Forward { sin[d] } else { sin[partner] };
+                out[d] = x[d] * cos[d] + x[partner] * sin;
             }
-        };
-        let row = heads * hd;
-        pool::for_each_chunk_mut(&mut out, row, x.len() >= PARALLEL_ELEMENTS, |p, out| position((p, (out, &x[p * row..][..row]))));
-        out
-    })?;
-    from_vec(out, [b, t, heads, hd])
+        }
+    });
+    out
 }
 
 /// Causal grouped-query attention of `q` `[b, t, heads, hd]` (RoPE applied) over `keys` /
@@ -93,7 +129,8 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
 /// read (the KV cache's spare room is not). Returns `[b, t, heads * hd]`, the layout the
 /// output projection takes.
 pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Tensor<B, 4>, key_valid: &Tensor<B, 2, Bool>, s: usize) -> Option<Tensor<B, 3>> {
-    if !crate::enabled() || !crate::host::readable::<B>() {
+    let autodiff = crate::backends::autodiff::<B>();
+    if !crate::enabled() || !(crate::host::readable::<B>() || autodiff) {
         return None;
     }
     let [b, t, heads, hd] = q.dims();
@@ -111,91 +148,125 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
     }
     let all_valid: Vec<bool> = key_valid.clone().into_data().to_vec().ok()?;
     let valid: Vec<bool> = all_valid.chunks(capacity).flat_map(|row| row[..s].iter().copied()).collect();
-    let scale = 1.0 / (hd as f32).sqrt();
-    let groups = heads / kv_heads;
+    let shape = AttentionShape { b, t, heads, kv_heads, hd, s };
+    if autodiff {
+        return crate::grad::attention(q, keys, values, valid, shape);
+    }
     let out = with_view(q, |q| {
         let q = q.to_row_major();
-        with_view(keys, |k| {
-            with_view(values, |v| {
-                let (k, v) = (Kv::new(k)?, Kv::new(v)?);
-                let mut out = vec![0.0f32; b * t * heads * hd];
-                let ptr = SendPtr(out.as_mut_ptr());
-                // One task per (row, KV head): the `groups * t` queries that read this head get
-                // their scores against every slot in one register-tiled product, then a softmax
-                // over the visible slots and a weighted sum of values.
-                // One task per (row, KV head, block of queries): the block's `groups * n` queries
-                // get their scores against the slots they can see (up to the block's last query)
-                // in one register-tiled product, then a softmax over the visible slots and a
-                // weighted sum of values.
-                let task = |(row, kvh, i0): (usize, usize, usize)| {
-                    #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
-                    let ptr = ptr;
-                    let n = QUERY_BLOCK.min(t - i0);
-                    let seen = s - t + i0 + n; // slots up to and including the block's last query
-                    let queries = groups * n;
-                    let mut qbuf = vec![0.0f32; queries * hd];
-                    for g in 0..groups {
-                        for i in 0..n {
-                            let head = kvh * groups + g;
-                            qbuf[(g * n + i) * hd..][..hd].copy_from_slice(&q[((row * t + i0 + i) * heads + head) * hd..][..hd]);
-                        }
-                    }
-                    let mut scores = vec![0.0f32; queries * seen];
-                    let (keys, stride) = k.rows(row, kvh, seen);
-                    crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, seen, &mut scores);
-                    let mut acc = vec![0.0f32; hd];
-                    for (query, scores) in scores.chunks_exact_mut(seen).enumerate() {
-                        let (g, i) = (query / n, i0 + query % n);
-                        let slot = s - t + i;
-                        let visible = |j: usize| j == slot || (j < slot && valid[row * s + j]);
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, score) in scores.iter_mut().enumerate() {
-                            *score = if visible(j) { *score * scale } else { f32::NEG_INFINITY };
-                            max = max.max(*score);
-                        }
-                        let mut total = 0.0f32;
-                        acc.fill(0.0);
-                        for (j, score) in scores.iter().enumerate().take(slot + 1) {
-                            if *score == f32::NEG_INFINITY {
-                                continue;
-                            }
-                            let p = (score - max).exp();
-                            total += p;
-                            for (a, x) in acc.iter_mut().zip(v.row(row, kvh, j)) {
-                                *a += p * x;
-                            }
-                        }
-                        let head = kvh * groups + g;
-                        // SAFETY: task (row, kvh, i0) alone writes these queries of its heads.
-                        let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(((row * t + i) * heads + head) * hd), hd) };
-                        for (o, a) in out.iter_mut().zip(&acc) {
-                            *o = a / total;
-                        }
-                    }
-                };
-                let tasks: Vec<(usize, usize, usize)> =
-                    (0..b).flat_map(|r| (0..kv_heads).flat_map(move |h| (0..t).step_by(QUERY_BLOCK).map(move |i0| (r, h, i0)))).collect();
-                if t * s * heads * b * hd >= PARALLEL_ELEMENTS {
-                    pool::run(tasks.len(), &|i| task(tasks[i]));
-                } else {
-                    tasks.into_iter().for_each(task);
-                }
-                Some(out)
-            })
-        })
+        with_view(keys, |k| with_view(values, |v| Some(attention_values(&q, &Kv::new(k)?, &Kv::new(v)?, &valid, &shape))))
     })????;
     from_vec(out, [b, t, heads * hd])
 }
 
+/// The sizes of one attention call: `t` queries of `heads` heads over the first `s` slots of
+/// `kv_heads` heads, `hd` wide, in each of `b` rows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionShape {
+    pub b: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub hd: usize,
+    pub s: usize,
+}
+
+impl AttentionShape {
+    pub fn groups(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.hd as f32).sqrt()
+    }
+
+    /// Whether query `i` (of `t`) of `row` may see slot `j`: valid slots up to its own, and
+    /// always its own (so even a padding query has one slot to attend to).
+    pub fn visible(&self, valid: &[bool], row: usize, i: usize, j: usize) -> bool {
+        let slot = self.s - self.t + i;
+        j == slot || (j < slot && valid[row * self.s + j])
+    }
+
+    /// Whether a call is big enough to spread over the pool.
+    pub fn parallel(&self) -> bool {
+        self.t * self.s * self.heads * self.b * self.hd >= PARALLEL_ELEMENTS
+    }
+}
+
+/// [`attention`] on row-major queries `[b, t, heads, hd]` and valid flags `[b, s]`: the
+/// output `[b, t, heads * hd]`.
+pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape: &AttentionShape) -> Vec<f32> {
+    let AttentionShape { b, t, heads, kv_heads, hd, s } = *shape;
+    let (groups, scale) = (shape.groups(), shape.scale());
+    let mut out = vec![0.0f32; b * t * heads * hd];
+    let ptr = SendPtr(out.as_mut_ptr());
+    // One task per (row, KV head, block of queries): the block's `groups * n` queries get their
+    // scores against the slots they can see (up to the block's last query) in one
+    // register-tiled product, then a softmax over the visible slots and a weighted sum of values.
+    let task = |(row, kvh, i0): (usize, usize, usize)| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
+        let ptr = ptr;
+        let n = QUERY_BLOCK.min(t - i0);
+        let seen = s - t + i0 + n; // slots up to and including the block's last query
+        let queries = groups * n;
+        let mut qbuf = vec![0.0f32; queries * hd];
+        for g in 0..groups {
+            for i in 0..n {
+                let head = kvh * groups + g;
+                qbuf[(g * n + i) * hd..][..hd].copy_from_slice(&q[((row * t + i0 + i) * heads + head) * hd..][..hd]);
+            }
+        }
+        let mut scores = vec![0.0f32; queries * seen];
+        let (keys, stride) = k.rows(row, kvh, seen);
+        crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, seen, &mut scores);
+        let mut acc = vec![0.0f32; hd];
+        for (query, scores) in scores.chunks_exact_mut(seen).enumerate() {
+            let (g, i) = (query / n, i0 + query % n);
+            let slot = s - t + i;
+            let mut max = f32::NEG_INFINITY;
+            for (j, score) in scores.iter_mut().enumerate() {
+                *score = if shape.visible(valid, row, i, j) { *score * scale } else { f32::NEG_INFINITY };
+                max = max.max(*score);
+            }
+            let mut total = 0.0f32;
+            acc.fill(0.0);
+            for (j, score) in scores.iter().enumerate().take(slot + 1) {
+                if *score == f32::NEG_INFINITY {
+                    continue;
+                }
+                let p = (score - max).exp();
+                total += p;
+                for (a, x) in acc.iter_mut().zip(v.row(row, kvh, j)) {
+                    *a += p * x;
+                }
+            }
+            let head = kvh * groups + g;
+            // SAFETY: task (row, kvh, i0) alone writes these queries of its heads.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(((row * t + i) * heads + head) * hd), hd) };
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = a / total;
+            }
+        }
+    };
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..b).flat_map(|r| (0..kv_heads).flat_map(move |h| (0..t).step_by(QUERY_BLOCK).map(move |i0| (r, h, i0)))).collect();
+    if shape.parallel() {
+        pool::run(tasks.len(), &|i| task(tasks[i]));
+    } else {
+        tasks.into_iter().for_each(task);
+    }
+    out
+}
+
 /// Keys or values `[b, kv_heads, s, hd]` with a contiguous last axis.
-struct Kv<'a> {
+pub(crate) struct Kv<'a> {
     data: &'a [f32],
     strides: [usize; 3],
     hd: usize,
 }
 
 impl<'a> Kv<'a> {
-    fn new(view: HostView<'a>) -> Option<Self> {
+    pub fn new(view: HostView<'a>) -> Option<Self> {
         if !view.inner_contiguous() || view.shape.len() != 4 {
             return None;
         }
@@ -203,13 +274,18 @@ impl<'a> Kv<'a> {
     }
 
     /// The `slots` slots of (row, head) from its first element, and the stride between slots.
-    fn rows(&self, row: usize, head: usize, slots: usize) -> (&'a [f32], usize) {
+    /// Contiguous `[b, kv_heads, capacity, hd]` values.
+    pub fn row_major(data: &'a [f32], kv_heads: usize, capacity: usize, hd: usize) -> Self {
+        Self { data, strides: [kv_heads * capacity * hd, capacity * hd, hd], hd }
+    }
+
+    pub fn rows(&self, row: usize, head: usize, slots: usize) -> (&'a [f32], usize) {
         let start = row * self.strides[0] + head * self.strides[1];
         let span = if slots == 0 { 0 } else { (slots - 1) * self.strides[2] + self.hd };
         (&self.data[start..start + span], self.strides[2])
     }
 
-    fn row(&self, row: usize, head: usize, slot: usize) -> &'a [f32] {
+    pub fn row(&self, row: usize, head: usize, slot: usize) -> &'a [f32] {
         let start = row * self.strides[0] + head * self.strides[1] + slot * self.strides[2];
         &self.data[start..start + self.hd]
     }

@@ -1,7 +1,7 @@
 //! f32 tensors of the inference CPU backends (ndarray, flex) read in place and built from vectors.
 //!
-//! The fused inference kernels ([`crate::fused`]) run only on these: an autodiff backend needs
-//! backward nodes for them, so it keeps burn's own ops (and still gets the frozen products).
+//! The fused kernels ([`crate::fused`]) read these tensors in place; their autodiff wrappers
+//! read the inner tensors through the same functions.
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;

@@ -9,8 +9,8 @@
 //!   (`[d_out, d_in]`, the checkpoints' own layout), bandwidth-bound;
 //! - many rows (prefill, training): `gemm` with explicit parallelism.
 //!
-//! [`fused`] adds one-pass RMSNorm, rotary embedding and causal attention for the inference
-//! backends (ndarray, flex without autodiff). All of them split their work over [`pool`], a
+//! [`fused`] adds one-pass RMSNorm, SwiGLU gating, rotary embedding and causal attention for
+//! the CPU backends (ndarray, flex), with backward nodes of their own under autodiff (`grad`). All of them split their work over [`pool`], a
 //! team whose workers spin between jobs, so the ~200 products of a decode step do not each
 //! wait for a sleeping thread to wake.
 //!
@@ -23,6 +23,7 @@ pub mod backends;
 pub mod bandwidth;
 pub mod cpu;
 pub mod fused;
+mod grad;
 pub mod host;
 pub mod low_rank;
 pub mod pool;

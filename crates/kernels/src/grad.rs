@@ -1,0 +1,361 @@
+//! Backward nodes for the fused kernels on the autodiff CPU backends (ndarray and flex under
+//! `Autodiff`), so training runs the same one-pass RMSNorm, SwiGLU, RoPE and attention as
+//! inference instead of burn's chains of element-wise ops, each with its own saved tensors.
+//!
+//! The backbone is frozen: RMSNorm's gain and RoPE's tables are constants (a gain that takes
+//! gradients is refused and burn's ops run), while activations, the tuners' prefix keys and
+//! values, and SwiGLU's two inputs all get their gradients here. Each node keeps the
+//! row-major values its backward reads; attention recomputes its probabilities from them.
+
+use crate::backends::{on_autodiff, AutodiffPrimitive, HostOp};
+use crate::cpu::{self, MatRef};
+use crate::fused::{self, attention_values, rotate, AttentionShape, Kv, Rotation, PIECE};
+use crate::host;
+use crate::pool::{self, SendPtr, PARALLEL_ELEMENTS};
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+use burn_autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
+use std::sync::Arc;
+
+/// [`fused::rms_norm`] on an autodiff backend, with the gain frozen.
+pub(crate) fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
+    if gamma.is_require_grad() {
+        return None;
+    }
+    let gamma: Vec<f32> = gamma.to_data().convert::<f32>().to_vec().ok()?;
+    let op = RmsNorm { gamma: Arc::new(gamma), eps: eps as f32, shape: x.dims().to_vec() };
+    run(op, [x])
+}
+
+/// [`fused::swiglu`] on an autodiff backend: both inputs get gradients.
+pub(crate) fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    run(Swiglu { shape: gate.dims().to_vec() }, [gate, up])
+}
+
+/// [`fused::rope`] on an autodiff backend, the tables constant.
+pub(crate) fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    if cos.is_require_grad() || signed_sin.is_require_grad() {
+        return None;
+    }
+    let table = |t: &Tensor<B, 4>| t.to_data().convert::<f32>().to_vec::<f32>().ok().map(Arc::new);
+    let op = Rope { cos: table(cos)?, sin: table(signed_sin)?, shape: x.dims().to_vec() };
+    run(op, [x])
+}
+
+/// [`fused::attention`] on an autodiff backend: queries, keys and values get gradients.
+pub(crate) fn attention<B: Backend>(
+    q: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+    valid: Vec<bool>,
+    shape: AttentionShape,
+) -> Option<Tensor<B, 3>> {
+    let capacity = keys.dims()[2];
+    let out: Tensor<B, 4> = run(Attention { valid: Arc::new(valid), shape, capacity }, [q, keys, values])?;
+    let [b, t, heads, hd] = out.dims();
+    Some(out.reshape([b, t, heads * hd]))
+}
+
+/// Run `op` on `inputs`' primitives; its output has the first input's rank.
+fn run<B: Backend, const D: usize, const E: usize, const N: usize>(op: impl HostOp<N>, inputs: [&Tensor<B, E>; N]) -> Option<Tensor<B, D>> {
+    let primitives = inputs.map(|t| t.clone().into_primitive().tensor());
+    let out = on_autodiff::<B, N, _>(op, primitives)?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+/// An inner primitive's values in row-major order.
+fn values<I: Backend>(primitive: &I::FloatTensorPrimitive) -> Option<Vec<f32>> {
+    host::with_primitive_view(primitive, |v| v.to_row_major())
+}
+
+/// An inner primitive holding `values` (row-major `shape`); only called for the CPU backends
+/// [`on_autodiff`] admits, whose primitives can always be built.
+fn primitive<I: Backend>(values: Vec<f32>, shape: &[usize]) -> I::FloatTensorPrimitive {
+    host::primitive_from_vec(values, shape).expect("a CPU backend's tensor from a vector")
+}
+
+/// A gradient arriving in a backward pass, as row-major values.
+fn gradient<I: Backend>(grad: &I::FloatTensorPrimitive) -> Vec<f32> {
+    values::<I>(grad).expect("a CPU backend's gradient is readable")
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: y = x·g / r, r = sqrt(mean(x²) + eps). With u = g ⊙ dy:
+// dx = (u − x · Σ(x ⊙ u) / (d · r²)) / r.
+
+#[derive(Clone, Debug)]
+struct RmsNorm {
+    gamma: Arc<Vec<f32>>,
+    eps: f32,
+    shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct RmsNormState {
+    op: RmsNorm,
+    x: Arc<Vec<f32>>,
+}
+
+impl HostOp<1> for RmsNorm {
+    fn run<I: Backend>(self, [x]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
+        let xs = values::<I>(&x.primitive)?;
+        let y = primitive::<I>(fused::rms_norm_rows(&xs, &self.gamma, self.eps), &self.shape);
+        Some(match RmsNormBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(RmsNormState { op: self, x: Arc::new(xs) }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<I: Backend> Backward<I, 1> for RmsNormBackward {
+    type State = RmsNormState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let RmsNormState { op, x } = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let dy = gradient::<I>(&grad);
+            let (gamma, d) = (&op.gamma[..], op.gamma.len());
+            let mut dx = vec![0.0f32; dy.len()];
+            pool::for_each_chunk_mut(&mut dx, d, dy.len() >= PARALLEL_ELEMENTS, |i, dx| {
+                let (x, dy) = (&x[i * d..][..d], &dy[i * d..][..d]);
+                let r = fused::rms(x, op.eps);
+                let xu: f32 = x.iter().zip(dy).zip(gamma).map(|((x, dy), g)| x * g * dy).sum();
+                let c = xu / (d as f32 * r * r);
+                for (((dx, x), dy), g) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
+                    *dx = (g * dy - x * c) / r;
+                }
+            });
+            primitive::<I>(dx, &op.shape)
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: y = silu(g) · u, σ = sigmoid(g): dg = dy · u · σ · (1 + g · (1 − σ)), du = dy · g · σ.
+
+#[derive(Clone, Debug)]
+struct Swiglu {
+    shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct SwigluState {
+    shape: Vec<usize>,
+    gate: Arc<Vec<f32>>,
+    up: Arc<Vec<f32>>,
+}
+
+impl HostOp<2> for Swiglu {
+    fn run<I: Backend>(self, [gate, up]: [AutodiffPrimitive<I>; 2]) -> Option<AutodiffPrimitive<I>> {
+        let (g, u) = (values::<I>(&gate.primitive)?, values::<I>(&up.primitive)?);
+        let y = primitive::<I>(fused::swiglu_values(g.clone(), &u), &self.shape);
+        Some(match SwigluBackward.prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(SwigluState { shape: self.shape, gate: Arc::new(g), up: Arc::new(u) }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl<I: Backend> Backward<I, 2> for SwigluBackward {
+    type State = SwigluState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let SwigluState { shape, gate, up } = ops.state;
+        // `grad(dy, element)` for one input, over pieces of the flat tensors.
+        let each = |grad: I::FloatTensorPrimitive, f: &(dyn Fn(f32, f32, f32) -> f32 + Sync)| {
+            let mut d = gradient::<I>(&grad);
+            pool::for_each_chunk_mut(&mut d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| {
+                for ((d, g), u) in d.iter_mut().zip(&gate[i * PIECE..]).zip(&up[i * PIECE..]) {
+                    *d = f(*d, *g, *u);
+                }
+            });
+            primitive::<I>(d, &shape)
+        };
+        binary::<I, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| {
+                each(grad, &|dy, g, u| {
+                    let s = 1.0 / (1.0 + (-g).exp());
+                    dy * u * s * (1.0 + g * (1.0 - s))
+                })
+            },
+            |grad| each(grad, &|dy, g, _| dy * g / (1.0 + (-g).exp())),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE: y = x ⊙ cos + swap(x) ⊙ sin is linear in x; its transpose gives dx from dy.
+
+#[derive(Clone, Debug)]
+struct Rope {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    shape: Vec<usize>,
+}
+
+impl HostOp<1> for Rope {
+    fn run<I: Backend>(self, [x]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
+        let hd = self.shape[3];
+        let y = primitive::<I>(rotate(&values::<I>(&x.primitive)?, &self.cos, &self.sin, hd, Rotation::Forward), &self.shape);
+        Some(match RopeBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(self, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl<I: Backend> Backward<I, 1> for RopeBackward {
+    type State = Rope;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let Rope { cos, sin, shape } = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| primitive::<I>(rotate(&gradient::<I>(&grad), &cos, &sin, shape[3], Rotation::Transposed), &shape));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention, per (row, KV head), with P = softmax(scale · Q Kᵀ) over the visible slots and
+// O = P V: dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = scale · dS K,
+// dK = scale · dSᵀ Q. The query heads sharing a KV head are one task, so its dK and dV are
+// summed over them without sharing a buffer between tasks.
+
+#[derive(Clone, Debug)]
+struct Attention {
+    valid: Arc<Vec<bool>>,
+    shape: AttentionShape,
+    /// Slots in the key and value buffers (at least `shape.s`).
+    capacity: usize,
+}
+
+#[derive(Clone, Debug)]
+struct AttentionState {
+    op: Attention,
+    q: Arc<Vec<f32>>,
+    k: Arc<Vec<f32>>,
+    v: Arc<Vec<f32>>,
+    out: Arc<Vec<f32>>,
+}
+
+impl HostOp<3> for Attention {
+    fn run<I: Backend>(self, [q, k, v]: [AutodiffPrimitive<I>; 3]) -> Option<AutodiffPrimitive<I>> {
+        let AttentionShape { b, t, heads, kv_heads, hd, .. } = self.shape;
+        let (qs, ks, vs) = (values::<I>(&q.primitive)?, values::<I>(&k.primitive)?, values::<I>(&v.primitive)?);
+        let (kview, vview) = (Kv::row_major(&ks, kv_heads, self.capacity, hd), Kv::row_major(&vs, kv_heads, self.capacity, hd));
+        let out = attention_values(&qs, &kview, &vview, &self.valid, &self.shape);
+        let y = primitive::<I>(out.clone(), &[b, t, heads, hd]);
+        let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+        Some(match AttentionBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let state = AttentionState { op: self, q: Arc::new(qs), k: Arc::new(ks), v: Arc::new(vs), out: Arc::new(out) };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<I: Backend> Backward<I, 3> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let state = ops.state;
+        let d_out = gradient::<I>(&grads.consume::<I>(&ops.node));
+        let (dq, dk, dv) = attention_gradients(&state, &d_out);
+        let AttentionShape { b, t, heads, kv_heads, hd, .. } = state.op.shape;
+        let kv_shape = [b, kv_heads, state.op.capacity, hd];
+        let [q, k, v] = ops.parents;
+        for (parent, grad, shape) in [(q, dq, &[b, t, heads, hd]), (k, dk, &kv_shape), (v, dv, &kv_shape)] {
+            if let Some(node) = parent {
+                grads.register::<I>(node.id, primitive::<I>(grad, shape));
+            }
+        }
+    }
+}
+
+/// A view of one attention operand (in bounds by construction).
+fn matrix(data: &[f32], rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> MatRef<'_> {
+    MatRef::new(data, rows, cols, row_stride, col_stride).expect("attention operand in bounds")
+}
+
+/// The gradients of queries, keys and values (row-major, the inputs' shapes) from the output's.
+fn attention_gradients(state: &AttentionState, d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let AttentionState { op, q, k, v, out } = state;
+    let shape = op.shape;
+    let AttentionShape { b, t, heads, kv_heads, hd, s } = shape;
+    let (groups, scale, capacity) = (shape.groups(), shape.scale(), op.capacity);
+    let queries = groups * t;
+    let mut dq = vec![0.0f32; q.len()];
+    let mut dk = vec![0.0f32; k.len()];
+    let mut dv = vec![0.0f32; v.len()];
+    let (dq_ptr, dk_ptr, dv_ptr) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    let task = |task: usize| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrappers whole, not their raw-pointer fields
+        let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
+        let (row, kvh) = (task / kv_heads, task % kv_heads);
+        // This KV head's queries, query `g * t + i` being head `kvh * groups + g` at position i.
+        let at = |query: usize| ((row * t + query % t) * heads + kvh * groups + query / t) * hd;
+        let gather = |from: &[f32]| -> Vec<f32> { (0..queries).flat_map(|query| from[at(query)..][..hd].iter().copied()).collect() };
+        let (qb, ob, dob) = (gather(q), gather(out), gather(d_out));
+        let base = (row * kv_heads + kvh) * capacity * hd;
+        let (keys, vals) = (&k[base..][..s * hd], &v[base..][..s * hd]);
+        // P, the probabilities the forward pass used.
+        let mut p = cpu::matmul(matrix(&qb, queries, hd, hd, 1), matrix(keys, hd, s, 1, hd));
+        for (query, scores) in p.chunks_exact_mut(s).enumerate() {
+            let i = query % t;
+            let mut max = f32::NEG_INFINITY;
+            for (j, score) in scores.iter_mut().enumerate() {
+                *score = if shape.visible(&op.valid, row, i, j) { *score * scale } else { f32::NEG_INFINITY };
+                max = max.max(*score);
+            }
+            let mut total = 0.0f32;
+            for score in scores.iter_mut() {
+                *score = if *score == f32::NEG_INFINITY { 0.0 } else { (*score - max).exp() };
+                total += *score;
+            }
+            scores.iter_mut().for_each(|p| *p /= total);
+        }
+        let d_values = cpu::matmul(matrix(&p, s, queries, 1, s), matrix(&dob, queries, hd, hd, 1));
+        // dS (scaled), written over dP = dO Vᵀ.
+        let mut ds = cpu::matmul(matrix(&dob, queries, hd, hd, 1), matrix(vals, hd, s, 1, hd));
+        for (query, (ds, p)) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)).enumerate() {
+            let delta: f32 = dob[query * hd..][..hd].iter().zip(&ob[query * hd..][..hd]).map(|(a, b)| a * b).sum();
+            for (ds, p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - delta) * scale;
+            }
+        }
+        let d_queries = cpu::matmul(matrix(&ds, queries, s, s, 1), matrix(keys, s, hd, hd, 1));
+        let d_keys = cpu::matmul(matrix(&ds, s, queries, 1, s), matrix(&qb, queries, hd, hd, 1));
+        // SAFETY: task (row, kvh) alone writes this KV head's slots of dk / dv and the rows of
+        // dq that belong to its query heads; the buffers outlive the pool job.
+        unsafe {
+            std::slice::from_raw_parts_mut(dk_ptr.0.add(base), s * hd).copy_from_slice(&d_keys);
+            std::slice::from_raw_parts_mut(dv_ptr.0.add(base), s * hd).copy_from_slice(&d_values);
+            for query in 0..queries {
+                std::slice::from_raw_parts_mut(dq_ptr.0.add(at(query)), hd).copy_from_slice(&d_queries[query * hd..][..hd]);
+            }
+        }
+    };
+    let tasks = b * kv_heads;
+    if shape.parallel() {
+        pool::run(tasks, &task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    (dq, dk, dv)
+}

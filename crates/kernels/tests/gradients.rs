@@ -1,0 +1,155 @@
+//! The fused kernels' backward nodes on the autodiff CPU backends against burn's own ops and
+//! autodiff on the same expressions: outputs and every input's gradient.
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Bool, Distribution, Tensor, TensorData};
+use iapt_kernels::fused::{attention, rms_norm, rope, swiglu};
+
+fn host<B: burn::tensor::backend::Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * scale.max(1e-3), "{what}: element {i}: {g} vs {w} (largest {scale})");
+    }
+}
+
+/// A random tensor that takes gradients.
+fn tracked<B: AutodiffBackend, const D: usize>(shape: [usize; D], std: f64) -> Tensor<B, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), &Default::default()).require_grad()
+}
+
+/// `sum(out · w)` for a fixed random `w`: every output element gets its own upstream gradient.
+fn weighted_sum<B: AutodiffBackend, const D: usize>(out: Tensor<B, D>, w: &Tensor<B, D>) -> Tensor<B, 1> {
+    (out * w.clone()).sum()
+}
+
+/// The fused op (`fused`) and burn's (`reference`) on the same inputs: equal outputs and
+/// gradients for each input, `what` naming them.
+fn compare<B: AutodiffBackend, const D: usize, const E: usize>(
+    inputs: &[Tensor<B, E>],
+    fused: impl Fn(&[Tensor<B, E>]) -> Option<Tensor<B, D>>,
+    reference: impl Fn(&[Tensor<B, E>]) -> Tensor<B, D>,
+    what: &str,
+) {
+    let got = fused(inputs).unwrap_or_else(|| panic!("{what}: the fused kernel declined an autodiff CPU backend"));
+    let want = reference(inputs);
+    assert_eq!(got.dims(), want.dims(), "{what}: output shape");
+    assert_close(&host(&got), &host(&want), 1e-5, &format!("{what}: output"));
+    let w = Tensor::<B, D>::random(want.dims(), Distribution::Normal(0.0, 1.0), &Default::default());
+    let got_grads = weighted_sum(got, &w).backward();
+    let want_grads = weighted_sum(want, &w).backward();
+    for (i, input) in inputs.iter().enumerate() {
+        let got = input.grad(&got_grads).unwrap_or_else(|| panic!("{what}: input {i} got no gradient from the fused node"));
+        let want = input.grad(&want_grads).unwrap();
+        assert_close(&host(&got), &host(&want), 1e-4, &format!("{what}: gradient of input {i}"));
+    }
+}
+
+fn rms_norm_gradients<B: AutodiffBackend>() {
+    let device = Default::default();
+    let d = 37;
+    let gamma = Tensor::<B, 1>::random([d], Distribution::Normal(1.0, 0.5), &device);
+    let reference = |x: &[Tensor<B, 3>]| {
+        let x = x[0].clone();
+        let rms = (x.clone().powi_scalar(2).mean_dim(2) + 1e-5).sqrt();
+        x / rms * gamma.clone().reshape([1, 1, d])
+    };
+    compare(&[tracked::<B, 3>([2, 5, d], 2.0)], |x| rms_norm(&x[0], &gamma, 1e-5), reference, "rms_norm");
+    // A gain that takes gradients is left to burn's ops, which give it one.
+    assert!(rms_norm(&tracked::<B, 3>([1, 2, d], 1.0), &gamma.clone().require_grad(), 1e-5).is_none());
+}
+
+fn swiglu_gradients<B: AutodiffBackend>() {
+    let inputs = [tracked::<B, 3>([2, 3, 50], 3.0), tracked::<B, 3>([2, 3, 50], 1.0)];
+    compare(&inputs, |x| swiglu(&x[0], &x[1]), |x| silu(x[0].clone()) * x[1].clone(), "swiglu");
+}
+
+fn rope_gradients<B: AutodiffBackend>() {
+    let device = Default::default();
+    let (b, t, heads, hd) = (2, 5, 3, 8);
+    let angles = Tensor::<B, 4>::random([b, t, 1, hd / 2], Distribution::Uniform(-3.0, 3.0), &device);
+    let (cos, sin) = (angles.clone().cos(), angles.sin());
+    let cos = Tensor::cat(vec![cos.clone(), cos], 3);
+    let signed_sin = Tensor::cat(vec![sin.clone().neg(), sin], 3);
+    let reference = |x: &[Tensor<B, 4>]| {
+        let x = x[0].clone();
+        let swapped = Tensor::cat(vec![x.clone().narrow(3, hd / 2, hd / 2), x.clone().narrow(3, 0, hd / 2)], 3);
+        x * cos.clone() + swapped * signed_sin.clone()
+    };
+    compare(&[tracked::<B, 4>([b, t, heads, hd], 1.0)], |x| rope(&x[0], &cos, &signed_sin), reference, "rope");
+}
+
+/// Causal GQA attention in burn's ops with the kernels' visibility rule: a query sees the valid
+/// slots up to its own and always its own; slots past `s` are never read.
+fn reference_attention<B: AutodiffBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, valid: &[bool], s: usize) -> Tensor<B, 3> {
+    let [b, t, heads, hd] = q.dims();
+    let kv = k.dims()[1];
+    let groups = heads / kv;
+    let repeat = |x: Tensor<B, 4>| x.narrow(2, 0, s).unsqueeze_dim::<5>(2).expand([b, kv, groups, s, hd]).reshape([b, heads, s, hd]);
+    let hidden: Vec<bool> = (0..b)
+        .flat_map(|r| (0..t).flat_map(move |i| (0..s).map(move |j| (r, s - t + i, j))))
+        .map(|(r, slot, j)| !(j == slot || (j < slot && valid[r * s + j])))
+        .collect();
+    let hidden = Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [b, 1, t, s]), &q.device()).expand([b, heads, t, s]);
+    let scores = q.swap_dims(1, 2).matmul(repeat(k).swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+    let probs = softmax(scores.mask_fill(hidden, -1.0e9), 3);
+    probs.matmul(repeat(v)).swap_dims(1, 2).reshape([b, t, heads * hd])
+}
+
+fn attention_gradients<B: AutodiffBackend>() {
+    let device = Default::default();
+    // Training's shapes (t = s: keys are the prompt's, or prefix + prompt) with padding, GQA,
+    // one KV head for all, and decode-like t < s inside buffers with spare slots.
+    for &(b, t, s, capacity, heads, kv, hd) in
+        &[(2, 6, 6, 6, 6, 2, 8), (2, 5, 9, 9, 4, 2, 16), (3, 7, 7, 7, 4, 1, 12), (2, 3, 8, 12, 6, 3, 8), (1, 40, 44, 44, 2, 2, 8)]
+    {
+        let q = tracked::<B, 4>([b, t, heads, hd], 1.0);
+        let k = tracked::<B, 4>([b, kv, capacity, hd], 1.0);
+        let v = tracked::<B, 4>([b, kv, capacity, hd], 1.0);
+        // Row r has its first r slots invalid (left padding); one middle slot of row 0 invalid.
+        let valid: Vec<bool> = (0..b).flat_map(|r| (0..s).map(move |j| j >= r && !(r == 0 && j == s / 2 && j < s - t))).collect();
+        let padded: Vec<bool> = valid.chunks(s).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(false, capacity - s))).collect();
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(padded, [b, capacity]), &device);
+        compare(
+            &[q, k, v],
+            |x| attention(&x[0], &x[1], &x[2], &mask, s),
+            |x| reference_attention(x[0].clone(), x[1].clone(), x[2].clone(), &valid, s),
+            &format!("attention b{b} t{t} s{s} capacity{capacity} heads{heads}/{kv} hd{hd}"),
+        );
+    }
+}
+
+#[test]
+fn autodiff_ndarray_fused_gradients_match_burns_ops() {
+    type B = Autodiff<NdArray>;
+    rms_norm_gradients::<B>();
+    swiglu_gradients::<B>();
+    rope_gradients::<B>();
+    attention_gradients::<B>();
+}
+
+#[test]
+fn autodiff_flex_fused_gradients_match_burns_ops() {
+    type B = Autodiff<Flex>;
+    rms_norm_gradients::<B>();
+    swiglu_gradients::<B>();
+    rope_gradients::<B>();
+    attention_gradients::<B>();
+}
+
+/// Without inputs that take gradients the fused ops still run, and record nothing to go back
+/// through.
+#[test]
+fn untracked_inputs_run_forward_only() {
+    type B = Autodiff<NdArray>;
+    let x = Tensor::<B, 3>::random([2, 3, 8], Distribution::Normal(0.0, 1.0), &Default::default());
+    let y = swiglu(&x, &x).expect("fused on autodiff");
+    assert!(!y.is_require_grad());
+    assert_close(&host(&y), &host(&(silu(x.clone()) * x)), 1e-6, "untracked swiglu");
+}
