@@ -65,11 +65,7 @@ pub(crate) const PIECE: usize = 4096;
 
 /// [`swiglu`] of row-major values, written over `gate`.
 pub(crate) fn swiglu_values(mut gate: Vec<f32>, up: &[f32]) -> Vec<f32> {
-    pool::for_each_chunk_mut(&mut gate, PIECE, up.len() >= PARALLEL_ELEMENTS, |i, gate| {
-        for (g, u) in gate.iter_mut().zip(&up[i * PIECE..]) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
-    });
+    pool::for_each_chunk_mut(&mut gate, PIECE, up.len() >= PARALLEL_ELEMENTS, |i, gate| crate::simd::silu_mul(gate, &up[i * PIECE..]));
     gate
 }
 
@@ -111,11 +107,22 @@ pub(crate) fn rotate(x: &[f32], cos: &[f32], sin: &[f32], hd: usize, rotation: R
     // One position (b, t) at a time: its heads share one row of the tables.
     pool::for_each_chunk_mut(&mut out, row, x.len() >= PARALLEL_ELEMENTS, |p, out| {
         let (cos, sin) = (&cos[p * hd..(p + 1) * hd], &sin[p * hd..(p + 1) * hd]);
+        // The halves in turn, each element's partner in the other half (no index arithmetic
+        // per element, so the loops vectorise).
+        let (sin_lo, sin_hi) = sin.split_at(half);
+        let (cos_lo, cos_hi) = cos.split_at(half);
+        let (partner_sin_lo, partner_sin_hi) = match rotation {
+            Rotation::Forward => (sin_lo, sin_hi),
+            Rotation::Transposed => (sin_hi, sin_lo),
+        };
         for (out, x) in out.chunks_exact_mut(hd).zip(x[p * row..][..row].chunks_exact(hd)) {
-            for d in 0..hd {
-                let partner = (d + half) % hd;
-                let sin = if rotation == Rotation::Forward { sin[d] } else { sin[partner] };
-                out[d] = x[d] * cos[d] + x[partner] * sin;
+            let (x_lo, x_hi) = x.split_at(half);
+            let (out_lo, out_hi) = out.split_at_mut(half);
+            for (((o, x), partner), (c, s)) in out_lo.iter_mut().zip(x_lo).zip(x_hi).zip(cos_lo.iter().zip(partner_sin_lo)) {
+                *o = x * c + partner * s;
+            }
+            for (((o, x), partner), (c, s)) in out_hi.iter_mut().zip(x_hi).zip(x_lo).zip(cos_hi.iter().zip(partner_sin_hi)) {
+                *o = x * c + partner * s;
             }
         }
     });

@@ -12,6 +12,7 @@ use crate::cpu::{self, MatRef};
 use crate::fused::{self, attention_values, rotate, AttentionShape, Kv, Rotation, PIECE};
 use crate::host;
 use crate::pool::{self, SendPtr, PARALLEL_ELEMENTS};
+use crate::simd;
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn_autodiff::grads::Gradients;
@@ -135,7 +136,7 @@ impl<I: Backend> Backward<I, 1> for RmsNormBackward {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SwiGLU: y = silu(g) · u, σ = sigmoid(g): dg = dy · u · σ · (1 + g · (1 − σ)), du = dy · g · σ.
+// SwiGLU: y = silu(g) · u (the gradients' formulas are in `simd`).
 
 #[derive(Clone, Debug)]
 struct Swiglu {
@@ -168,27 +169,18 @@ impl<I: Backend> Backward<I, 2> for SwigluBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let SwigluState { shape, gate, up } = ops.state;
-        // `grad(dy, element)` for one input, over pieces of the flat tensors.
-        let each = |grad: I::FloatTensorPrimitive, f: &(dyn Fn(f32, f32, f32) -> f32 + Sync)| {
+        // One input's gradient from the output's, over pieces of the flat tensors.
+        let pieces = |grad: I::FloatTensorPrimitive, f: &(dyn Fn(&mut [f32], usize) + Sync)| {
             let mut d = gradient::<I>(&grad);
-            pool::for_each_chunk_mut(&mut d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| {
-                for ((d, g), u) in d.iter_mut().zip(&gate[i * PIECE..]).zip(&up[i * PIECE..]) {
-                    *d = f(*d, *g, *u);
-                }
-            });
+            pool::for_each_chunk_mut(&mut d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| f(d, i * PIECE));
             primitive::<I>(d, &shape)
         };
         binary::<I, _, _>(
             ops.parents,
             ops.node,
             grads,
-            |grad| {
-                each(grad, &|dy, g, u| {
-                    let s = 1.0 / (1.0 + (-g).exp());
-                    dy * u * s * (1.0 + g * (1.0 - s))
-                })
-            },
-            |grad| each(grad, &|dy, g, _| dy * g / (1.0 + (-g).exp())),
+            |grad| pieces(grad, &|d, at| simd::silu_mul_gate_grad(d, &gate[at..], &up[at..])),
+            |grad| pieces(grad, &|d, at| simd::silu_mul_up_grad(d, &gate[at..])),
         );
     }
 }

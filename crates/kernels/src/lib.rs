@@ -27,6 +27,7 @@ mod grad;
 pub mod host;
 pub mod low_rank;
 pub mod pool;
+mod simd;
 
 use burn::tensor::{backend::Backend, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
