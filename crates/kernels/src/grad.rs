@@ -39,9 +39,9 @@ pub(crate) fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin:
     if cos.is_require_grad() || signed_sin.is_require_grad() {
         return None;
     }
-    let table = |t: &Tensor<B, 4>| t.to_data().convert::<f32>().to_vec::<f32>().ok().map(Arc::new);
-    let op = Rope { cos: table(cos)?, sin: table(signed_sin)?, shape: x.dims().to_vec() };
-    run(op, [x])
+    // The tables travel as inputs and are read in place (burn's `to_data` of the concatenated
+    // tables costs more than the rotation).
+    run(Rope { shape: x.dims().to_vec() }, [x, cos, signed_sin])
 }
 
 /// [`fused::attention`] on an autodiff backend: queries, keys and values get gradients.
@@ -190,17 +190,24 @@ impl<I: Backend> Backward<I, 2> for SwigluBackward {
 
 #[derive(Clone, Debug)]
 struct Rope {
+    shape: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+struct RopeState {
     cos: Arc<Vec<f32>>,
     sin: Arc<Vec<f32>>,
     shape: Vec<usize>,
 }
 
-impl HostOp<1> for Rope {
-    fn run<I: Backend>(self, [x]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
+impl HostOp<3> for Rope {
+    fn run<I: Backend>(self, [x, cos, sin]: [AutodiffPrimitive<I>; 3]) -> Option<AutodiffPrimitive<I>> {
+        let (cos, sin) = (values::<I>(&cos.primitive)?, values::<I>(&sin.primitive)?);
         let hd = self.shape[3];
-        let y = primitive::<I>(rotate(&values::<I>(&x.primitive)?, &self.cos, &self.sin, hd, Rotation::Forward), &self.shape);
+        let y = primitive::<I>(rotate(&values::<I>(&x.primitive)?, &cos, &sin, hd, Rotation::Forward), &self.shape);
+        // Only `x` is a parent: the tables are constants.
         Some(match RopeBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(self, y),
+            OpsKind::Tracked(prep) => prep.finish(RopeState { cos: Arc::new(cos), sin: Arc::new(sin), shape: self.shape }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         })
     }
@@ -210,10 +217,10 @@ impl HostOp<1> for Rope {
 struct RopeBackward;
 
 impl<I: Backend> Backward<I, 1> for RopeBackward {
-    type State = Rope;
+    type State = RopeState;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let Rope { cos, sin, shape } = ops.state;
+        let RopeState { cos, sin, shape } = ops.state;
         unary::<I, _>(ops.parents, ops.node, grads, |grad| primitive::<I>(rotate(&gradient::<I>(&grad), &cos, &sin, shape[3], Rotation::Transposed), &shape));
     }
 }
