@@ -58,6 +58,13 @@ pub(crate) fn attention<B: Backend>(
     Some(out.reshape([b, t, heads * hd]))
 }
 
+/// `x · w` on an autodiff backend with both operands taking gradients (a tuner's own factors).
+pub(crate) fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let ([m, k], [k2, n]) = (x.dims(), w.dims());
+    (k == k2).then_some(())?;
+    run(Matmul { m, k, n }, [x, w])
+}
+
 /// Run `op` on `inputs`' primitives; its output has the first input's rank.
 fn run<B: Backend, const D: usize, const E: usize, const N: usize>(op: impl HostOp<N>, inputs: [&Tensor<B, E>; N]) -> Option<Tensor<B, D>> {
     let primitives = inputs.map(|t| t.clone().into_primitive().tensor());
@@ -222,6 +229,53 @@ impl<I: Backend> Backward<I, 1> for RopeBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let RopeState { cos, sin, shape } = ops.state;
         unary::<I, _>(ops.parents, ops.node, grads, |grad| primitive::<I>(rotate(&gradient::<I>(&grad), &cos, &sin, shape[3], Rotation::Transposed), &shape));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Products: y = x w, dx = dy wᵀ, dw = xᵀ dy, all on `cpu::matmul` (the transposes are views).
+
+#[derive(Clone, Debug)]
+struct Matmul {
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+#[derive(Clone, Debug)]
+struct MatmulState {
+    op: Matmul,
+    x: Arc<Vec<f32>>,
+    w: Arc<Vec<f32>>,
+}
+
+impl HostOp<2> for Matmul {
+    fn run<I: Backend>(self, [x, w]: [AutodiffPrimitive<I>; 2]) -> Option<AutodiffPrimitive<I>> {
+        let Matmul { m, k, n } = self;
+        let (xs, ws) = (values::<I>(&x.primitive)?, values::<I>(&w.primitive)?);
+        let y = primitive::<I>(cpu::matmul(matrix(&xs, m, k, k, 1), matrix(&ws, k, n, n, 1)), &[m, n]);
+        Some(match MatmulBackward.prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(MatmulState { op: self, x: Arc::new(xs), w: Arc::new(ws) }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<I: Backend> Backward<I, 2> for MatmulBackward {
+    type State = MatmulState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let MatmulState { op: Matmul { m, k, n }, x, w } = ops.state;
+        binary::<I, _, _>(
+            ops.parents,
+            ops.node,
+            grads,
+            |grad| primitive::<I>(cpu::matmul(matrix(&gradient::<I>(&grad), m, n, n, 1), matrix(&w, n, k, 1, n)), &[m, k]),
+            |grad| primitive::<I>(cpu::matmul(matrix(&x, k, m, 1, k), matrix(&gradient::<I>(&grad), m, n, n, 1)), &[k, n]),
+        );
     }
 }
 

@@ -51,6 +51,23 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 
     }
 }
 
+/// `x · w` for `x` `[m, k]` and `w` `[k, n]` where both may take gradients (a tuner's own
+/// factors): on the autodiff CPU backends a node whose backward runs the kernels too
+/// (`dx = dy · wᵀ`, `dw = xᵀ · dy`); a frozen `w` goes to [`frozen_matmul`]; elsewhere burn's
+/// matmul.
+pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    if !w.is_require_grad() {
+        return frozen_matmul(x, w);
+    }
+    if enabled() && backends::autodiff::<B>() {
+        if let Some(out) = grad::matmul(&x, &w) {
+            KERNEL_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+            return out;
+        }
+    }
+    x.matmul(w)
+}
+
 static KERNEL_PRODUCTS: AtomicU64 = AtomicU64::new(0);
 
 /// How many [`frozen_matmul`] calls the kernels have served in this process (the rest ran

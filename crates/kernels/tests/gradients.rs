@@ -1,5 +1,6 @@
-//! The fused kernels' backward nodes on the autodiff CPU backends against burn's own ops and
-//! autodiff on the same expressions: outputs and every input's gradient.
+//! The kernels' backward nodes on the autodiff CPU backends (products of trainable operands, the
+//! fused ops) against burn's own ops and autodiff on the same expressions: outputs and every
+//! input's gradient.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::{silu, softmax};
@@ -48,6 +49,15 @@ fn compare<B: AutodiffBackend, const D: usize, const E: usize>(
         let got = input.grad(&got_grads).unwrap_or_else(|| panic!("{what}: input {i} got no gradient from the fused node"));
         let want = input.grad(&want_grads).unwrap();
         assert_close(&host(&got), &host(&want), 1e-4, &format!("{what}: gradient of input {i}"));
+    }
+}
+
+/// Both operands take gradients (a tuner's factors), on shapes the kernels split different ways
+/// (one row, a thin rank, a tall product).
+fn matmul_gradients<B: AutodiffBackend>() {
+    for &(m, k, n) in &[(1, 9, 5), (40, 33, 8), (70, 8, 130)] {
+        let inputs = [tracked::<B, 2>([m, k], 1.0), tracked::<B, 2>([k, n], 1.0)];
+        compare(&inputs, |x| Some(iapt_kernels::matmul(x[0].clone(), x[1].clone())), |x| x[0].clone().matmul(x[1].clone()), &format!("matmul {m}x{k}x{n}"));
     }
 }
 
@@ -128,6 +138,7 @@ fn attention_gradients<B: AutodiffBackend>() {
 #[test]
 fn autodiff_ndarray_fused_gradients_match_burns_ops() {
     type B = Autodiff<NdArray>;
+    matmul_gradients::<B>();
     rms_norm_gradients::<B>();
     swiglu_gradients::<B>();
     rope_gradients::<B>();
@@ -137,6 +148,7 @@ fn autodiff_ndarray_fused_gradients_match_burns_ops() {
 #[test]
 fn autodiff_flex_fused_gradients_match_burns_ops() {
     type B = Autodiff<Flex>;
+    matmul_gradients::<B>();
     rms_norm_gradients::<B>();
     swiglu_gradients::<B>();
     rope_gradients::<B>();

@@ -190,7 +190,8 @@ impl<B: Backend> ModelHook<B> for Lora<B> {
         let dtype = x.dtype();
         let a = pair.lora_a.val();
         let x = self.dropout.forward(x.clone().cast(FloatDType::from(a.dtype()))).reshape([b * t, i]);
-        let delta = x.matmul(a).matmul(pair.lora_b.val()) * self.config.scale();
+        // On the CPU backends both thin products (and their gradients) run the kernels.
+        let delta = iapt_kernels::matmul(iapt_kernels::matmul(x, a), pair.lora_b.val()) * self.config.scale();
         let out = delta.dims()[1];
         Some(delta.reshape([b, t, out]).cast(FloatDType::from(dtype)))
     }
