@@ -31,6 +31,19 @@ pub(crate) fn autodiff<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() || TypeId::of::<B>() == TypeId::of::<FlexAutodiff>()
 }
 
+/// Whether `tensor` is on an autodiff CPU backend and in the graph: a parameter that takes
+/// gradients or anything computed from one (`is_require_grad` is true for the first only).
+pub(crate) fn tracked<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    let primitive = tensor.clone().into_primitive().tensor();
+    if TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
+        cast::<_, AutodiffPrimitive<NdArrayCpu>>(primitive).is_some_and(|p| p.is_tracked())
+    } else if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        cast::<_, AutodiffPrimitive<Flex>>(primitive).is_some_and(|p| p.is_tracked())
+    } else {
+        false
+    }
+}
+
 /// An operation with its own backward node on the autodiff backend over any inner CPU backend
 /// `I`: `None` when it cannot take these inputs (the caller then runs burn's ops).
 pub(crate) trait HostOp<const N: usize> {

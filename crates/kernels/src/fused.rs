@@ -14,7 +14,8 @@ const QUERY_BLOCK: usize = 16;
 
 /// `x / sqrt(mean(x²) + eps) * gamma` over the last axis of `x`.
 pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
-    if !crate::enabled() {
+    let d = x.dims()[D - 1];
+    if !crate::enabled() || gamma.dims() != [d] || x.dims().contains(&0) {
         return None;
     }
     if crate::backends::autodiff::<B>() {
@@ -48,7 +49,7 @@ pub(crate) fn rms(x: &[f32], eps: f32) -> f32 {
 
 /// `silu(gate) * up` (SwiGLU's gating), element-wise over same-shaped tensors.
 pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>) -> Option<Tensor<B, D>> {
-    if !crate::enabled() || gate.dims() != up.dims() {
+    if !crate::enabled() || gate.dims() != up.dims() || gate.dims().contains(&0) {
         return None;
     }
     if crate::backends::autodiff::<B>() {
@@ -77,7 +78,7 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
         return None;
     }
     let [b, t, _heads, hd] = x.dims();
-    if cos.dims() != [b, t, 1, hd] || signed_sin.dims() != [b, t, 1, hd] || hd % 2 != 0 {
+    if cos.dims() != [b, t, 1, hd] || signed_sin.dims() != [b, t, 1, hd] || hd % 2 != 0 || x.dims().contains(&0) {
         return None;
     }
     if crate::backends::autodiff::<B>() {
@@ -142,7 +143,8 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
     }
     let [b, t, heads, hd] = q.dims();
     let [kb, kv_heads, capacity, khd] = keys.dims();
-    if kb != b
+    if q.dims().contains(&0)
+        || kb != b
         || khd != hd
         || values.dims() != keys.dims()
         || key_valid.dims() != [b, capacity]

@@ -2,12 +2,12 @@
 //! `Autodiff`), so training runs the same one-pass RMSNorm, SwiGLU, RoPE and attention as
 //! inference instead of burn's chains of element-wise ops, each with its own saved tensors.
 //!
-//! The backbone is frozen: RMSNorm's gain and RoPE's tables are constants (a gain that takes
-//! gradients is refused and burn's ops run), while activations, the tuners' prefix keys and
+//! The backbone is frozen: RMSNorm's gain and RoPE's tables are constants (a gain or table in
+//! the graph is refused and burn's ops run), while activations, the tuners' prefix keys and
 //! values, and SwiGLU's two inputs all get their gradients here. Each node keeps the
 //! row-major values its backward reads; attention recomputes its probabilities from them.
 
-use crate::backends::{on_autodiff, AutodiffPrimitive, HostOp};
+use crate::backends::{on_autodiff, tracked, AutodiffPrimitive, HostOp};
 use crate::cpu::{self, MatRef};
 use crate::fused::{self, attention_values, rotate, AttentionShape, Kv, Rotation, PIECE};
 use crate::host;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 /// [`fused::rms_norm`] on an autodiff backend, with the gain frozen.
 pub(crate) fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
-    if gamma.is_require_grad() {
+    if tracked(gamma) {
         return None;
     }
     let gamma: Vec<f32> = gamma.to_data().convert::<f32>().to_vec().ok()?;
@@ -36,7 +36,7 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tenso
 
 /// [`fused::rope`] on an autodiff backend, the tables constant.
 pub(crate) fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
-    if cos.is_require_grad() || signed_sin.is_require_grad() {
+    if tracked(cos) || tracked(signed_sin) {
         return None;
     }
     // The tables travel as inputs and are read in place (burn's `to_data` of the concatenated

@@ -56,10 +56,10 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 
 /// (`dx = dy · wᵀ`, `dw = xᵀ · dy`); a frozen `w` goes to [`frozen_matmul`]; elsewhere burn's
 /// matmul.
 pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-    if !w.is_require_grad() {
+    if !backends::tracked(&w) {
         return frozen_matmul(x, w);
     }
-    if enabled() && backends::autodiff::<B>() {
+    if enabled() {
         if let Some(out) = grad::matmul(&x, &w) {
             KERNEL_PRODUCTS.fetch_add(1, Ordering::Relaxed);
             return out;
@@ -70,8 +70,8 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
 
 static KERNEL_PRODUCTS: AtomicU64 = AtomicU64::new(0);
 
-/// How many [`frozen_matmul`] calls the kernels have served in this process (the rest ran
-/// burn's matmul): lets tests and benchmarks show which path ran.
+/// How many [`frozen_matmul`] and [`matmul`] calls the kernels have served in this process (the
+/// rest ran burn's matmul): lets tests and benchmarks show which path ran.
 pub fn kernel_products() -> u64 {
     KERNEL_PRODUCTS.load(Ordering::Relaxed)
 }

@@ -71,13 +71,23 @@ fn rms_norm_gradients<B: AutodiffBackend>() {
         x / rms * gamma.clone().reshape([1, 1, d])
     };
     compare(&[tracked::<B, 3>([2, 5, d], 2.0)], |x| rms_norm(&x[0], &gamma, 1e-5), reference, "rms_norm");
-    // A gain that takes gradients is left to burn's ops, which give it one.
-    assert!(rms_norm(&tracked::<B, 3>([1, 2, d], 1.0), &gamma.clone().require_grad(), 1e-5).is_none());
+    // Enough rows to be split over the pool.
+    compare(&[tracked::<B, 3>([8, 120, d], 2.0)], |x| rms_norm(&x[0], &gamma, 1e-5), reference, "rms_norm, parallel");
+    // A gain in the graph (a parameter, or computed from one) is left to burn's ops, which give
+    // it its gradient; so is one of the wrong length.
+    let x = tracked::<B, 3>([1, 2, d], 1.0);
+    assert!(rms_norm(&x, &gamma.clone().require_grad(), 1e-5).is_none());
+    assert!(rms_norm(&x, &(gamma.clone().require_grad() * 2.0), 1e-5).is_none());
+    assert!(rms_norm(&x, &gamma.clone().narrow(0, 0, d - 1), 1e-5).is_none());
 }
 
 fn swiglu_gradients<B: AutodiffBackend>() {
     let inputs = [tracked::<B, 3>([2, 3, 50], 3.0), tracked::<B, 3>([2, 3, 50], 1.0)];
     compare(&inputs, |x| swiglu(&x[0], &x[1]), |x| silu(x[0].clone()) * x[1].clone(), "swiglu");
+    // Many pieces over the pool, read through a strided (transposed) layout.
+    let inputs = [tracked::<B, 3>([25, 4, 1000], 3.0), tracked::<B, 3>([25, 4, 1000], 1.0)];
+    let strided = |x: &Tensor<B, 3>| x.clone().swap_dims(0, 1);
+    compare(&inputs, |x| swiglu(&strided(&x[0]), &strided(&x[1])), |x| silu(strided(&x[0])) * strided(&x[1]), "swiglu, parallel and strided");
 }
 
 fn rope_gradients<B: AutodiffBackend>() {
@@ -93,6 +103,8 @@ fn rope_gradients<B: AutodiffBackend>() {
         x * cos.clone() + swapped * signed_sin.clone()
     };
     compare(&[tracked::<B, 4>([b, t, heads, hd], 1.0)], |x| rope(&x[0], &cos, &signed_sin), reference, "rope");
+    // Tables in the graph are left to burn's ops.
+    assert!(rope(&tracked::<B, 4>([b, t, heads, hd], 1.0), &(cos.clone().require_grad() * 1.0), &signed_sin).is_none());
 }
 
 /// Causal GQA attention in burn's ops with the kernels' visibility rule: a query sees the valid
@@ -115,9 +127,10 @@ fn reference_attention<B: AutodiffBackend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: 
 fn attention_gradients<B: AutodiffBackend>() {
     let device = Default::default();
     // Training's shapes (t = s: keys are the prompt's, or prefix + prompt) with padding, GQA,
-    // one KV head for all, and decode-like t < s inside buffers with spare slots.
+    // one KV head for all, decode-like t < s inside buffers with spare slots, and one big
+    // enough to be split over the pool.
     for &(b, t, s, capacity, heads, kv, hd) in
-        &[(2, 6, 6, 6, 6, 2, 8), (2, 5, 9, 9, 4, 2, 16), (3, 7, 7, 7, 4, 1, 12), (2, 3, 8, 12, 6, 3, 8), (1, 40, 44, 44, 2, 2, 8)]
+        &[(2, 6, 6, 6, 6, 2, 8), (2, 5, 9, 9, 4, 2, 16), (3, 7, 7, 7, 4, 1, 12), (2, 3, 8, 12, 6, 3, 8), (1, 40, 44, 44, 2, 2, 8), (2, 64, 66, 70, 8, 2, 16)]
     {
         let q = tracked::<B, 4>([b, t, heads, hd], 1.0);
         let k = tracked::<B, 4>([b, kv, capacity, hd], 1.0);
