@@ -48,7 +48,10 @@ fn compare<B: AutodiffBackend, const D: usize, const E: usize>(
     for (i, input) in inputs.iter().enumerate() {
         let got = input.grad(&got_grads).unwrap_or_else(|| panic!("{what}: input {i} got no gradient from the fused node"));
         let want = input.grad(&want_grads).unwrap();
-        assert_close(&host(&got), &host(&want), 1e-4, &format!("{what}: gradient of input {i}"));
+        // 1e-3 of the largest entry: both sides are f32, and attention's dS = P ⊙ (dP − rowsum(dO ⊙ O))
+        // cancels (seen: 1.05e-4 on one key entry); a wrong formula is off by O(1) (a dropped
+        // softmax scale: 0.89 against 0.31).
+        assert_close(&host(&got), &host(&want), 1e-3, &format!("{what}: gradient of input {i}"));
     }
 }
 
