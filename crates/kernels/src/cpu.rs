@@ -197,14 +197,17 @@ impl Kernel {
 }
 
 /// The x86 kernels: one macro writes the same tile loop for 8-lane AVX2 and 16-lane AVX-512.
-/// Each tile keeps `MR x NR` vector accumulators in registers and reads every weight once.
+/// Each tile keeps `MR x NR` vector accumulators in registers and reads every weight once; a
+/// single input row (batch-1 decoding) reads one weight row at a time instead: measured on
+/// SmolLM2's 210 products, 4 interleaved rows streamed 23-27 GB/s where one sequential row
+/// streamed 27-33 GB/s on the same host.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::NR;
     use std::arch::x86_64::*;
 
     macro_rules! dot_kernel {
-        ($band:ident, $tile:ident, $feature:literal, $v:ty, $lanes:expr, $max_rows:expr, $zero:ident, $load:ident, $fma:ident, $sum:ident) => {
+        ($band:ident, $tile:ident, $row:ident, $feature:literal, $v:ty, $lanes:expr, $max_rows:expr, $zero:ident, $load:ident, $fma:ident, $add:ident, $sum:ident) => {
             #[target_feature(enable = $feature)]
             unsafe fn $tile<const MR: usize>(rows: &[*const f32; MR], cols: &[*const f32; NR], k: usize, ldb: usize) -> [[f32; NR]; MR] {
                 let mut acc: [[$v; NR]; MR] = [[$zero(); NR]; MR];
@@ -237,6 +240,36 @@ mod x86 {
                 out
             }
 
+            /// One input row against weight rows `j0..j1`, each read start to end before the
+            /// next (so a band is one sequential stream, which the hardware prefetchers follow
+            /// best), with four accumulators across `k` to hide the multiply-add latency.
+            #[target_feature(enable = $feature)]
+            unsafe fn $row(a: *const f32, bt: *const f32, ldb: usize, k: usize, j0: usize, j1: usize, out: *mut f32) {
+                const STEP: usize = 4 * $lanes;
+                let k_step = k - k % STEP;
+                let k_vec = k - k % $lanes;
+                for j in j0..j1 {
+                    let w = bt.add(j * ldb);
+                    let mut acc = [$zero(); 4];
+                    let mut p = 0;
+                    while p < k_step {
+                        for (u, acc) in acc.iter_mut().enumerate() {
+                            *acc = $fma($load(a.add(p + u * $lanes)), $load(w.add(p + u * $lanes)), *acc);
+                        }
+                        p += STEP;
+                    }
+                    while p < k_vec {
+                        acc[0] = $fma($load(a.add(p)), $load(w.add(p)), acc[0]);
+                        p += $lanes;
+                    }
+                    let mut sum = $sum($add($add(acc[0], acc[1]), $add(acc[2], acc[3])));
+                    for q in k_vec..k {
+                        sum = (*a.add(q)).mul_add(*w.add(q), sum);
+                    }
+                    *out.add(j) = sum;
+                }
+            }
+
             #[target_feature(enable = $feature)]
             #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn $band(
@@ -251,6 +284,9 @@ mod x86 {
                 out: *mut f32,
                 ldo: usize,
             ) {
+                if m == 1 {
+                    return $row(a, bt, ldb, k, j0, j1, out);
+                }
                 let mut j = j0;
                 while j < j1 {
                     let nr = (j1 - j).min(NR);
@@ -293,6 +329,10 @@ mod x86 {
         _mm256_fmadd_ps(a, b, c)
     }
     #[inline(always)]
+    unsafe fn add256(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn sum256(v: __m256) -> f32 {
         let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
@@ -311,13 +351,17 @@ mod x86 {
         _mm512_fmadd_ps(a, b, c)
     }
     #[inline(always)]
+    unsafe fn add512(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn sum512(v: __m512) -> f32 {
         _mm512_reduce_add_ps(v)
     }
 
     // 16 registers: 2 x 4 accumulators + 4 weights + 1 input. 32 registers: 4 x 4 + 4 + 1.
-    dot_kernel!(band_avx2, tile_avx2, "avx2,fma", __m256, 8, 2, zero256, load256, fma256, sum256);
-    dot_kernel!(band_avx512, tile_avx512, "avx512f", __m512, 16, 4, zero512, load512, fma512, sum512);
+    dot_kernel!(band_avx2, tile_avx2, row_avx2, "avx2,fma", __m256, 8, 2, zero256, load256, fma256, add256, sum256);
+    dot_kernel!(band_avx512, tile_avx512, row_avx512, "avx512f", __m512, 16, 4, zero512, load512, fma512, add512, sum512);
 }
 
 #[inline(always)]
@@ -454,18 +498,22 @@ mod tests {
 
     #[test]
     fn every_simd_kernel_this_cpu_has_matches_the_portable_one() {
-        let (m, k, n) = (5, 77, 23);
-        let a = values(m * k, 1);
-        let bt = values(n * k, 2);
-        let run = |kernel: Kernel| {
-            let mut out = vec![0.0f32; m * n];
-            unsafe { kernel.band(a.as_ptr(), k, m, bt.as_ptr(), k, k, 0, n, out.as_mut_ptr(), n) };
-            out
-        };
-        let portable = run(Kernel::Portable);
-        let detected = run(Kernel::detect());
-        for (p, d) in portable.iter().zip(&detected) {
-            assert!((p - d).abs() <= 1e-5 * (1.0 + p.abs()), "{p} vs {d}");
+        // One row (the sequential kernel) and several (the tiles); k with a remainder after
+        // every unrolled step, and a weight row stride longer than k.
+        for (m, k, n) in [(5, 77, 23), (1, 77, 23), (1, 64 + 48 + 3, 9), (1, 5, 3), (3, 131, 6)] {
+            let ldb = k + 3;
+            let a = values(m * k, 1);
+            let bt = values(n * ldb, 2);
+            let run = |kernel: Kernel| {
+                let mut out = vec![0.0f32; m * n];
+                unsafe { kernel.band(a.as_ptr(), k, m, bt.as_ptr(), ldb, k, 0, n, out.as_mut_ptr(), n) };
+                out
+            };
+            let portable = run(Kernel::Portable);
+            let detected = run(Kernel::detect());
+            for (p, d) in portable.iter().zip(&detected) {
+                assert!((p - d).abs() <= 1e-5 * (1.0 + p.abs()), "[{m},{k}]x[{k},{n}]: {p} vs {d}");
+            }
         }
     }
 
