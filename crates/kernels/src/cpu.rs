@@ -11,7 +11,7 @@ use crate::pool::{self, SendPtr};
 pub const FEW_ROWS: usize = 16;
 
 /// Output columns per thread in the many-row path are a multiple of this (gemm's register tile).
-const GEMM_BAND: usize = 64;
+const GEMM_BAND: usize = 16;
 
 /// A read-only strided f32 matrix: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy, Debug)]

@@ -228,7 +228,7 @@ pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape:
         let mut scores = vec![0.0f32; queries * seen];
         let (keys, stride) = k.rows(row, kvh, seen);
         crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, seen, &mut scores);
-        let mut acc = vec![0.0f32; hd];
+        let (values, value_stride) = v.rows(row, kvh, seen);
         for (query, scores) in scores.chunks_exact_mut(seen).enumerate() {
             let (g, i) = (query / n, i0 + query % n);
             let slot = s - t + i;
@@ -237,24 +237,14 @@ pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape:
                 *score = if shape.visible(valid, row, i, j) { *score * scale } else { f32::NEG_INFINITY };
                 max = max.max(*score);
             }
-            let mut total = 0.0f32;
-            acc.fill(0.0);
-            for (j, score) in scores.iter().enumerate().take(slot + 1) {
-                if *score == f32::NEG_INFINITY {
-                    continue;
-                }
-                let p = (score - max).exp();
-                total += p;
-                for (a, x) in acc.iter_mut().zip(v.row(row, kvh, j)) {
-                    *a += p * x;
-                }
-            }
+            // Slots after the query's own are never visible.
+            let probs = &mut scores[..=slot];
+            crate::simd::exp_shifted(probs, max);
+            let total: f32 = probs.iter().sum();
             let head = kvh * groups + g;
             // SAFETY: task (row, kvh, i0) alone writes these queries of its heads.
             let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(((row * t + i) * heads + head) * hd), hd) };
-            for (o, a) in out.iter_mut().zip(&acc) {
-                *o = a / total;
-            }
+            crate::simd::weighted_rows(out, probs, values, value_stride, 1.0 / total);
         }
     };
     let tasks: Vec<(usize, usize, usize)> =
@@ -292,10 +282,5 @@ impl<'a> Kv<'a> {
         let start = row * self.strides[0] + head * self.strides[1];
         let span = if slots == 0 { 0 } else { (slots - 1) * self.strides[2] + self.hd };
         (&self.data[start..start + span], self.strides[2])
-    }
-
-    pub fn row(&self, row: usize, head: usize, slot: usize) -> &'a [f32] {
-        let start = row * self.strides[0] + head * self.strides[1] + slot * self.strides[2];
-        &self.data[start..start + self.hd]
     }
 }

@@ -29,6 +29,7 @@ pub mod low_rank;
 pub mod pool;
 mod simd;
 
+pub use backends::{frozen_weight, ROW_PADDING};
 use burn::tensor::{backend::Backend, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,9 +1,9 @@
 //! `frozen_matmul` equals burn's own matmul on every CPU backend that runs the kernels, forward
-//! and input gradient, over random shapes (odd sizes, 1-16 rows and up to 300), both weight layouts.
+//! and input gradient, over random shapes (odd sizes, 1-16 rows and up to 300), every weight layout.
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
-use iapt_kernels::{accelerated, frozen_matmul, kernel_products};
+use iapt_kernels::{accelerated, frozen_matmul, frozen_weight, kernel_products, ROW_PADDING};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// `(m, k, n)`: decode-like rows 1-16, prefill/training-like rows up to 300, odd sizes throughout.
@@ -24,25 +24,66 @@ fn max_relative_error<B: Backend>(got: Tensor<B, 2>, want: Tensor<B, 2>) -> f32 
     diff / scale.max(1e-12)
 }
 
-/// A weight `[k, n]` as the loader stores it (`[n, k]` memory viewed transposed) or row-major.
-fn weight<B: Backend>(k: usize, n: usize, output_major: bool, device: &B::Device) -> Tensor<B, 2> {
-    if output_major {
-        Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).transpose()
-    } else {
-        Tensor::random([k, n], Distribution::Normal(0.0, 1.0), device)
+/// How a weight `[k, n]` is stored.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// `[n, k]` memory viewed transposed.
+    OutputMajor,
+    /// The same with padded rows (`frozen_weight`): how the loader stores projections.
+    PaddedOutputMajor,
+    RowMajor,
+}
+
+fn weight<B: Backend>(k: usize, n: usize, layout: Layout, device: &B::Device) -> Tensor<B, 2> {
+    match layout {
+        Layout::OutputMajor => Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).transpose(),
+        Layout::PaddedOutputMajor => {
+            let values = Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).into_data().to_vec::<f32>().unwrap();
+            frozen_weight::<B>(values, n, k, device).transpose()
+        }
+        Layout::RowMajor => Tensor::random([k, n], Distribution::Normal(0.0, 1.0), device),
     }
 }
 
-/// Every shape with both weight layouts: `(x, w, what)`.
+/// Every shape with every weight layout: `(x, w, what)`.
 fn cases<B: Backend>(device: &B::Device) -> Vec<(Tensor<B, 2>, Tensor<B, 2>, String)> {
     let mut cases = Vec::new();
     for (m, k, n) in shapes() {
-        for output_major in [true, false] {
+        for layout in [Layout::OutputMajor, Layout::PaddedOutputMajor, Layout::RowMajor] {
             let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), device);
-            cases.push((x, weight::<B>(k, n, output_major, device), format!("[{m},{k}]x[{k},{n}] output_major={output_major}")));
+            cases.push((x, weight::<B>(k, n, layout, device), format!("[{m},{k}]x[{k},{n}] {layout:?}")));
         }
     }
     cases
+}
+
+/// `frozen_weight` holds the values it was given, in rows stored `ROW_PADDING` floats apart on
+/// the inference backends (on autodiff the same values; the inner tensor is the same kind).
+fn padded_weight_holds_its_values<B: Backend>() {
+    let device = B::Device::default();
+    let (rows, cols) = (5, 37);
+    let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let w = frozen_weight::<B>(values.clone(), rows, cols, &device);
+    assert_eq!(w.dims(), [rows, cols]);
+    assert_eq!(w.clone().into_data().to_vec::<f32>().unwrap(), values);
+    assert_eq!(
+        w.clone().transpose().into_data().to_vec::<f32>().unwrap(),
+        Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(values, [rows, cols]), &device).transpose().into_data().to_vec::<f32>().unwrap()
+    );
+    if let Some(strides) = iapt_kernels::host::with_view(&w, |v| v.strides.clone()) {
+        assert_eq!(strides, vec![cols + ROW_PADDING, 1], "{}", std::any::type_name::<B>());
+    }
+}
+
+#[test]
+fn padded_weights_hold_their_values_on_every_cpu_backend() {
+    padded_weight_holds_its_values::<NdArray>();
+    padded_weight_holds_its_values::<Flex>();
+    padded_weight_holds_its_values::<Autodiff<NdArray>>();
+    padded_weight_holds_its_values::<Autodiff<Flex>>();
+    // The strides are checked where a view can be read: make sure that is the case for both.
+    assert!(iapt_kernels::host::with_view(&frozen_weight::<NdArray>(vec![1.0; 4], 2, 2, &Default::default()), |v| v.strides.clone()).is_some());
+    assert!(iapt_kernels::host::with_view(&frozen_weight::<Flex>(vec![1.0; 4], 2, 2, &Default::default()), |v| v.strides.clone()).is_some());
 }
 
 fn forward_matches<B: Backend>() {

@@ -115,10 +115,11 @@ fn param<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Param
 /// A bias-free linear layer from a HF `[out, in]` matrix; burn's `Linear` holds `[in, out]`.
 /// On the backends `iapt-kernels` accelerates, the `[out, in]` memory is kept and viewed
 /// transposed: each output's weights are then contiguous, which is what few-row products
-/// (decoding) stream fastest. Elsewhere the weight is stored `[in, out]`.
+/// (decoding) stream fastest, and rows are stored a little apart (`frozen_weight`), which is
+/// what many-row products need. Elsewhere the weight is stored `[in, out]`.
 fn linear<B: Backend>(t: HostTensor, device: &B::Device) -> Linear<B> {
     if iapt_kernels::accelerated::<B>() {
-        let weight: Tensor<B, 2> = Tensor::from_data(TensorData::new(t.data, t.shape), device);
+        let weight: Tensor<B, 2> = iapt_kernels::frozen_weight(t.data, t.shape[0], t.shape[1], device);
         return Linear { weight: Param::from_tensor(weight.transpose()), bias: None };
     }
     let (rows, cols) = (t.shape[0], t.shape[1]);
