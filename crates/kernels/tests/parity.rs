@@ -28,16 +28,16 @@ fn max_relative_error<B: Backend>(got: Tensor<B, 2>, want: Tensor<B, 2>) -> f32 
 #[derive(Clone, Copy, Debug)]
 enum Layout {
     /// `[n, k]` memory viewed transposed.
-    OutputMajor,
+    Transposed,
     /// The same with padded rows (`frozen_weight`): how the loader stores projections.
-    PaddedOutputMajor,
+    PaddedTransposed,
     RowMajor,
 }
 
 fn weight<B: Backend>(k: usize, n: usize, layout: Layout, device: &B::Device) -> Tensor<B, 2> {
     match layout {
-        Layout::OutputMajor => Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).transpose(),
-        Layout::PaddedOutputMajor => {
+        Layout::Transposed => Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).transpose(),
+        Layout::PaddedTransposed => {
             let values = Tensor::<B, 2>::random([n, k], Distribution::Normal(0.0, 1.0), device).into_data().to_vec::<f32>().unwrap();
             frozen_weight::<B>(values, n, k, device).transpose()
         }
@@ -49,7 +49,7 @@ fn weight<B: Backend>(k: usize, n: usize, layout: Layout, device: &B::Device) ->
 fn cases<B: Backend>(device: &B::Device) -> Vec<(Tensor<B, 2>, Tensor<B, 2>, String)> {
     let mut cases = Vec::new();
     for (m, k, n) in shapes() {
-        for layout in [Layout::OutputMajor, Layout::PaddedOutputMajor, Layout::RowMajor] {
+        for layout in [Layout::Transposed, Layout::PaddedTransposed, Layout::RowMajor] {
             let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), device);
             cases.push((x, weight::<B>(k, n, layout, device), format!("[{m},{k}]x[{k},{n}] {layout:?}")));
         }
