@@ -180,11 +180,15 @@ fn ctrl_c_during_training_stops_cleanly_and_keeps_the_finished_epochs() {
     for s in ["data.max_train_examples=8", "data.max_dev_examples=4", "train.epochs=200", "train.batch_size=4", "eval.max_examples=4", "eval.zero_shot=false"] {
         cmd.args(["--set", s]);
     }
-    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("start iapt train");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("start iapt train");
     // Wait for the first epoch's checkpoint (bounded), then press Ctrl-C.
     let first = run.join("checkpoint/model-1.mpk");
     let start = std::time::Instant::now();
     while !first.exists() {
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            panic!("iapt train ended before its first checkpoint: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        }
         assert!(start.elapsed().as_secs() < 600, "no checkpoint after 10 minutes");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
