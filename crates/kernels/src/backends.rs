@@ -120,13 +120,38 @@ pub fn frozen_weight<B: Backend>(values: Vec<f32>, rows: usize, cols: usize, dev
     if ndarray || TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
         let array = ndarray::Array2::from_shape_vec((rows, stride), padded).expect("padded shape").into_shared();
         let inner = NdArrayTensor::from(array.slice_move(ndarray::s![.., ..cols]).into_dyn());
+        register_panels(&inner);
         let primitive = if ndarray { cast(inner) } else { cast(AutodiffPrimitive::<NdArrayCpu>::new(inner)) };
         return Tensor::from_primitive(TensorPrimitive::Float(primitive.expect("the backend's own tensor type")));
     }
     if supported::<B>() {
-        return Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(padded, [rows, stride]), device).slice([0..rows, 0..cols]);
+        let weight = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(padded, [rows, stride]), device).slice([0..rows, 0..cols]);
+        let primitive = weight.clone().into_primitive().tensor();
+        if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+            if let Some(p) = cast::<_, AutodiffPrimitive<Flex>>(primitive) {
+                register_panels(&p.primitive);
+            }
+        } else if let Some(p) = cast::<_, FlexTensor>(primitive) {
+            register_panels(&p);
+        }
+        return weight;
     }
     Tensor::from_data(burn::tensor::TensorData::new(values, [rows, cols]), device)
+}
+
+/// Pack a frozen `[out, in]` weight (an inference backend's own tensor) into panels for the
+/// many-row products, which see it transposed (`[in, out]`, `crate::panels`).
+fn register_panels(inner: &dyn Any) {
+    if !crate::panels::available() {
+        return;
+    }
+    host::with_primitive_view(inner, |v| {
+        if let (&[rows, cols], &[stride, 1]) = (v.shape.as_slice(), v.strides.as_slice()) {
+            if let Some(view) = MatRef::new(v.data, cols, rows, 1, stride) {
+                crate::panels::register(inner, &view);
+            }
+        }
+    });
 }
 
 /// Move a value to the type it is known (by `TypeId`) to have.

@@ -44,8 +44,30 @@ impl<'a> MatRef<'a> {
         self.cols
     }
 
+    pub(crate) fn row_stride(&self) -> usize {
+        self.row_stride
+    }
+
+    pub(crate) fn col_stride(&self) -> usize {
+        self.col_stride
+    }
+
+    /// The slice the view starts at.
+    pub(crate) fn data(&self) -> &'a [f32] {
+        self.data
+    }
+
+    pub(crate) fn data_ptr(&self) -> *const f32 {
+        self.data.as_ptr()
+    }
+
+    /// Element `(r, c)`.
+    pub(crate) fn get(&self, r: usize, c: usize) -> f32 {
+        self.data[r * self.row_stride + c * self.col_stride]
+    }
+
     /// A row-major copy.
-    fn to_row_major(self) -> Vec<f32> {
+    pub(crate) fn to_row_major(self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
             out.extend((0..self.cols).map(|c| self.data[r * self.row_stride + c * self.col_stride]));
@@ -73,6 +95,8 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
             (&copied[..], k)
         };
         dot_products(a_data, lda, m, b.data, b.col_stride, k, n, &mut out, threads);
+    } else if let Some(panels) = crate::panels::find(&b) {
+        crate::panels::matmul(&a, &panels, &mut out);
     } else {
         // Each thread runs a sequential gemm on its own band of output columns: it packs only
         // its part of b and never waits on the others mid-product (gemm's own threading splits

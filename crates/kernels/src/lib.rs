@@ -7,7 +7,9 @@
 //! split the output over all cores, and pick SIMD at run time:
 //! - a few rows (decoding): [`cpu`]'s dot-product kernel over a weight stored output-major
 //!   (`[d_out, d_in]`, the checkpoints' own layout), bandwidth-bound;
-//! - many rows (prefill, training): `gemm` with explicit parallelism.
+//! - many rows (prefill, training): on AVX-512 CPUs, a micro-kernel over the weight packed once
+//!   at load into column panels ([`panels`]); elsewhere, and for weights not packed, `gemm` with
+//!   explicit parallelism.
 //!
 //! [`fused`] adds one-pass RMSNorm, SwiGLU gating, rotary embedding and causal attention for
 //! the CPU backends (ndarray, flex), with backward nodes of their own under autodiff (`grad`). All of them split their work over [`pool`], a
@@ -26,6 +28,7 @@ pub mod fused;
 mod grad;
 pub mod host;
 pub mod low_rank;
+pub mod panels;
 pub mod pool;
 mod simd;
 

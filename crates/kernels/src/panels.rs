@@ -1,0 +1,232 @@
+//! Frozen weights packed once into column panels, for products with many rows (prefill,
+//! training forward passes) on CPUs with AVX-512.
+//!
+//! `gemm` packs its right-hand operand again on every call, and with 128 rows a weight is used
+//! too few times to hide that: the 210 products of a SmolLM2 prefill ran at 160–170 GFLOP/s on
+//! two cores whose multiply-add peak is 227. A weight registered here ([`register`], called by
+//! [`crate::frozen_weight`] at load) is copied once into panels of [`WIDTH`] output columns, each
+//! `[k][WIDTH]`, so a panel is one sequential stream; the micro-kernel keeps a block of up to
+//! [`ROWS`] input rows × [`WIDTH`] columns of sums in registers, broadcasting one input value at
+//! a time against the panel's two vectors.
+//!
+//! The registry holds a clone of the weight's tensor, so the weight's memory cannot be freed and
+//! reused while its entry exists (its address is the key), and drops an entry once that clone is
+//! the last holder (the model that loaded the weight is gone). It costs a second copy of every
+//! registered weight; CPUs without AVX-512 keep `gemm` and register nothing.
+
+use crate::cpu::MatRef;
+use crate::pool;
+use burn_flex::FlexTensor;
+use burn_ndarray::NdArrayTensor;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Output columns per panel: two AVX-512 vectors.
+pub const WIDTH: usize = 32;
+
+/// Input rows per micro-kernel call: 12 × 2 accumulators, 2 weight vectors and a broadcast
+/// fill 27 of the 32 vector registers.
+pub const ROWS: usize = 12;
+
+/// A `[k, n]` weight as `n.div_ceil(WIDTH)` panels of `[k][WIDTH]` (the last one zero-padded).
+pub(crate) struct Panels {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl Panels {
+    fn pack(w: &MatRef<'_>) -> Self {
+        let (k, n) = (w.rows(), w.cols());
+        let mut data = vec![0.0f32; n.div_ceil(WIDTH) * k * WIDTH];
+        for (panel, out) in data.chunks_exact_mut(k * WIDTH).enumerate() {
+            for j in 0..WIDTH.min(n - panel * WIDTH) {
+                let col = panel * WIDTH + j;
+                for p in 0..k {
+                    out[p * WIDTH + j] = w.get(p, col);
+                }
+            }
+        }
+        Self { data, k, n }
+    }
+}
+
+/// What keeps a registered weight's memory alive: a clone of its tensor.
+enum Holder {
+    NdArray(NdArrayTensor),
+    Flex(FlexTensor),
+}
+
+impl Holder {
+    /// Whether anything besides this clone still holds the weight.
+    fn in_use(&self) -> bool {
+        match self {
+            Holder::NdArray(NdArrayTensor::F32(storage)) => !storage.is_unique(),
+            Holder::NdArray(_) => false,
+            Holder::Flex(t) => !t.is_unique(),
+        }
+    }
+}
+
+/// A weight view's identity: first element's address, shape and strides.
+type Key = (usize, usize, usize, usize, usize);
+
+fn key(w: &MatRef<'_>) -> Key {
+    (w.data_ptr() as usize, w.rows(), w.cols(), w.row_stride(), w.col_stride())
+}
+
+/// Every registered weight: what keeps it alive, and its panels.
+type Registry = Mutex<HashMap<Key, (Holder, Arc<Panels>)>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Whether this CPU runs the panel kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Pack the frozen weight `tensor` (an `NdArrayTensor` or a `FlexTensor`) whose `[k, n]` view is
+/// `view`, and drop the entries of weights nobody holds any more.
+pub(crate) fn register(tensor: &dyn std::any::Any, view: &MatRef<'_>) {
+    if !available() {
+        return;
+    }
+    let holder = if let Some(t) = tensor.downcast_ref::<NdArrayTensor>() {
+        Holder::NdArray(t.clone())
+    } else if let Some(t) = tensor.downcast_ref::<FlexTensor>() {
+        Holder::Flex(t.clone())
+    } else {
+        return;
+    };
+    let panels = Arc::new(Panels::pack(view));
+    let mut registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry.retain(|_, (holder, _)| holder.in_use());
+    registry.insert(key(view), (holder, panels));
+}
+
+/// The panels of `w`, if `w` is a registered weight viewed as it was registered.
+pub(crate) fn find(w: &MatRef<'_>) -> Option<Arc<Panels>> {
+    let registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+    registry.get(&key(w)).map(|(_, panels)| panels.clone())
+}
+
+thread_local! {
+    static PRODUCTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many products this thread has run on packed panels (tests: per thread, so tests running
+/// beside each other do not count each other's).
+pub fn products() -> u64 {
+    PRODUCTS.get()
+}
+
+/// How many weights are registered (tests).
+pub fn registered() -> usize {
+    registry().lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
+/// `a · w` into the row-major `[a.rows, w.n]` `out`, over `w`'s panels, split over the pool.
+pub(crate) fn matmul(a: &MatRef<'_>, w: &Panels, out: &mut [f32]) {
+    let (m, k, n) = (a.rows(), w.k, w.n);
+    assert!(a.cols() == k && out.len() == m * n, "panels: [{m}, {}] · [{k}, {n}]", a.cols());
+    PRODUCTS.set(PRODUCTS.get() + 1);
+    // The kernel reads rows of a contiguously.
+    let copied;
+    let (a_data, lda) = if a.col_stride() == 1 {
+        (a.data(), a.row_stride())
+    } else {
+        copied = a.to_row_major();
+        (&copied[..], k)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no weight is packed without AVX-512 ({a_data:?}, {lda})");
+    #[cfg(target_arch = "x86_64")]
+    let panels = n.div_ceil(WIDTH);
+    #[cfg(target_arch = "x86_64")]
+    let tasks = panels.min(pool::team_size() * 4);
+    #[cfg(target_arch = "x86_64")]
+    let per_task = panels.div_ceil(tasks);
+    #[cfg(target_arch = "x86_64")]
+    let out_ptr = pool::SendPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    pool::run(panels.div_ceil(per_task), &|t| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
+        let out_ptr = out_ptr;
+        for panel in t * per_task..((t + 1) * per_task).min(panels) {
+            // SAFETY: each panel writes its own columns of `out`, which is m x n row-major; the
+            // rows of a lie within `a_data` (checked by MatRef), the panel within `w.data`.
+            unsafe { x86::panel_avx512(a_data.as_ptr(), lda, m, &w.data[panel * k * WIDTH..][..k * WIDTH], k, out_ptr.0, n, panel * WIDTH, n) };
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{ROWS, WIDTH};
+    use std::arch::x86_64::*;
+
+    /// `R` rows of `a` (from `a`, `lda` apart) times one panel into `tile` (`R x WIDTH`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const R: usize>(a: *const f32, lda: usize, panel: &[f32], k: usize) -> [[f32; WIDTH]; R] {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let w = panel.as_ptr();
+        for p in 0..k {
+            let w0 = _mm512_loadu_ps(w.add(p * WIDTH));
+            let w1 = _mm512_loadu_ps(w.add(p * WIDTH + 16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.add(r * lda + p));
+                acc[0] = _mm512_fmadd_ps(x, w0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(x, w1, acc[1]);
+            }
+        }
+        let mut out = [[0.0f32; WIDTH]; R];
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(o.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(o.as_mut_ptr().add(16), acc[1]);
+        }
+        out
+    }
+
+    /// Every row of `a` (`m` rows, `lda` apart, `k` long) times one panel, written to columns
+    /// `j0..min(j0 + WIDTH, n)` of the row-major `out` (`ldo` wide).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panel_avx512(a: *const f32, lda: usize, m: usize, panel: &[f32], k: usize, out: *mut f32, ldo: usize, j0: usize, n: usize) {
+        let cols = WIDTH.min(n - j0);
+        let mut i = 0;
+        while i < m {
+            let rows = ROWS.min(m - i);
+            let a = a.add(i * lda);
+            let put = |tile: &[[f32; WIDTH]]| {
+                for (r, sums) in tile.iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(sums.as_ptr(), out.add((i + r) * ldo + j0), cols);
+                }
+            };
+            match rows {
+                12 => put(&tile::<12>(a, lda, panel, k)),
+                11 => put(&tile::<11>(a, lda, panel, k)),
+                10 => put(&tile::<10>(a, lda, panel, k)),
+                9 => put(&tile::<9>(a, lda, panel, k)),
+                8 => put(&tile::<8>(a, lda, panel, k)),
+                7 => put(&tile::<7>(a, lda, panel, k)),
+                6 => put(&tile::<6>(a, lda, panel, k)),
+                5 => put(&tile::<5>(a, lda, panel, k)),
+                4 => put(&tile::<4>(a, lda, panel, k)),
+                3 => put(&tile::<3>(a, lda, panel, k)),
+                2 => put(&tile::<2>(a, lda, panel, k)),
+                _ => put(&tile::<1>(a, lda, panel, k)),
+            }
+            i += rows;
+        }
+    }
+}
