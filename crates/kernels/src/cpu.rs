@@ -1,9 +1,11 @@
-//! f32 matrix products on strided host memory: a dot-product kernel for few rows, `gemm` for many.
+//! f32 matrix products on strided host memory: a dot-product kernel for few rows; for many, the
+//! panel kernel or `gemm`.
 //!
 //! Few rows (decoding) are bound by reading the weight: the kernel streams each output column's
 //! weights (contiguous when the weight is stored `[d_out, d_in]`) once, against every row of `a`,
-//! and splits the columns over all cores. Many rows are bound by arithmetic: `gemm`'s packed,
-//! register-blocked kernels with explicit parallelism do that better than anything written here.
+//! and splits the columns over all cores. Many rows are bound by arithmetic: a weight packed at
+//! load runs [`crate::panels`]' micro-kernel; any other goes to `gemm`'s packed,
+//! register-blocked kernels with explicit parallelism.
 
 use crate::pool::{self, SendPtr};
 
