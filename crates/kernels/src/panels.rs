@@ -83,16 +83,22 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(Default::default)
 }
 
-/// Whether this CPU runs the panel kernel.
+/// Whether weights are packed and the panel kernel runs: on CPUs with AVX-512, unless
+/// `IAPT_PANELS=off` (which saves the second copy of the weights; products then run on `gemm`).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let wanted = !matches!(std::env::var("IAPT_PANELS").as_deref(), Ok("off" | "0" | "false"));
+        #[cfg(target_arch = "x86_64")]
+        {
+            wanted && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = wanted;
+            false
+        }
+    })
 }
 
 /// Pack the frozen weight `tensor` (an `NdArrayTensor` or a `FlexTensor`) whose `[k, n]` view is
