@@ -46,21 +46,9 @@ impl<'a> MatRef<'a> {
         self.cols
     }
 
-    pub(crate) fn row_stride(&self) -> usize {
-        self.row_stride
-    }
-
-    pub(crate) fn col_stride(&self) -> usize {
-        self.col_stride
-    }
-
-    /// The slice the view starts at.
-    pub(crate) fn data(&self) -> &'a [f32] {
-        self.data
-    }
-
-    pub(crate) fn data_ptr(&self) -> *const f32 {
-        self.data.as_ptr()
+    /// Where the view starts, and its strides: what identifies it.
+    pub(crate) fn identity(&self) -> (usize, usize, usize) {
+        (self.data.as_ptr() as usize, self.row_stride, self.col_stride)
     }
 
     /// Element `(r, c)`.
@@ -68,8 +56,18 @@ impl<'a> MatRef<'a> {
         self.data[r * self.row_stride + c * self.col_stride]
     }
 
+    /// The rows with a contiguous last axis, and the distance between them: the view's own
+    /// memory when its columns are adjacent, otherwise a row-major copy.
+    pub(crate) fn contiguous_rows(self) -> (std::borrow::Cow<'a, [f32]>, usize) {
+        if self.col_stride == 1 {
+            (std::borrow::Cow::Borrowed(self.data), self.row_stride)
+        } else {
+            (std::borrow::Cow::Owned(self.to_row_major()), self.cols)
+        }
+    }
+
     /// A row-major copy.
-    pub(crate) fn to_row_major(self) -> Vec<f32> {
+    fn to_row_major(self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
             out.extend((0..self.cols).map(|c| self.data[r * self.row_stride + c * self.col_stride]));
@@ -89,16 +87,10 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
     let threads = pool::team_size();
     if m <= FEW_ROWS && b.row_stride == 1 {
         // Column j of b is contiguous: out[i, j] = <row i of a, column j of b>.
-        let copied;
-        let (a_data, lda) = if a.col_stride == 1 {
-            (a.data, a.row_stride)
-        } else {
-            copied = a.to_row_major();
-            (&copied[..], k)
-        };
-        dot_products(a_data, lda, m, b.data, b.col_stride, k, n, &mut out, threads);
+        let (a_data, lda) = a.contiguous_rows();
+        dot_products(&a_data, lda, m, b.data, b.col_stride, k, n, &mut out, threads);
     } else if let Some(panels) = crate::panels::find(&b) {
-        crate::panels::matmul(&a, &panels, &mut out);
+        crate::panels::matmul(a, &panels, &mut out);
     } else {
         // Each thread runs a sequential gemm on its own band of output columns: it packs only
         // its part of b and never waits on the others mid-product (gemm's own threading splits

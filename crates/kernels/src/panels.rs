@@ -72,7 +72,8 @@ impl Holder {
 type Key = (usize, usize, usize, usize, usize);
 
 fn key(w: &MatRef<'_>) -> Key {
-    (w.data_ptr() as usize, w.rows(), w.cols(), w.row_stride(), w.col_stride())
+    let (address, row_stride, col_stride) = w.identity();
+    (address, w.rows(), w.cols(), row_stride, col_stride)
 }
 
 /// Every registered weight: what keeps it alive, and its panels.
@@ -136,44 +137,30 @@ pub fn products() -> u64 {
     PRODUCTS.get()
 }
 
-/// How many weights are registered (tests).
-pub fn registered() -> usize {
-    registry().lock().unwrap_or_else(|e| e.into_inner()).len()
-}
-
 /// `a · w` into the row-major `[a.rows, w.n]` `out`, over `w`'s panels, split over the pool.
-pub(crate) fn matmul(a: &MatRef<'_>, w: &Panels, out: &mut [f32]) {
+pub(crate) fn matmul(a: MatRef<'_>, w: &Panels, out: &mut [f32]) {
     let (m, k, n) = (a.rows(), w.k, w.n);
     assert!(a.cols() == k && out.len() == m * n, "panels: [{m}, {}] · [{k}, {n}]", a.cols());
     PRODUCTS.set(PRODUCTS.get() + 1);
     // The kernel reads rows of a contiguously.
-    let copied;
-    let (a_data, lda) = if a.col_stride() == 1 {
-        (a.data(), a.row_stride())
-    } else {
-        copied = a.to_row_major();
-        (&copied[..], k)
-    };
+    let (a_data, lda) = a.contiguous_rows();
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no weight is packed without AVX-512 ({a_data:?}, {lda})");
     #[cfg(target_arch = "x86_64")]
-    let panels = n.div_ceil(WIDTH);
-    #[cfg(target_arch = "x86_64")]
-    let tasks = panels.min(pool::team_size() * 4);
-    #[cfg(target_arch = "x86_64")]
-    let per_task = panels.div_ceil(tasks);
-    #[cfg(target_arch = "x86_64")]
-    let out_ptr = pool::SendPtr(out.as_mut_ptr());
-    #[cfg(target_arch = "x86_64")]
-    pool::run(panels.div_ceil(per_task), &|t| {
-        #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
-        let out_ptr = out_ptr;
-        for panel in t * per_task..((t + 1) * per_task).min(panels) {
-            // SAFETY: each panel writes its own columns of `out`, which is m x n row-major; the
-            // rows of a lie within `a_data` (checked by MatRef), the panel within `w.data`.
-            unsafe { x86::panel_avx512(a_data.as_ptr(), lda, m, &w.data[panel * k * WIDTH..][..k * WIDTH], k, out_ptr.0, n, panel * WIDTH, n) };
-        }
-    });
+    {
+        let panels = n.div_ceil(WIDTH);
+        let per_task = panels.div_ceil(panels.min(pool::team_size() * 4));
+        let out_ptr = pool::SendPtr(out.as_mut_ptr());
+        pool::run(panels.div_ceil(per_task), &|t| {
+            #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
+            let out_ptr = out_ptr;
+            for panel in t * per_task..((t + 1) * per_task).min(panels) {
+                // SAFETY: each panel writes its own columns of `out`, which is m x n row-major;
+                // the rows of a lie within `a_data` (checked by MatRef), the panel within `w.data`.
+                unsafe { x86::panel_avx512(a_data.as_ptr(), lda, m, &w.data[panel * k * WIDTH..][..k * WIDTH], k, out_ptr.0, n, panel * WIDTH, n) };
+            }
+        });
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
