@@ -96,5 +96,10 @@ pub fn accelerated<B: Backend>() -> bool {
 /// `IAPT_KERNELS=off` sends every product to burn's matmul (to compare, or to rule the kernels out).
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !matches!(std::env::var("IAPT_KERNELS").as_deref(), Ok("off" | "0" | "false")))
+    *ON.get_or_init(|| !switched_off("IAPT_KERNELS"))
+}
+
+/// Whether the environment variable `name` says `off` (or `0`, `false`).
+fn switched_off(name: &str) -> bool {
+    matches!(std::env::var(name).as_deref(), Ok("off" | "0" | "false"))
 }

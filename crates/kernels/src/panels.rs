@@ -89,7 +89,7 @@ fn registry() -> &'static Registry {
 pub fn available() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
-        let wanted = !matches!(std::env::var("IAPT_PANELS").as_deref(), Ok("off" | "0" | "false"));
+        let wanted = !crate::switched_off("IAPT_PANELS");
         #[cfg(target_arch = "x86_64")]
         {
             wanted && std::arch::is_x86_feature_detected!("avx512f")
@@ -103,11 +103,9 @@ pub fn available() -> bool {
 }
 
 /// Pack the frozen weight `tensor` (an `NdArrayTensor` or a `FlexTensor`) whose `[k, n]` view is
-/// `view`, and drop the entries of weights nobody holds any more.
+/// `view`, and drop the entries of weights nobody holds any more. The caller has checked
+/// [`available`].
 pub(crate) fn register(tensor: &dyn std::any::Any, view: &MatRef<'_>) {
-    if !available() {
-        return;
-    }
     let holder = if let Some(t) = tensor.downcast_ref::<NdArrayTensor>() {
         Holder::NdArray(t.clone())
     } else if let Some(t) = tensor.downcast_ref::<FlexTensor>() {
