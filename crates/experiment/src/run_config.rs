@@ -77,8 +77,8 @@ impl Default for ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataSection {
-    /// A built-in task name (`multiemo`, `strategyqa`, `sports_understanding`,
-    /// `presuppositions_as_nli`, `gsm8k`) or a task file (`.json`/`.toml` holding a task spec).
+    /// A built-in task name (`rotten_tomatoes`, `boolq`, `siqa`, `piqa`, `gsm8k`, and the BIG-bench
+    /// ones, see `iapt_data::BUILTIN_TASKS`) or a task file (`.json`/`.toml` holding a task spec).
     pub task: String,
     /// Replace the task's system message. `""` keeps chat prompts short with templates that
     /// otherwise insert a long default system message (SmolLM2's). Absent: the task's own.
@@ -95,7 +95,7 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        Self { task: "multiemo".into(), system: None, max_len: 256, truncation: Truncation::Drop, max_train_examples: 0, max_dev_examples: 0 }
+        Self { task: "rotten_tomatoes".into(), system: None, max_len: 256, truncation: Truncation::Drop, max_train_examples: 0, max_dev_examples: 0 }
     }
 }
 

@@ -124,9 +124,9 @@ mod tests {
     #[test]
     fn system_override_and_bad_task_names() {
         let spec = task_spec(&DataSection { system: Some(String::new()), ..Default::default() }).unwrap();
-        assert_eq!((spec.name.as_str(), spec.system.as_deref()), ("multiemo", Some("")));
+        assert_eq!((spec.name.as_str(), spec.system.as_deref()), ("rotten_tomatoes", Some("")));
         let err = task_spec(&DataSection { task: "no_such_task".into(), ..Default::default() }).unwrap_err().to_string();
-        assert!(err.contains("data.task") && err.contains("multiemo"), "{err}");
+        assert!(err.contains("data.task") && err.contains("rotten_tomatoes"), "{err}");
         let err = task_spec(&DataSection { task: "tasks/missing.toml".into(), ..Default::default() }).unwrap_err().to_string();
         assert!(err.contains("tasks/missing.toml") && err.contains("no such task file"), "{err}");
         let err = task_spec(&DataSection { task: "reviews.jsonl".into(), ..Default::default() }).unwrap_err().to_string();

@@ -14,7 +14,7 @@ pub struct EvalArgs {
     /// A run directory from `iapt train` (its config is reused) or an adapter directory.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Task (default: the run's, else `multiemo`).
+    /// Task (default: the run's, else `rotten_tomatoes`).
     #[arg(long)]
     task: Option<String>,
     #[arg(long, default_value = "test")]

