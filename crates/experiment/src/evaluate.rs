@@ -6,8 +6,9 @@ use crate::run_config::EvalMethod;
 use anyhow::{anyhow, Result};
 use burn::tensor::backend::Backend;
 use iapt_data::{Answer, EncodedExample};
-use iapt_model::{generate, GenerationConfig, Llama, ModelHook, SamplingConfig, Tokenizer};
-use iapt_train::{response_log_probs, LmBatch, LmExample};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::Tensor;
+use iapt_model::{generate, GenerationConfig, KvCache, Llama, ModelHook, Padding, SamplingConfig, TokenBatch, Tokenizer};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -135,33 +136,44 @@ fn majority(examples: &[EncodedExample]) -> (Option<String>, Option<f64>) {
     }
 }
 
-/// Score `prompt ++ choice ++ EOS` for every choice and pick the most likely; sequences are
-/// batched shortest first to keep padding low.
+/// Score `choice ++ EOS` after the prompt for every choice and pick the most likely.
+///
+/// Each prompt runs through the model once (batched, shortest first, left-padded); every choice
+/// then continues from a copy of that prefill's KV cache, so a k-way task costs one prompt pass
+/// plus k short continuations instead of k full sequences. The first response token is scored
+/// from the prompt's last position, the others from the continuation (which feeds the choice
+/// without its last token).
 fn rank_classify<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, pad_id: u32, examples: &[EncodedExample], batch_size: usize) -> Vec<Prediction> {
     let device = model.device();
-    let mut sequences: Vec<(usize, usize, LmExample)> = Vec::new();
-    for (i, e) in examples.iter().enumerate() {
-        for (c, seq) in e.choice_sequences().into_iter().enumerate() {
-            let example = LmExample::new(seq.ids, seq.prompt_len).expect("encoded examples have a prompt and a response");
-            sequences.push((i, c, example));
-        }
-    }
-    sequences.sort_by_key(|(_, _, s)| s.ids.len());
-
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].prompt_len);
     let mut scores: Vec<Vec<f64>> = examples.iter().map(|e| vec![0.0; e.choice_ids.len()]).collect();
-    for chunk in sequences.chunks(batch_size.max(1)) {
-        let batch_examples: Vec<LmExample> = chunk.iter().map(|(_, _, s)| s.clone()).collect();
-        let batch = LmBatch::<B>::from_examples(&batch_examples, pad_id, &device);
-        let (log_probs, targets) = response_log_probs(model, hook, &batch);
-        let n = targets.dims()[0];
-        let token_log_probs = log_probs.gather(1, targets.reshape([n, 1])).reshape([n]);
-        let values = token_log_probs.into_data().convert::<f32>().to_vec::<f32>().expect("float data");
-        // Response tokens come row by row, each row's in order.
-        let mut offset = 0;
-        for (example, choice, seq) in chunk {
-            let len = seq.response_len();
-            scores[*example][*choice] = values[offset..offset + len].iter().map(|&v| v as f64).sum();
-            offset += len;
+    for chunk in order.chunks(batch_size.max(1)) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|&i| examples[i].prompt().to_vec()).collect();
+        let mut prefill = KvCache::new(model.num_layers());
+        let hidden = model.forward(TokenBatch::padded(&prompts, pad_id, Padding::Left, &device), &mut prefill, hook);
+        let t = hidden.dims()[1];
+        let first = host_log_probs(model, hidden.narrow(1, t - 1, 1));
+        let most_choices = chunk.iter().map(|&i| examples[i].choice_ids.len()).max().unwrap_or(0);
+        for c in 0..most_choices {
+            // Rows without a c-th choice (BIG-bench examples carry their own choice lists) are
+            // fed a padding token whose scores nobody reads.
+            let choice = |i: usize| examples[i].choice_ids.get(c);
+            let fed: Vec<Vec<u32>> = chunk.iter().map(|&i| choice(i).map_or(vec![pad_id], |ids| ids[..ids.len() - 1].to_vec())).collect();
+            let longest = fed.iter().map(Vec::len).max().unwrap_or(0);
+            let rest = (longest > 0).then(|| {
+                let rows: Vec<Vec<u32>> = fed.iter().map(|f| if f.is_empty() { vec![pad_id] } else { f.clone() }).collect();
+                let hidden = model.forward(TokenBatch::padded(&rows, pad_id, Padding::Right, &device), &mut prefill.clone(), hook);
+                host_log_probs(model, hidden)
+            });
+            for (row, &i) in chunk.iter().enumerate() {
+                let Some(ids) = choice(i) else { continue };
+                let mut total = first.get(row, 0, ids[0]);
+                for (j, &next) in ids.iter().enumerate().skip(1) {
+                    total += rest.as_ref().expect("choices longer than one token were fed").get(row, j - 1, next);
+                }
+                scores[i][c] = total;
+            }
         }
     }
 
@@ -177,6 +189,25 @@ fn rank_classify<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, pad_id: 
             Prediction { id: e.id.clone(), prediction: choices[best].clone(), correct: best == label, choice_log_likelihoods: Some(s) }
         })
         .collect()
+}
+
+/// Next-token log-probabilities `[b, t, vocab]` of final hidden states, on the host.
+struct HostLogProbs {
+    values: Vec<f32>,
+    dims: [usize; 3],
+}
+
+impl HostLogProbs {
+    fn get(&self, row: usize, position: usize, token: u32) -> f64 {
+        let [_, t, vocab] = self.dims;
+        self.values[(row * t + position) * vocab + token as usize] as f64
+    }
+}
+
+fn host_log_probs<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> HostLogProbs {
+    let log_probs = log_softmax(model.logits(hidden), 2);
+    let dims = log_probs.dims();
+    HostLogProbs { values: log_probs.into_data().convert::<f32>().to_vec::<f32>().expect("float data"), dims }
 }
 
 /// Greedy generation for every prompt (batched, shortest first), judged by the answer's rule.
@@ -224,7 +255,8 @@ fn write(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use burn::backend::NdArray;
-    use iapt_model::{KvCache, LlamaConfig, NoHook, TokenBatch};
+    use burn::tensor::TensorData;
+    use iapt_model::{LlamaConfig, NoHook};
 
     fn class_example(prompt: Vec<u32>, label: usize, choice_ids: Vec<Vec<u32>>) -> EncodedExample {
         let mut ids = prompt.clone();
@@ -239,29 +271,56 @@ mod tests {
         }
     }
 
-    /// Rank scores equal a naive per-sequence sum of next-token log-probabilities from the full
-    /// logits, whatever the batching and padding.
+    /// Rank scores (one prompt pass, choices continued from its cache) equal a naive per-sequence
+    /// sum of next-token log-probabilities from the full logits of `prompt ++ choice`, whatever
+    /// the batching, padding, number and length of choices, with no tuner and with every kind.
     #[test]
     fn rank_scores_match_a_naive_recomputation() {
+        use iapt_model::Projection;
+        use iapt_tuners::{IaptConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TunerConfig};
         let device = Default::default();
-        let model = Llama::<NdArray>::random(&LlamaConfig::tiny(), &device);
-        let examples = vec![
+        let config = LlamaConfig::tiny();
+        let model = Llama::<NdArray>::random(&config, &device);
+        let mut examples = vec![
             class_example(vec![5, 6, 7], 0, vec![vec![9, 2], vec![10, 11, 2]]),
             class_example(vec![12, 13, 14, 15, 16], 1, vec![vec![9, 2], vec![10, 11, 2]]),
+            class_example(vec![20, 21], 1, vec![vec![9, 2], vec![2]]),
         ];
-        let predictions = rank_classify(&model, &NoHook, 0, &examples, 3);
-        for (e, p) in examples.iter().zip(&predictions) {
-            let scores = p.choice_log_likelihoods.as_ref().unwrap();
-            for (c, seq) in e.choice_sequences().iter().enumerate() {
-                let batch = TokenBatch::<NdArray>::padded(std::slice::from_ref(&seq.ids), 0, iapt_model::Padding::Right, &device);
-                let ids = batch.ids.clone();
-                let hidden = model.forward(batch, &mut KvCache::new(2), &NoHook);
-                let nll = iapt_model::score::next_token_nll(model.logits(hidden), ids).to_data().to_vec::<f32>().unwrap();
-                let expected: f64 = -nll[seq.prompt_len - 1..].iter().map(|&v| v as f64).sum::<f64>();
-                assert!((scores[c] - expected).abs() < 1e-4, "{} vs {expected}", scores[c]);
+        // An example with its own, longer list of choices (as BIG-bench examples have).
+        let abc = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        examples.push(EncodedExample {
+            choice_ids: vec![vec![3, 2], vec![4, 5, 6, 2], vec![7, 2]],
+            answer: Answer::Class { label: 0, names: abc("a b c"), choices: abc("A B C") },
+            ..class_example(vec![8, 9, 10, 11], 0, vec![vec![3, 2]])
+        });
+        let tuners = [
+            TunerConfig::Iapt(IaptConfig::new(8)),
+            TunerConfig::Lora(LoraConfig::new().with_rank(2).with_targets(Projection::ALL.to_vec())),
+            TunerConfig::PrefixTuning(PrefixTuningConfig::new().with_num_tokens(3)),
+            TunerConfig::PromptTuning(PromptTuningConfig::new().with_num_tokens(2)),
+        ]
+        .map(|c| c.init::<NdArray>(&config, &device).unwrap().jittered(7, 0.5, |_| true));
+        let hooks: Vec<&dyn ModelHook<NdArray>> = std::iter::once(&NoHook as &dyn ModelHook<NdArray>).chain(tuners.iter().map(|t| t as &dyn ModelHook<NdArray>)).collect();
+        for (h, hook) in hooks.into_iter().enumerate() {
+            let predictions = rank_classify(&model, hook, 0, &examples, 3);
+            for (e, p) in examples.iter().zip(&predictions) {
+                let scores = p.choice_log_likelihoods.as_ref().unwrap();
+                assert_eq!(scores.len(), e.choice_ids.len());
+                for (c, seq) in e.choice_sequences().iter().enumerate() {
+                    let prompt: Vec<bool> = (0..seq.ids.len()).map(|i| i < seq.prompt_len).collect();
+                    let batch = TokenBatch::<NdArray>::padded(std::slice::from_ref(&seq.ids), 0, Padding::Right, &device)
+                        .with_instruction(Tensor::from_data(TensorData::new(prompt, [1, seq.ids.len()]), &device));
+                    let ids = batch.ids.clone();
+                    let hidden = model.forward(batch, &mut KvCache::new(2), hook);
+                    let t = seq.ids.len();
+                    let hidden = hidden.clone().narrow(1, hidden.dims()[1] - t, t); // past prompt tuning's prefix
+                    let nll = iapt_model::score::next_token_nll(model.logits(hidden), ids).to_data().to_vec::<f32>().unwrap();
+                    let expected: f64 = -nll[seq.prompt_len - 1..].iter().map(|&v| v as f64).sum::<f64>();
+                    assert!((scores[c] - expected).abs() < 1e-4, "hook {h}, example {}, choice {c}: {} vs {expected}", e.id, scores[c]);
+                }
+                let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
+                assert_eq!(p.correct, matches!(e.answer, Answer::Class { label, .. } if label == best));
             }
-            let best = if scores[0] >= scores[1] { 0 } else { 1 };
-            assert_eq!(p.correct, matches!(e.answer, Answer::Class { label, .. } if label == best));
         }
     }
 
