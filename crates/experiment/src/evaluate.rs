@@ -4,10 +4,10 @@
 
 use crate::run_config::EvalMethod;
 use anyhow::{anyhow, Result};
-use burn::tensor::backend::Backend;
-use iapt_data::{Answer, EncodedExample};
 use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use iapt_data::{Answer, EncodedExample};
 use iapt_model::{generate, GenerationConfig, KvCache, Llama, ModelHook, Padding, SamplingConfig, TokenBatch, Tokenizer};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -300,7 +300,8 @@ mod tests {
             TunerConfig::PromptTuning(PromptTuningConfig::new().with_num_tokens(2)),
         ]
         .map(|c| c.init::<NdArray>(&config, &device).unwrap().jittered(7, 0.5, |_| true));
-        let hooks: Vec<&dyn ModelHook<NdArray>> = std::iter::once(&NoHook as &dyn ModelHook<NdArray>).chain(tuners.iter().map(|t| t as &dyn ModelHook<NdArray>)).collect();
+        let hooks: Vec<&dyn ModelHook<NdArray>> =
+            std::iter::once(&NoHook as &dyn ModelHook<NdArray>).chain(tuners.iter().map(|t| t as &dyn ModelHook<NdArray>)).collect();
         for (h, hook) in hooks.into_iter().enumerate() {
             let predictions = rank_classify(&model, hook, 0, &examples, 3);
             for (e, p) in examples.iter().zip(&predictions) {
