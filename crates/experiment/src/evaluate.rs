@@ -172,7 +172,7 @@ fn rank_classify<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, pad_id: 
                 for (j, &next) in ids.iter().enumerate().skip(1) {
                     total += rest.as_ref().expect("choices longer than one token were fed").get(row, j - 1, next);
                 }
-                scores[i][c] = total;
+                *scores[i].get_mut(c).expect("one score per choice") = total;
             }
         }
     }
