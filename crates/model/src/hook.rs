@@ -103,6 +103,12 @@ pub trait TrainableTuner {
     fn small_lr_params(&self) -> Vec<burn::module::ParamId> {
         Vec::new()
     }
+
+    /// Names of the scalars the tuner records through [`crate::diagnostics`] in every forward
+    /// (training shows each as a metric).
+    fn diagnostics(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
 }
 
 /// The bare model: no tuner.

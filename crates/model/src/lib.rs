@@ -4,6 +4,7 @@
 mod batch;
 mod cache;
 mod config;
+pub mod diagnostics;
 mod error;
 mod generate;
 pub mod gguf;

@@ -1,5 +1,6 @@
 //! Metrics shown on the dashboard and logged per epoch: burn's `LossMetric` and
-//! `LearningRateMetric`, plus response-token perplexity and accuracy.
+//! `LearningRateMetric`, plus response-token perplexity and accuracy, and any scalar the tuner
+//! records about itself (IAPT's pooler attention entropy).
 //!
 //! Every metric is weighted by response tokens, so an epoch's value is the token-level mean, not
 //! a mean of batch means: the loss metric is fed the NLL of each response token (burn's
@@ -151,6 +152,64 @@ impl Numeric for TokenAccuracyMetric {
     }
 }
 
+/// The scalars a tuner recorded in one step (name, batch mean).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostics(pub Vec<(&'static str, f64)>);
+
+impl Adaptor<Diagnostics> for LmStepStats {
+    fn adapt(&self) -> Diagnostics {
+        Diagnostics(self.diagnostics.clone())
+    }
+}
+
+/// One scalar the tuner records ([`iapt_model::diagnostics`], listed by
+/// `TrainableTuner::diagnostics`), named as recorded; the epoch value is the mean of its batches.
+#[derive(Clone)]
+pub struct DiagnosticMetric {
+    key: &'static str,
+    name: MetricName,
+    state: NumericMetricState,
+}
+
+impl DiagnosticMetric {
+    /// The metric of the scalar recorded as `key`.
+    pub fn new(key: &'static str) -> Self {
+        Self { key, name: Arc::new(key.to_string()), state: NumericMetricState::new() }
+    }
+}
+
+impl Metric for DiagnosticMetric {
+    type Input = Diagnostics;
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn update(&mut self, item: &Diagnostics, _metadata: &MetricMetadata) -> SerializedEntry {
+        // A step that recorded nothing (it cannot happen for a tuner that lists the name) shows NaN
+        // rather than a made-up value.
+        let value = item.0.iter().find(|(k, _)| *k == self.key).map_or(f64::NAN, |(_, v)| *v);
+        self.state.update(value, 1, FormatOptions::new(self.name()).precision(4))
+    }
+
+    fn clear(&mut self) {
+        self.state.reset();
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes { unit: None, higher_is_better: true }.into()
+    }
+}
+
+impl Numeric for DiagnosticMetric {
+    fn value(&self) -> NumericEntry {
+        self.state.current_value()
+    }
+    fn running_value(&self) -> NumericEntry {
+        self.state.running_value()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,8 +222,8 @@ mod tests {
 
     #[test]
     fn epoch_values_are_token_weighted() {
-        let small = LmStepStats { token_nll: vec![1.0], correct: 1 };
-        let large = LmStepStats { token_nll: vec![2.0, 2.0, 2.0], correct: 0 };
+        let small = LmStepStats { token_nll: vec![1.0], correct: 1, diagnostics: vec![] };
+        let large = LmStepStats { token_nll: vec![2.0, 2.0, 2.0], correct: 0, diagnostics: vec![] };
         let mut loss = LossMetric::<Flex>::new();
         let mut ppl = PerplexityMetric::default();
         let mut acc = TokenAccuracyMetric::default();

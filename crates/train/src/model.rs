@@ -43,11 +43,13 @@ impl<B: Backend, T: Module<B> + ModelHook<B>> TunedLm<B, T> {
     /// Forward pass and response-only loss of `batch` (see [`crate::batch`] for the masks and
     /// [`response_log_probs`] for what is computed).
     pub fn forward_loss(&self, batch: LmBatch<B>) -> LmOutput<B> {
+        iapt_model::diagnostics::start();
         let (log_probs, targets) = response_log_probs(&self.backbone, &self.tuner, &batch);
+        let diagnostics = iapt_model::diagnostics::finish::<B>();
         let [n, _] = log_probs.dims();
         let token_nll = log_probs.clone().gather(1, targets.clone().reshape([n, 1])).reshape([n]).neg();
         let correct = log_probs.argmax(1).reshape([n]).equal(targets);
-        LmOutput { loss: token_nll.clone().mean(), token_nll: token_nll.detach(), correct }
+        LmOutput { loss: token_nll.clone().mean(), token_nll: token_nll.detach(), correct, diagnostics }
     }
 }
 
@@ -83,6 +85,9 @@ impl<B: Backend, T: TrainableTuner> TrainableTuner for TunedLm<B, T> {
     fn small_lr_params(&self) -> Vec<ParamId> {
         self.tuner.small_lr_params()
     }
+    fn diagnostics(&self) -> Vec<&'static str> {
+        self.tuner.diagnostics()
+    }
 }
 
 /// One step's output: the loss to minimise and what the metrics need.
@@ -93,6 +98,8 @@ pub struct LmOutput<B: Backend> {
     pub token_nll: Tensor<B, 1>,
     /// `[n]`: argmax prediction == target, per response token.
     pub correct: Tensor<B, 1, Bool>,
+    /// The tuner's recorded scalars ([`iapt_model::diagnostics`]), batch means.
+    pub diagnostics: Vec<(&'static str, f64)>,
 }
 
 /// Host-side numbers of one step, what the metrics read (burn syncs outputs on its metric thread).
@@ -102,6 +109,8 @@ pub struct LmStepStats {
     pub token_nll: Vec<f32>,
     /// Response tokens predicted exactly (argmax).
     pub correct: usize,
+    /// The tuner's recorded scalars, batch means.
+    pub diagnostics: Vec<(&'static str, f64)>,
 }
 
 impl<B: Backend> ItemLazy for LmOutput<B> {
@@ -112,7 +121,7 @@ impl<B: Backend> ItemLazy for LmOutput<B> {
             Transaction::default().register(self.token_nll).register(self.correct.int().sum()).execute().try_into().expect("two tensors registered");
         let token_nll = nll.convert::<f32>().to_vec::<f32>().expect("float data");
         let correct = correct.iter::<i64>().next().unwrap_or(0) as usize;
-        LmStepStats { token_nll, correct }
+        LmStepStats { token_nll, correct, diagnostics: self.diagnostics }
     }
 }
 

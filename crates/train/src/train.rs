@@ -15,7 +15,7 @@ use crate::checkpoint::{self, CheckpointPolicy, CheckpointRecorder, CHECKPOINT_D
 use crate::config::TrainConfig;
 use crate::interrupt::CtrlCWatch;
 use crate::loader::EpochLoader;
-use crate::metric::{PerplexityMetric, TokenAccuracyMetric};
+use crate::metric::{DiagnosticMetric, PerplexityMetric, TokenAccuracyMetric};
 use crate::metric_log::{self, ResumedFileLogger};
 use crate::model::TunedLm;
 use crate::monitor::{EpochLosses, StepMonitor};
@@ -334,6 +334,9 @@ where
         Dashboard::Off => training.renderer(ProgressLog::with_sink(config.log_every, Sink::Discard)),
         _ => training.renderer(ProgressLog::new(config.log_every)),
     };
+    for name in model.diagnostics() {
+        training = training.metric_train_numeric(DiagnosticMetric::new(name)).metric_valid_numeric(DiagnosticMetric::new(name));
+    }
     if config.grad_accumulation > 1 {
         training = training.grads_accumulation(config.grad_accumulation);
     }

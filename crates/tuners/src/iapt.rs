@@ -189,6 +189,15 @@ impl<B: Backend> TrainableTuner for Iapt<B> {
     fn small_lr_params(&self) -> Vec<ParamId> {
         self.layers.iter().filter_map(|g| g.activation.rational.as_ref()).flat_map(|r| [r.numerator.id, r.denominator.id]).collect()
     }
+
+    /// The self-attention pooler's attention entropy (the other poolers have no attention).
+    fn diagnostics(&self) -> Vec<&'static str> {
+        if self.layers.iter().any(|g| g.pooler.kind == PoolerKind::SelfAttn) {
+            vec![crate::pooler::ATTENTION_ENTROPY]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl<B: Backend> ModelHook<B> for Iapt<B> {

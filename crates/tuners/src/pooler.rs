@@ -61,6 +61,24 @@ impl PoolerConfig {
     }
 }
 
+/// What the self-attention pooler records while [`iapt_model::diagnostics`] is on: the entropy
+/// of each soft token's attention over the instruction divided by ln(instruction length), so 1
+/// is uniform weights (mean pooling) and 0 all weight on one token; averaged over sequences with
+/// at least two instruction tokens, soft tokens and (by the recorder) layers.
+pub const ATTENTION_ENTROPY: &str = "Pooler Entropy";
+
+/// `[1]`: the mean normalised entropy of `weights` (`[b, n, l]`, each column summing to 1 over
+/// the `count` (`[b, 1, 1]`) rows inside the mask, 0 elsewhere).
+fn normalized_entropy<B: Backend>(weights: Tensor<B, 3>, count: Tensor<B, 3, Int>) -> Tensor<B, 1> {
+    let [_, _, l] = weights.dims();
+    // 0 · ln 0 = 0: clamping the logarithm's argument leaves zero weights contributing zero.
+    let entropy = (weights.clone() * weights.clamp_min(1e-30).log()).sum_dim(1).neg(); // [b, 1, l]
+    let n = count.float().cast(FloatDType::F32);
+    let usable = n.clone().greater_elem(1.0).float().cast(FloatDType::F32); // [b, 1, 1]
+    let per_sequence = (entropy / n.clamp_min(2.0).log()).sum_dim(2) / l as f64; // [b, 1, 1]
+    ((per_sequence * usable.clone()).sum() / usable.sum().clamp_min(1.0)).reshape([1])
+}
+
 /// Pools `[b, n, m]` states over the rows where `mask` is true into `[b, l_sp, m]`.
 ///
 /// Rows outside the mask (padding, response) are zeroed before anything reads them, so their
@@ -98,6 +116,9 @@ impl<B: Backend> Pooler<B> {
                 // (and a sequence with no instruction row gets all zeros instead of uniform).
                 let inside = mask.float().cast(FloatDType::F32).reshape([b, n, 1]);
                 let weights = softmax(scores, 1) * inside;
+                if iapt_model::diagnostics::recording() {
+                    iapt_model::diagnostics::record(ATTENTION_ENTROPY, normalized_entropy(weights.clone().detach(), count));
+                }
                 return weights.cast(FloatDType::from(x.dtype())).swap_dims(1, 2).matmul(x);
             }
             PoolerKind::Mean => {
@@ -162,6 +183,30 @@ mod tests {
         let (a0, a1) = ((1.0 / s).exp() / ((1.0 / s).exp() + 1.0), 1.0 / ((1.0 / s).exp() + 1.0));
         let got = host(attention_pooler([[1.0, 0.0], [0.0, 1.0]], true).forward(x, m));
         assert!(close(&got[0][0], &[a0, 2.0 * a1]), "{got:?}");
+    }
+
+    /// Recorded entropy by hand: column 0 attends (e/(e+1), 1/(e+1)), column 1 (1/(1+e^2),
+    /// e^2/(1+e^2)), over 2 instruction rows (so divided by ln 2); a second sequence with one
+    /// instruction row has no entropy to speak of and is left out.
+    #[test]
+    fn attention_entropy_by_hand() {
+        let x = tensor3(&[vec![vec![1.0, 0.0], vec![0.0, 2.0], vec![7.0, -3.0]], vec![vec![1.0, 1.0], vec![5.0, 5.0], vec![0.0, 0.0]]]);
+        let m = mask(&[vec![true, true, false], vec![false, true, false]]);
+        let h = |p: f64| -(p * p.ln() + (1.0 - p) * (1.0 - p).ln()) / 2f64.ln();
+        let e = std::f64::consts::E;
+        let want = (h(e / (e + 1.0)) + h(1.0 / (1.0 + e * e))) / 2.0;
+        iapt_model::diagnostics::start();
+        attention_pooler([[1.0, 0.0], [0.0, 1.0]], false).forward(x.clone(), m.clone());
+        let got = iapt_model::diagnostics::finish::<TB>();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, ATTENTION_ENTROPY);
+        assert!((got[0].1 - want).abs() < 1e-6, "{got:?} vs {want}");
+        // Equal scores: uniform weights, entropy 1. Nothing is recorded when not asked for.
+        iapt_model::diagnostics::start();
+        attention_pooler([[0.0, 0.0], [0.0, 0.0]], false).forward(x.clone(), m.clone());
+        assert!((iapt_model::diagnostics::finish::<TB>()[0].1 - 1.0).abs() < 1e-6);
+        attention_pooler([[1.0, 0.0], [0.0, 1.0]], false).forward(x, m);
+        assert!(iapt_model::diagnostics::finish::<TB>().is_empty());
     }
 
     #[test]

@@ -289,6 +289,9 @@ impl<B: Backend> TrainableTuner for Tuner<B> {
     fn small_lr_params(&self) -> Vec<ParamId> {
         self.trainable().small_lr_params()
     }
+    fn diagnostics(&self) -> Vec<&'static str> {
+        self.trainable().diagnostics()
+    }
 }
 
 #[cfg(test)]
