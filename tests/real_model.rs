@@ -115,9 +115,9 @@ fn train_then_eval_then_resume_on_real_data() {
         assert!(results[key].as_f64().is_some(), "results.json lacks {key}: {results}");
     }
     assert_eq!(results["examples"], 6);
-    // The quickstart's mean-pooling generator: shared projections 2*576*64 + 64 + 576, plus
-    // 30 layers x 10 rational coefficients (no pooler queries).
-    assert_eq!(results["trainable_params"], 2 * 576 * 64 + 64 + 576 + 30 * 10);
+    // The quickstart's generator: shared projections 2*576*64 + 64 + 576, plus per layer (30)
+    // 4 pooler queries of width 64 and 10 rational coefficients.
+    assert_eq!(results["trainable_params"], 2 * 576 * 64 + 64 + 576 + 30 * (64 * 4 + 10));
     for file in ["config.toml", "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "report.json"] {
         assert!(run.join(file).is_file(), "{file} missing from the run directory");
     }
