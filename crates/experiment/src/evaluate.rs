@@ -156,13 +156,13 @@ fn rank_classify<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, pad_id: 
         let first = host_log_probs(model, hidden.narrow(1, t - 1, 1));
         let most_choices = chunk.iter().map(|&i| examples[i].choice_ids.len()).max().unwrap_or(0);
         for c in 0..most_choices {
-            // Rows without a c-th choice (BIG-bench examples carry their own choice lists) are
-            // fed a padding token whose scores nobody reads.
             let choice = |i: usize| examples[i].choice_ids.get(c);
-            let fed: Vec<Vec<u32>> = chunk.iter().map(|&i| choice(i).map_or(vec![pad_id], |ids| ids[..ids.len() - 1].to_vec())).collect();
-            let longest = fed.iter().map(Vec::len).max().unwrap_or(0);
-            let rest = (longest > 0).then(|| {
-                let rows: Vec<Vec<u32>> = fed.iter().map(|f| if f.is_empty() { vec![pad_id] } else { f.clone() }).collect();
+            // Every choice but its last token is fed; rows with nothing to feed (no c-th choice,
+            // as BIG-bench examples carry their own choice lists, or a one-token choice) get a
+            // padding token whose scores nobody reads.
+            let rest = chunk.iter().any(|&i| choice(i).is_some_and(|ids| ids.len() > 1)).then(|| {
+                let rows: Vec<Vec<u32>> =
+                    chunk.iter().map(|&i| choice(i).map(|ids| &ids[..ids.len() - 1]).filter(|f| !f.is_empty()).map_or(vec![pad_id], <[u32]>::to_vec)).collect();
                 let hidden = model.forward(TokenBatch::padded(&rows, pad_id, Padding::Right, &device), &mut prefill.clone(), hook);
                 host_log_probs(model, hidden)
             });

