@@ -22,3 +22,8 @@ if [ ! -d "$cached" ] && ! python3 -m pip index versions bigbench 2>/dev/null | 
   echo "NOT RUN: bigbench==1.0.0 is neither cached in $cached nor served by the package index, so these ${#needs_bigbench[@]} tests cannot read their tasks: ${needs_bigbench[*]}" >&2
 fi
 cargo test --workspace -- --include-ignored "${skip[@]}"
+
+# The GPU code path, run: training, generation and adapters on wgpu against ndarray. Without a
+# GPU, wgpu runs on Mesa's lavapipe (Vulkan on the CPU), installed here when missing.
+bash scripts/install-system-deps.sh
+cargo test -p iapt-train --features wgpu --test wgpu

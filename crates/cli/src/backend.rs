@@ -69,7 +69,13 @@ impl DeviceList for Flex {
 #[cfg(feature = "wgpu")]
 impl DeviceList for Wgpu {
     fn device_list(n: usize) -> Vec<Self::Device> {
-        (0..n).map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
+        use burn::backend::wgpu::WgpuDevice;
+        // One device: wgpu's own choice (a discrete GPU first, a software adapter last), which
+        // exists wherever any adapter does; `DiscreteGpu(0)` would fail on a machine without one.
+        match n {
+            1 => vec![WgpuDevice::DefaultDevice],
+            _ => (0..n).map(WgpuDevice::DiscreteGpu).collect(),
+        }
     }
 }
 

@@ -193,6 +193,7 @@ where
     DD: Dataset<LmExample> + 'static,
 {
     let devices = if devices.is_empty() { model.devices().into_iter().take(1).collect() } else { devices };
+    check_exchange::<B::InnerBackend>(&devices)?;
     let layout = Layout::Local { devices: devices.len() };
     let strategy = if devices.len() > 1 {
         let optim = if config.sharded_optimizer { MultiDeviceOptim::OptimSharded } else { MultiDeviceOptim::OptimMainDevice };
@@ -203,10 +204,37 @@ where
     run(config, model, train_data, dev_data, run_dir.as_ref(), strategy, layout)
 }
 
+/// Several devices train one model only if tensors move between them intact: burn-train copies
+/// the model to every device and the gradients back. On some backends a copy between two devices
+/// silently yields other values (burn 0.21's wgpu backend sends cross-device copies through a
+/// device-to-device path that only CUDA implements: the copy never happens, and reading it
+/// fails or gives other values), which would train on garbage. A few known values are sent from
+/// the first device to each other one and read back.
+fn check_exchange<B: Backend>(devices: &[B::Device]) -> Result<(), TrainError> {
+    let Some((first, others)) = devices.split_first() else { return Ok(()) };
+    let probe: Vec<f32> = (1..=64).map(|i| i as f32 * 0.25).collect();
+    let sent = burn::tensor::Tensor::<B, 1>::from_floats(probe.as_slice(), first);
+    for (i, device) in others.iter().enumerate() {
+        if device == first {
+            continue;
+        }
+        let received = sent.clone().to_device(device).try_into_data().ok().and_then(|data| data.convert::<f32>().to_vec::<f32>().ok());
+        if received.as_deref() != Some(probe.as_slice()) {
+            return Err(TrainError::Config(format!(
+                "devices 0 ({first:?}) and {} ({device:?}) cannot exchange tensors on this backend (a copy between them failed or came back changed), so they cannot train one model together; train on one device, or on the CPU backends or CUDA for several",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Train with burn-train's distributed data parallel strategy (DDP): one worker thread and
 /// model replica per device, gradients averaged across replicas by an all-reduce inside the
-/// backward pass. Needs a backend implementing burn's `DistributedBackend` (the CubeCL
-/// backends: CUDA, ROCm, WGPU; not ndarray or flex) and this crate's `ddp` feature.
+/// backward pass. Needs a backend implementing burn's `DistributedBackend` and this crate's
+/// `ddp` feature: in burn 0.21 that is CUDA only (burn's `distributed` feature switches on
+/// burn-cubecl's implementation through burn-cuda alone, and the all-reduce is NCCL's; cubecl's
+/// wgpu runtime has no collective operations and cannot copy between devices).
 ///
 /// Early stopping is not used under DDP: burn-train 0.21 asks every worker's copy of the
 /// strategy right after its training epoch, before the main worker has validated, so workers
@@ -231,6 +259,7 @@ where
     if devices.is_empty() {
         return Err(TrainError::Config("DDP needs at least one device".into()));
     }
+    check_exchange::<B::InnerBackend>(&devices)?;
     let layout = Layout::Ddp { devices: devices.len() };
     let strategy = ExecutionStrategy::ddp(devices, DistributedConfig { all_reduce_op: ReduceOperation::Mean });
     run(config, model, train_data, dev_data, run_dir.as_ref(), strategy, layout)

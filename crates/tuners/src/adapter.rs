@@ -5,7 +5,7 @@
 //! layout (LoRA, prompt tuning) is read too, recognised by its `peft_type` (see [`crate::peft`]).
 
 use crate::tuner::{Tuner, TunerConfig, TunerConfigError, TunerModule};
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorData};
 use iapt_model::{HostTensor, LlamaConfig};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -237,9 +237,14 @@ pub fn load_module_tensors<B: Backend, M: Module<B>>(module: M, mut tensors: BTr
                 self.error = Some(AdapterError::ShapeMismatch { path: self.file.to_path_buf(), tensor: name, found: host.shape, expected });
                 return param;
             }
-            let tensor = Tensor::<B, D>::from_data(TensorData::new(host.data, host.shape), &current.device()).cast(FloatDType::from(current.dtype()));
-            let id: ParamId = param.id;
-            param.transform_for_load(tensor, id)
+            let device = current.device();
+            let tensor = Tensor::<B, D>::from_data(TensorData::new(host.data, host.shape.clone()), &device).cast(FloatDType::from(current.dtype()));
+            // Every tuner parameter is trained, so a loaded one stays trainable. burn's
+            // `Param::transform_for_load` on a backend without autodiff records it as not
+            // requiring gradients, which `from_inner` onto an autodiff backend then keeps: a
+            // tuner loaded on the inner backend would silently never train. A lazily
+            // initialised parameter carries the flag across.
+            Param::uninitialized(param.id, move |_, trainable| tensor.clone().set_require_grad(trainable), device, true, host.shape.into())
         }
     }
     let mut assign = Assign { path: Vec::new(), tensors: &mut tensors, file: path, error: None };

@@ -128,3 +128,50 @@ fn damaged_weight_files_are_errors_naming_file_and_tensor() {
     assert!(AdapterConfig::read(&dir).is_ok());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An adapter loaded on a backend without autodiff and then moved onto the autodiff backend (a
+/// warm start from a saved adapter) trains: every parameter gets a gradient. (burn's own load
+/// path drops the trainable flag there, so such a tuner would silently keep its values.)
+#[test]
+fn an_adapter_loaded_without_autodiff_trains_after_from_inner() {
+    use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    use iapt_tuners::{load_tuner, save_tuner, LoraConfig, Tuner, TunerConfig};
+    type AD = burn::backend::Autodiff<TB>;
+    struct Gradients<'a> {
+        grads: &'a <AD as burn::tensor::backend::AutodiffBackend>::Gradients,
+        with: usize,
+        without: usize,
+    }
+    impl ModuleVisitor<AD> for Gradients<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+            match param.grad(self.grads) {
+                Some(_) => self.with += 1,
+                None => self.without += 1,
+            }
+        }
+    }
+    let device = Default::default();
+    TB::seed(&device, 9);
+    let base = LlamaConfig::tiny();
+    let model = Llama::<TB>::random(&base, &device);
+    for (i, config) in [TunerConfig::Iapt(IaptConfig::new(8)), TunerConfig::Lora(LoraConfig::new())].into_iter().enumerate() {
+        let dir = temp_dir(&format!("trainable{i}"));
+        save_tuner(&dir, &config.init::<TB>(&base, &device).unwrap().jittered(1, 0.2, |_| true), "tiny-random").unwrap();
+        let tuner = Tuner::<AD>::from_inner(load_tuner::<TB>(&dir, &base, &device).unwrap());
+        let backbone = Llama::<AD>::from_inner(model.clone());
+        let batch = TokenBatch::padded(&[vec![5, 17, 42, 3, 88]], 0, iapt_model::Padding::Right, &device);
+        let loss = backbone.logits(backbone.forward(batch, &mut KvCache::new(backbone.num_layers()), &tuner)).powf_scalar(2.0).mean();
+        let grads = loss.backward();
+        let mut count = Gradients { grads: &grads, with: 0, without: 0 };
+        tuner.visit(&mut count);
+        assert!(
+            count.with > 0 && count.without == 0,
+            "{}: {} of {} loaded parameters get no gradient",
+            config.name(),
+            count.without,
+            count.with + count.without
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
