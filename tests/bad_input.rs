@@ -106,6 +106,11 @@ const ON_THE_MODEL: &[Case] = &[
         args: |_| strings(&["generate", "--model", "smollm2", "--prompt", "Hello", "--max-new-tokens", "1000000"]),
     },
     Case {
+        input: "a half-precision backbone on a CPU backend",
+        shown: "--dtype f16: the CPU backends run the backbone in f32 (their kernels are f32); half precision is for the GPU backends (wgpu, cuda)",
+        args: |_| strings(&["generate", "--model", "smollm2", "--prompt", "Hello", "--dtype", "f16"]),
+    },
+    Case {
         input: "a text to score beyond the context",
         shown: "--text is … tokens, more than the model's context of 8192 tokens (max_position_embeddings)",
         args: |_| strings(&["score", "--model", "smollm2", "--text", &"word ".repeat(9000)]),

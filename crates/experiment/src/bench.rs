@@ -185,7 +185,7 @@ impl PartTotals {
 /// Every step is one batch of `batch` sequences of `prompt_len` instruction tokens and
 /// `response_len` response tokens (a classification-style example); one warm-up step first.
 pub fn bench_train<B: Backend>(model_path: &std::path::Path, device: &B::Device, config: &iapt_tuners::TunerConfig, shape: &TrainShape) -> Result<TrainBench> {
-    let TrainShape { batch, prompt_len, response_len, steps, profile } = *shape;
+    let TrainShape { batch, prompt_len, response_len, steps, profile, dtype } = *shape;
     use burn::backend::Autodiff;
     use burn::module::{AutodiffModule, Module};
     use burn::optim::{GradientsParams, Optimizer};
@@ -193,7 +193,7 @@ pub fn bench_train<B: Backend>(model_path: &std::path::Path, device: &B::Device,
     use iapt_train::{optim::GroupedAdamWConfig, LmBatch, LmExample, StepMonitor, TunedLm};
     use std::time::Instant;
 
-    let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, device)?;
+    let backbone = iapt_model::load_llama_as::<Autodiff<B>>(model_path, device, dtype.float())?;
     let base = backbone.config().clone();
     let tuner = config.init_from_backbone(&backbone).map_err(|e| anyhow::anyhow!("tuner ({}): {e}", config.name()))?;
     let trainable = tuner.num_params();
@@ -273,6 +273,8 @@ pub struct TrainShape {
     pub steps: usize,
     /// Split the forward pass by kind of work.
     pub profile: bool,
+    /// The backbone's matrices' type.
+    pub dtype: crate::run_config::WeightDtype,
 }
 
 /// The output of `iapt bench train`.

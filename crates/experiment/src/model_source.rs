@@ -35,10 +35,11 @@ pub struct LoadedModel<B: Backend> {
 }
 
 impl<B: Backend> LoadedModel<B> {
-    /// Load model and tokenizer from a resolved checkpoint path.
-    pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
+    /// Load model and tokenizer from a resolved checkpoint path, the backbone's matrices stored
+    /// as `dtype`.
+    pub fn load(path: &Path, device: &B::Device, dtype: crate::run_config::WeightDtype) -> Result<Self> {
         let tokenizer = iapt_model::load_tokenizer(path)?;
-        let model = iapt_model::load_llama::<B>(path, device)?;
+        let model = iapt_model::load_llama_as::<B>(path, device, dtype.float())?;
         Ok(Self { model, tokenizer })
     }
 

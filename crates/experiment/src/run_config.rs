@@ -38,6 +38,31 @@ impl BackendKind {
     }
 }
 
+/// The type the frozen backbone's matrices are stored in (`--dtype`). Half precision halves the
+/// backbone's memory on the GPU backends; activations, norms, softmax, the KV cache, the tuners
+/// and the optimiser state stay f32 whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    /// Half precision (CUDA; wgpu on adapters with f16 shaders).
+    F16,
+    /// bfloat16 (CUDA).
+    Bf16,
+}
+
+impl WeightDtype {
+    /// burn's float type for it.
+    pub fn float(self) -> burn::tensor::FloatDType {
+        match self {
+            Self::F32 => burn::tensor::FloatDType::F32,
+            Self::F16 => burn::tensor::FloatDType::F16,
+            Self::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
+}
+
 /// Name of the resolved config inside a run directory.
 pub const RESOLVED_CONFIG: &str = "config.toml";
 
@@ -65,11 +90,14 @@ pub struct ModelSection {
     pub backend: BackendKind,
     /// Devices to train on in parallel (burn-train's multi-device strategy).
     pub devices: usize,
+    /// The type of the frozen backbone's matrices: `f32`, or `f16` / `bf16` on the GPU
+    /// backends (`--dtype` overrides it).
+    pub dtype: WeightDtype,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { name: "smollm2".into(), backend: BackendKind::Ndarray, devices: 1 }
+        Self { name: "smollm2".into(), backend: BackendKind::Ndarray, devices: 1, dtype: WeightDtype::F32 }
     }
 }
 

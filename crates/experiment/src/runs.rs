@@ -82,7 +82,7 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     splits.dedup();
     let task = prepare_task(&config.data, &tokenizer, &splits)?;
     eprintln!("task {}: train {} / dev {} / {} {} examples", task.spec.name, task.train.len(), task.dev.len(), split.name(), task.split(split).len());
-    let backbone = iapt_model::load_llama::<Autodiff<B>>(model_path, &device)?;
+    let backbone = iapt_model::load_llama_as::<Autodiff<B>>(model_path, &device, config.model.dtype.float())?;
     check_context(backbone.config(), &config.data, &config.eval)?;
     let inputs = RunInputs::of(model_path, backbone.config(), &task, &splits)?;
     inputs.check(&run_dir)?;
@@ -220,7 +220,7 @@ pub fn eval<B: Backend>(config: &RunConfig, model_path: &Path, args: &EvalArgs, 
     }
     let tokenizer = iapt_model::load_tokenizer(model_path)?;
     let task = prepare_task(&config.data, &tokenizer, &[args.split])?;
-    let backbone = iapt_model::load_llama::<B>(model_path, &device)?;
+    let backbone = iapt_model::load_llama_as::<B>(model_path, &device, config.model.dtype.float())?;
     check_context(backbone.config(), &config.data, &config.eval)?;
     let examples = limit(task.split(args.split), &config);
     let Some(path) = &args.adapter else {

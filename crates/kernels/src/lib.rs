@@ -43,6 +43,12 @@ pub fn frozen_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 
     let [m, k] = x.dims();
     let [k2, _n] = w.dims();
     assert_eq!(k, k2, "frozen_matmul: x is [{m}, {k}] but w has {k2} rows");
+    if x.dtype() != w.dtype() {
+        // A backbone stored in half precision: the product runs in the weight's type (burn's
+        // backends do not mix types in one op), the result comes back in the input's.
+        let dtype = burn::tensor::FloatDType::from(x.dtype());
+        return x.cast(burn::tensor::FloatDType::from(w.dtype())).matmul(w).cast(dtype);
+    }
     if w.is_require_grad() || !enabled() {
         return x.matmul(w);
     }

@@ -6,7 +6,7 @@ use crate::transformer::{Attention, DecoderLayer, Llama, Mlp};
 use crate::weights::{HostTensor, WeightMap};
 use burn::module::Param;
 use burn::nn::{Embedding, Linear, RmsNorm};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use std::path::Path;
 
 /// Read a checkpoint (a `.gguf` file or a HF directory) into its config and weights.
@@ -43,16 +43,64 @@ fn checkpoint_format(path: &Path) -> Result<Format, LoadError> {
 
 /// Load a model from a `.gguf` file or HF directory onto `device`.
 pub fn load_llama<B: Backend>(path: &Path, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    load_llama_as(path, device, FloatDType::F32)
+}
+
+/// [`load_llama`] with the frozen backbone's matrices (projections, embeddings, LM head) stored
+/// as `dtype`; see [`llama_from_weights_as`].
+pub fn load_llama_as<B: Backend>(path: &Path, device: &B::Device, dtype: FloatDType) -> Result<Llama<B>, LoadError> {
+    check_weight_dtype::<B>(device, dtype)?;
     let (config, weights) = read_checkpoint(path)?;
-    llama_from_weights(&config, weights, device)
+    llama_from_weights_as(&config, weights, device, dtype)
+}
+
+/// Whether the backbone's matrices can be stored as `dtype` on `device`: f32 anywhere; f16 and
+/// bf16 where the backend computes in them (CUDA; wgpu on adapters with f16 shaders, f16 only),
+/// and not on the CPU backends this project's kernels run, which compute in f32.
+pub fn check_weight_dtype<B: Backend>(device: &B::Device, dtype: FloatDType) -> Result<(), LoadError> {
+    if dtype == FloatDType::F32 {
+        return Ok(());
+    }
+    let name = dtype_name(dtype);
+    if iapt_kernels::accelerated::<B>() {
+        return Err(LoadError::Other(format!(
+            "--dtype {name}: the CPU backends run the backbone in f32 (their kernels are f32); half precision is for the GPU backends (wgpu, cuda)"
+        )));
+    }
+    if !B::supports_dtype(device, DType::from(dtype)) {
+        return Err(LoadError::Other(format!(
+            "--dtype {name}: this backend cannot compute in {name} on {device:?}; use f32{}",
+            if dtype == FloatDType::BF16 { " or f16" } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// The name `--dtype` uses for `dtype`.
+pub fn dtype_name(dtype: FloatDType) -> &'static str {
+    match dtype {
+        FloatDType::F64 => "f64",
+        FloatDType::F32 | FloatDType::Flex32 => "f32",
+        FloatDType::F16 => "f16",
+        FloatDType::BF16 => "bf16",
+    }
 }
 
 /// Move host weights (HF names and layouts) into a model; fails on a missing, misshapen or
 /// unused tensor, naming it. A misshapen tensor is reported against the config that set the
 /// expected shape (`config.json` of a HF directory, a GGUF file's header).
 pub fn llama_from_weights<B: Backend>(config: &LlamaConfig, weights: WeightMap, device: &B::Device) -> Result<Llama<B>, LoadError> {
+    llama_from_weights_as(config, weights, device, FloatDType::F32)
+}
+
+/// [`llama_from_weights`] with the frozen matrices (projections, embeddings, LM head) stored as
+/// `dtype` (f16/bf16 halve the backbone's memory). Norm weights stay f32, and so does everything
+/// computed: each product casts its input to the weight's type and its output back, the
+/// embedding rows come out as f32, so softmax, norms, the KV cache and the tuners run in f32.
+pub fn llama_from_weights_as<B: Backend>(config: &LlamaConfig, weights: WeightMap, device: &B::Device, dtype: FloatDType) -> Result<Llama<B>, LoadError> {
+    check_weight_dtype::<B>(device, dtype)?;
     let source = weights.source.clone();
-    build_llama(config, weights, device).map_err(|e| match e {
+    build_llama(config, weights, device, dtype).map_err(|e| match e {
         LoadError::ShapeMismatch { path, tensor, found, expected } => {
             let config_file = match source.is_dir() {
                 true => source.join(crate::hf::CONFIG_FILE).display().to_string(),
@@ -69,13 +117,15 @@ pub fn llama_from_weights<B: Backend>(config: &LlamaConfig, weights: WeightMap, 
     })
 }
 
-fn build_llama<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device) -> Result<Llama<B>, LoadError> {
+fn build_llama<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device: &B::Device, dtype: FloatDType) -> Result<Llama<B>, LoadError> {
+    // Each matrix is cast as it is built, so the device never holds the whole backbone twice.
+    let linear = |t: HostTensor, device: &B::Device| cast_linear(linear(t, device), dtype);
     config.validate().map_err(|reason| LoadError::field(&weights.source, "config", reason))?;
     let c = config;
     let (d, kv, qd, ff) = (c.hidden_size, c.kv_dim(), c.num_heads * c.head_dim, c.intermediate_size);
     let norm = |t: HostTensor| RmsNorm { gamma: param(t, device), epsilon: c.rms_norm_eps };
 
-    let embed_tokens = Embedding { weight: param(weights.take("model.embed_tokens.weight", &[c.vocab_size, d])?, device) };
+    let embed_tokens = Embedding { weight: param::<B, 2>(weights.take("model.embed_tokens.weight", &[c.vocab_size, d])?, device).map(|w| w.cast(dtype)) };
     let lm_head = match c.tie_word_embeddings {
         true => None,
         false => Some(linear(weights.take("lm_head.weight", &[c.vocab_size, d])?, device)),
@@ -112,6 +162,13 @@ fn param<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Param
     Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), device))
 }
 
+fn cast_linear<B: Backend>(linear: Linear<B>, dtype: FloatDType) -> Linear<B> {
+    match dtype {
+        FloatDType::F32 => linear,
+        _ => Linear { weight: linear.weight.map(|w| w.cast(dtype)), bias: linear.bias },
+    }
+}
+
 /// A bias-free linear layer from a HF `[out, in]` matrix; burn's `Linear` holds `[in, out]`.
 /// On the backends `iapt-kernels` accelerates, the `[out, in]` memory is kept and viewed
 /// transposed: each output's weights are then contiguous, which is what few-row products
@@ -131,4 +188,23 @@ fn linear<B: Backend>(t: HostTensor, device: &B::Device) -> Linear<B> {
     }
     let weight = HostTensor { shape: vec![cols, rows], data: transposed };
     Linear { weight: param(weight, device), bias: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transformer::Llama;
+
+    #[test]
+    fn half_precision_is_refused_on_the_cpu_backends_naming_the_choice() {
+        type Cpu = burn::backend::NdArray<f32>;
+        let config = LlamaConfig::tiny();
+        let model = Llama::<Cpu>::random(&config, &Default::default());
+        for dtype in [FloatDType::F16, FloatDType::BF16] {
+            let err = llama_from_weights_as::<Cpu>(&config, model.to_weights(), &Default::default(), dtype).err().expect("refused").to_string();
+            assert!(err.contains(&format!("--dtype {}", dtype_name(dtype))) && err.contains("GPU backends"), "{err}");
+        }
+        let model = llama_from_weights_as::<Cpu>(&config, model.to_weights(), &Default::default(), FloatDType::F32).unwrap();
+        assert_eq!(model.embedding_table().dtype(), DType::F32);
+    }
 }

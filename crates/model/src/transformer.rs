@@ -10,7 +10,7 @@ use crate::weights::{HostTensor, WeightMap};
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor};
 use iapt_kernels::{accelerated, frozen_matmul};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -346,7 +346,13 @@ impl<B: Backend> Llama<B> {
 
     /// The token embedding table `[vocab, d]` (also the LM head when tied).
     pub fn embedding_table(&self) -> Tensor<B, 2> {
-        self.embed_tokens.weight.val()
+        self.embed_tokens.weight.val().cast(self.compute_dtype())
+    }
+
+    /// The float type activations are computed in (f32; the norms' weights are kept in it even
+    /// when the matrices are stored in half precision).
+    fn compute_dtype(&self) -> FloatDType {
+        FloatDType::from(self.norm.gamma.val().dtype())
     }
 
     /// Every weight on the host in HF names and layouts (a projection `[out, in]`): what
@@ -396,7 +402,7 @@ impl<B: Backend> Llama<B> {
         let config = self.config();
         let device = batch.ids.device();
         let [b, _] = batch.ids.dims();
-        let mut x = self.embed_tokens.forward(batch.ids);
+        let mut x = self.embed_tokens.forward(batch.ids).cast(self.compute_dtype());
         let mut valid = batch.valid;
         // Padding is never instruction, whatever the caller's mask says.
         let mut instruction = match batch.instruction {
@@ -460,7 +466,9 @@ impl<B: Backend> Llama<B> {
                 let [b, t, d] = hidden.dims();
                 let table = self.embed_tokens.weight.val(); // [vocab, d]
                 let vocab = table.dims()[0];
-                table.matmul(hidden.reshape([b * t, d]).transpose()).transpose().reshape([b, t, vocab])
+                let dtype = FloatDType::from(hidden.dtype());
+                let hidden = hidden.cast(FloatDType::from(table.dtype()));
+                table.matmul(hidden.reshape([b * t, d]).transpose()).transpose().reshape([b, t, vocab]).cast(dtype)
             }
         }
     }

@@ -234,3 +234,84 @@ fn two_wgpu_devices_are_refused_because_wgpu_cannot_copy_between_devices() {
     assert!(!dir.join("checkpoint").exists(), "nothing was trained");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A half-precision backbone (`--dtype f16`): the matrices stored as f16 on wgpu, everything
+/// computed around them in f32, against the f32 backbone on the same backend. f16 keeps ~3
+/// significant digits, so logits move by ~1e-3 of their scale; 2e-2 is the bar. bf16 is refused
+/// where the backend cannot compute in it (wgpu has no bf16 arithmetic) with a message naming it.
+#[test]
+fn an_f16_backbone_follows_the_f32_one_and_its_tuner_trains_in_f32() {
+    use burn::tensor::{DType, FloatDType};
+    let (cpu, gpu) = backbones();
+    let base = cpu.config().clone();
+    let device = WgpuDevice::default();
+    assert!(
+        <Gpu as Backend>::supports_dtype(&device, DType::F16),
+        "this wgpu adapter cannot compute in f16 (no SHADER_F16): the f16 path cannot be tested here"
+    );
+    let half = iapt_model::llama_from_weights_as::<Gpu>(&base, cpu.to_weights(), &device, FloatDType::F16).unwrap();
+    assert_eq!(half.projection(0, Projection::Q).weight.val().dtype(), DType::F16, "the matrices are stored as f16");
+    assert_eq!(half.embedding_table().dtype(), DType::F32, "what the model hands out is f32");
+
+    let tuner_cpu = jittered_tuner(&TunerConfig::Iapt(IaptConfig::new(8)), &cpu);
+    let tuner = via_adapter_dir::<Cpu, Gpu>(&tuner_cpu, &base, &device, "f16");
+    for (what, full, halved) in
+        [("bare", logits(&gpu, &iapt_model::NoHook), logits(&half, &iapt_model::NoHook)), ("iapt", logits(&gpu, &tuner), logits(&half, &tuner))]
+    {
+        let difference = max_abs(&full, &halved);
+        eprintln!("{what}: f16 backbone vs f32 on wgpu: logits differ by {difference:.2e} (scale {:.2})", scale(&full));
+        assert!(difference <= 2e-2 * scale(&full), "{what}: the f16 backbone's logits differ by {difference}");
+        assert!(difference > 1e-6, "{what}: no difference at all: the f16 weights are not in use");
+    }
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|p| p.to_vec()).collect();
+    let generation = GenerationConfig { max_new_tokens: 4, sampling: Default::default(), stop_tokens: vec![] };
+    assert_eq!(generate(&half, &prompts, 0, &generation, &tuner).tokens.len(), 3, "cached generation runs on the f16 backbone");
+
+    // Training IAPT on the f16 backbone: the tuner and its gradients stay f32, and the losses
+    // follow the f32 backbone's run.
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 2,
+        learning_rate: 1e-2,
+        patience: None,
+        shuffle: false,
+        restore_best: false,
+        resume: false,
+        dashboard: Dashboard::Off,
+        ..Default::default()
+    };
+    let start = {
+        let _generator = GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        TunerConfig::Iapt(IaptConfig::new(8)).init_from_backbone(&cpu).unwrap()
+    };
+    let start = via_adapter_dir::<Cpu, Gpu>(&start, &base, &device, "f16-start");
+    let data = examples(6);
+    let mut losses = Vec::new();
+    for (tag, backbone) in [("f32", gpu), ("f16", half)] {
+        let dir = temp_dir(&format!("train-{tag}"));
+        let model = TunedLm::<GpuAd, Tuner<GpuAd>>::new(Llama::<GpuAd>::from_inner(backbone), Tuner::from_inner(start.clone()));
+        let trained = train(&config, model, InMemDataset::new(data.clone()), InMemDataset::new(data.clone()), &dir).unwrap();
+        let mut dtypes = Vec::new();
+        struct Dtypes<'a>(&'a mut Vec<DType>);
+        impl<B: Backend> ModuleVisitor<B> for Dtypes<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                self.0.push(param.val().dtype());
+            }
+        }
+        trained.model.tuner.visit(&mut Dtypes(&mut dtypes));
+        assert!(dtypes.iter().all(|&d| d == DType::F32), "{tag}: the tuner is not all f32: {dtypes:?}");
+        losses.push(trained.report.batch_losses);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    eprintln!("batch losses, f32 backbone {:?}, f16 backbone {:?}", losses[0], losses[1]);
+    for (step, (a, b)) in losses[0].iter().zip(&losses[1]).enumerate() {
+        assert!((a - b).abs() <= 1e-2 * a.abs(), "step {step}: loss {a} with the f32 backbone, {b} with f16");
+    }
+    assert!(losses[1][5] < losses[1][2], "the f16 run learns: {:?}", losses[1]);
+
+    let bf16 = iapt_model::llama_from_weights_as::<Gpu>(&base, cpu.to_weights(), &device, FloatDType::BF16);
+    match <Gpu as Backend>::supports_dtype(&device, DType::BF16) {
+        false => assert!(bf16.err().expect("bf16 refused").to_string().contains("cannot compute in bf16")),
+        true => assert!(bf16.is_ok()),
+    }
+}

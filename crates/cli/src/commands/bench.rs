@@ -140,7 +140,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn generate(args: GenerateArgs) -> Result<()> {
     let path = resolve_model(&args.model.model)?;
     with_backend!(args.model.backend, |B, device| {
-        let loaded = LoadedModel::<B>::load(&path, &device)?;
+        let loaded = LoadedModel::<B>::load(&path, &device, args.model.dtype)?;
         let tuner: Option<Tuner<B>> = match (&args.adapter, args.iapt_bottleneck) {
             (Some(dir), _) => Some(loaded.load_adapter(&adapter_dir(dir)?)?),
             (None, Some(m)) => Some(Tuner::Iapt(IaptConfig::new(m).init::<B>(loaded.model.config(), &device).map_err(anyhow::Error::msg)?)),
@@ -161,7 +161,14 @@ fn train(mut args: TrainArgs) -> Result<()> {
     }
     args.sets.insert(0, format!("tuner.kind={}", args.tuner));
     let config = RunConfig::load(None, &args.sets)?.tuner;
-    let shape = TrainShape { batch: args.batch, prompt_len: args.prompt_tokens, response_len: args.response_tokens, steps: args.steps, profile: args.profile };
+    let shape = TrainShape {
+        batch: args.batch,
+        prompt_len: args.prompt_tokens,
+        response_len: args.response_tokens,
+        steps: args.steps,
+        profile: args.profile,
+        dtype: args.model.dtype,
+    };
     with_backend!(args.model.backend, |B, device| print_json(&bench_train::<B>(&path, &device, &config, &shape)?))
 }
 
@@ -195,7 +202,7 @@ fn multitenant(mut args: MultitenantArgs) -> Result<()> {
         repeats: args.repeats,
     };
     with_backend!(args.model.backend, |B, device| {
-        let loaded = LoadedModel::<B>::load(&path, &device)?;
+        let loaded = LoadedModel::<B>::load(&path, &device, args.model.dtype)?;
         let mut methods = default_methods(loaded.model.config(), iapt);
         if !args.methods.is_empty() {
             if let Some(unknown) = args.methods.iter().find(|m| !methods.iter().any(|(name, _)| name == *m)) {

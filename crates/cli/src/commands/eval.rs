@@ -31,6 +31,9 @@ pub struct EvalArgs {
     model: Option<String>,
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// The type of the frozen backbone's matrices (overrides `model.dtype`).
+    #[arg(long, value_enum)]
+    dtype: Option<iapt_experiment::run_config::WeightDtype>,
     #[arg(long)]
     json: bool,
 }
@@ -43,6 +46,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     if let Some(backend) = args.backend {
         config.model.backend = backend;
+    }
+    if let Some(dtype) = args.dtype {
+        config.model.dtype = dtype;
     }
     let split = args.split.parse().map_err(|e| anyhow::anyhow!("--split {}: {e}", args.split))?;
     let path = resolve_model(&config.model.name)?;

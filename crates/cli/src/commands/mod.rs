@@ -13,6 +13,7 @@ pub mod train;
 
 use crate::backend::BackendKind;
 use clap::Args;
+use iapt_experiment::run_config::WeightDtype;
 
 /// Options every model-running command shares.
 #[derive(Args, Clone)]
@@ -23,6 +24,9 @@ pub struct ModelArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value = "ndarray")]
     pub backend: BackendKind,
+    /// The type of the frozen backbone's matrices (half precision on the GPU backends).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: WeightDtype,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -22,6 +22,9 @@ struct Served {
     /// Compute backend.
     #[arg(long, value_enum, default_value = "ndarray")]
     backend: BackendKind,
+    /// The type of the frozen backbone's matrices (half precision on the GPU backends).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: iapt_experiment::run_config::WeightDtype,
     /// An adapter to serve as `NAME=DIR` (an adapter directory or a run directory); clients
     /// select it with `"model": "NAME"`. Repeat for more; more can be loaded at run time.
     #[arg(long = "adapter", value_name = "NAME=DIR")]
@@ -90,7 +93,7 @@ fn default_model_id(spec: &str, path: &Path) -> String {
 /// a worker; the HTTP server runs on another.
 fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id: String, adapters: Vec<(String, PathBuf)>) -> Result<()> {
     let options = EngineOptions { max_batch: args.served.max_batch, max_waiting: args.max_waiting, max_resident_adapters: args.max_resident_adapters };
-    let (engine, engine_loop, tokenizer, registered) = prepare_engine::<B>(path, device, &adapters, options)?;
+    let (engine, engine_loop, tokenizer, registered) = prepare_engine::<B>(&args.served, path, device, &adapters, options)?;
     for info in &registered {
         eprintln!("adapter {}: {} from {}", info.name, info.kind, info.dir.display());
     }
@@ -111,8 +114,8 @@ fn serve<B: Backend>(args: &ServeArgs, path: &Path, device: &B::Device, model_id
 /// loop, the tokenizer, and the adapters as registered.
 type Prepared<B> = (EngineHandle, EngineLoop<B>, Arc<Tokenizer>, Vec<AdapterInfo>);
 
-fn prepare_engine<B: Backend>(path: &Path, device: &B::Device, adapters: &[(String, PathBuf)], options: EngineOptions) -> Result<Prepared<B>> {
-    let loaded = LoadedModel::<B>::load(path, device).with_context(|| format!("loading {}", path.display()))?;
+fn prepare_engine<B: Backend>(served: &Served, path: &Path, device: &B::Device, adapters: &[(String, PathBuf)], options: EngineOptions) -> Result<Prepared<B>> {
+    let loaded = LoadedModel::<B>::load(path, device, served.dtype).with_context(|| format!("loading {}", path.display()))?;
     let tokenizer = Arc::new(loaded.tokenizer.clone());
     let pad_id = loaded.tokenizer.pad_id();
     let (engine, mut engine_loop) = Engine::prepare(loaded.model, Box::new(loaded.tokenizer), pad_id, options);
@@ -157,7 +160,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
 
 fn load_on<B: Backend>(args: &LoadArgs, path: &Path, device: &B::Device, adapters: Vec<(String, PathBuf)>) -> Result<()> {
     let options = EngineOptions { max_batch: args.served.max_batch, max_waiting: args.requests.max(1), max_resident_adapters: adapters.len().max(1) };
-    let (engine, engine_loop, tokenizer, _) = prepare_engine::<B>(path, device, &adapters, options)?;
+    let (engine, engine_loop, tokenizer, _) = prepare_engine::<B>(&args.served, path, device, &adapters, options)?;
     let model_id = args.served.model.clone();
     let models = std::iter::once(model_id.clone()).chain(adapters.iter().map(|(name, _)| name.clone())).collect();
     let server = Server::start(ServerState { engine: engine.clone(), tokenizer, model_id }, "127.0.0.1:0", false)?;

@@ -43,7 +43,7 @@ pub struct ScoreArgs {
 pub fn score(args: ScoreArgs) -> Result<()> {
     let path = resolve_model(&args.model.model)?;
     with_backend!(args.model.backend, |B, device| {
-        let loaded = LoadedModel::<B>::load(&path, &device)?;
+        let loaded = LoadedModel::<B>::load(&path, &device, args.model.dtype)?;
         let ids = loaded.tokenizer.encode(&args.text).map_err(|e| anyhow!("tokenizing: {e}"))?;
         if ids.len() < 2 {
             anyhow::bail!("--text must be at least two tokens long to score (got {})", ids.len());
@@ -98,7 +98,7 @@ pub fn generate_text(args: GenerateArgs) -> Result<()> {
     check_sampling(&args)?;
     let path = resolve_model(&args.model.model)?;
     with_backend!(args.model.backend, |B, device| {
-        let loaded = LoadedModel::<B>::load(&path, &device)?;
+        let loaded = LoadedModel::<B>::load(&path, &device, args.model.dtype)?;
         match &args.adapter {
             Some(dir) => run_generate(&loaded, &args, &loaded.load_adapter(&adapter_dir(dir)?)?),
             None => run_generate(&loaded, &args, &NoHook),

@@ -26,6 +26,9 @@ pub struct TrainArgs {
     /// Devices to train on in parallel (overrides `model.devices`).
     #[arg(long)]
     devices: Option<usize>,
+    /// The type of the frozen backbone's matrices (overrides `model.dtype`).
+    #[arg(long, value_enum)]
+    dtype: Option<iapt_experiment::run_config::WeightDtype>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -38,6 +41,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(devices) = args.devices {
         config.model.devices = devices;
+    }
+    if let Some(dtype) = args.dtype {
+        config.model.dtype = dtype;
     }
     config.validate()?;
     let path = resolve_model(&config.model.name)?;
