@@ -1,10 +1,9 @@
 //! `iapt bench generate` (prefill and decode throughput, warmed up, at several batch sizes) and
 //! `iapt bench train` (a tuner's training step, split into its parts), with typed reports.
 
-use crate::model_source::LoadedModel;
 use anyhow::Result;
 use burn::tensor::backend::Backend;
-use iapt_model::{generate, GenerationConfig, ModelHook, NoHook, SamplingConfig};
+use iapt_model::{generate, GenerationConfig, Llama, ModelHook, NoHook, SamplingConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -60,9 +59,12 @@ pub struct GenerateProfile {
 }
 
 /// Fresh prompts of `len` tokens per row (ids drawn from the ordinary-token range, different
-/// per row and per call so no cache of any kind can flatter the numbers).
+/// per row and per call so no cache of any kind can flatter the numbers). A real vocabulary
+/// keeps special and rare tokens at its ends, so its first and last 1000 ids are avoided; a tiny
+/// test vocabulary uses every id but 0.
 pub(crate) fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec<Vec<u32>> {
-    (0..rows).map(|r| (0..len).map(|i| (1000 + (r * 7919 + i * 104_729 + salt * 15_485_863) % (vocab - 2000)) as u32).collect()).collect()
+    let (low, span) = if vocab > 4000 { (1000, vocab - 2000) } else { (1, vocab - 1) };
+    (0..rows).map(|r| (0..len).map(|i| (low + (r * 7919 + i * 104_729 + salt * 15_485_863) % span) as u32).collect()).collect()
 }
 
 /// Measure prefill tokens/s and decode tokens/s; one warm-up run per batch size first.
@@ -76,7 +78,7 @@ pub(crate) fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec
 /// into kinds of work ([`iapt_model::profile::Part`]).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_generate<B: Backend>(
-    loaded: &LoadedModel<B>,
+    model: &Llama<B>,
     prompt_len: usize,
     new_tokens: usize,
     batches: &[usize],
@@ -84,9 +86,10 @@ pub fn bench_generate<B: Backend>(
     tuned: Option<(&str, &dyn ModelHook<B>)>,
     profile: bool,
 ) -> Result<GenerateBench> {
-    let vocab = loaded.model.config().vocab_size;
+    let vocab = model.config().vocab_size;
     let bandwidth = iapt_kernels::bandwidth::read_bandwidth(1 << 30, 5);
-    let weight_bytes = 4 * loaded.model.config().weights_read_per_step();
+    // Bytes per weight as stored (f32, or half precision with `--dtype`).
+    let weight_bytes = model.projection(0, iapt_model::Projection::Q).weight.val().dtype().size() * model.config().weights_read_per_step();
     let steps_bound = bandwidth / weight_bytes as f64;
     iapt_model::profile::enable(profile);
     // No stop tokens: every run decodes exactly `new_tokens` steps.
@@ -98,11 +101,11 @@ pub fn bench_generate<B: Backend>(
         let mut totals = vec![(0.0f64, 0.0f64, 0usize); hooks.len()];
         let mut parts = vec![(PartTotals::default(), PartTotals::default()); hooks.len()];
         for (_, hook) in &hooks {
-            let _warmup = generate(&loaded.model, &prompts(vocab, batch, prompt_len, 0), 0, &config, *hook);
+            let _warmup = generate(model, &prompts(vocab, batch, prompt_len, 0), 0, &config, *hook);
         }
         for rep in 0..repeats {
             for (i, (_, hook)) in hooks.iter().enumerate() {
-                let out = generate(&loaded.model, &prompts(vocab, batch, prompt_len, rep + 1), 0, &config, *hook);
+                let out = generate(model, &prompts(vocab, batch, prompt_len, rep + 1), 0, &config, *hook);
                 totals[i].0 += out.prefill_seconds;
                 totals[i].1 += out.decode_seconds;
                 totals[i].2 += out.decode_steps;
@@ -184,8 +187,9 @@ impl PartTotals {
 ///
 /// Every step is one batch of `batch` sequences of `prompt_len` instruction tokens and
 /// `response_len` response tokens (a classification-style example); one warm-up step first.
-pub fn bench_train<B: Backend>(model_path: &std::path::Path, device: &B::Device, config: &iapt_tuners::TunerConfig, shape: &TrainShape) -> Result<TrainBench> {
-    let TrainShape { batch, prompt_len, response_len, steps, profile, dtype } = *shape;
+pub fn bench_train<B: Backend>(backbone: Llama<burn::backend::Autodiff<B>>, config: &iapt_tuners::TunerConfig, shape: &TrainShape) -> Result<TrainBench> {
+    let TrainShape { batch, prompt_len, response_len, steps, profile } = *shape;
+    let device = &backbone.device();
     use burn::backend::Autodiff;
     use burn::module::{AutodiffModule, Module};
     use burn::optim::{GradientsParams, Optimizer};
@@ -193,7 +197,6 @@ pub fn bench_train<B: Backend>(model_path: &std::path::Path, device: &B::Device,
     use iapt_train::{optim::GroupedAdamWConfig, LmBatch, LmExample, StepMonitor, TunedLm};
     use std::time::Instant;
 
-    let backbone = iapt_model::load_llama_as::<Autodiff<B>>(model_path, device, dtype.float())?;
     let base = backbone.config().clone();
     let tuner = config.init_from_backbone(&backbone).map_err(|e| anyhow::anyhow!("tuner ({}): {e}", config.name()))?;
     let trainable = tuner.num_params();
@@ -273,8 +276,6 @@ pub struct TrainShape {
     pub steps: usize,
     /// Split the forward pass by kind of work.
     pub profile: bool,
-    /// The backbone's matrices' type.
-    pub dtype: crate::run_config::WeightDtype,
 }
 
 /// The output of `iapt bench train`.
@@ -454,5 +455,28 @@ mod tests {
         assert!((padding_fraction(&[4, 2], &[0, 1]) - 0.25).abs() < 1e-12);
         assert_eq!(padding_fraction(&[3, 3, 3], &[2, 0, 1]), 0.0);
         assert_eq!(padding_fraction(&[], &[]), 0.0);
+    }
+
+    /// `--model random:<preset>` runs the benchmarks on a random model of that shape; an
+    /// unknown shape is refused naming the known ones.
+    #[test]
+    fn benchmarks_run_on_a_random_model_of_a_preset_shape() {
+        use crate::model_source::load_bench_backbone;
+        use crate::run_config::WeightDtype;
+        type Cpu = burn::backend::NdArray<f32>;
+        let device = Default::default();
+        let backbone = load_bench_backbone::<burn::backend::Autodiff<Cpu>>("random:tiny", &device, WeightDtype::F32).unwrap();
+        assert_eq!(backbone.config(), &iapt_model::LlamaConfig::tiny());
+        let shape = TrainShape { batch: 2, prompt_len: 5, response_len: 2, steps: 2, profile: false };
+        let report = bench_train::<Cpu>(backbone, &iapt_tuners::TunerConfig::Iapt(iapt_tuners::IaptConfig::new(8)), &shape).unwrap();
+        assert_eq!((report.steps, report.batch), (2, 2));
+        assert!(report.ms_per_step > 0.0 && report.trainable_params > 0);
+        let model = load_bench_backbone::<Cpu>("random:tiny", &device, WeightDtype::F32).unwrap();
+        let generated = bench_generate(&model, 4, 3, &[1, 2], 1, None, false).unwrap();
+        assert_eq!(generated.results.len(), 2);
+        let err = load_bench_backbone::<Cpu>("random:llama9", &device, WeightDtype::F32).err().unwrap().to_string();
+        assert!(err.contains("unknown shape `llama9`") && err.contains("llama2-7b"), "{err}");
+        let err = load_bench_backbone::<Cpu>("random:tiny", &device, WeightDtype::Bf16).err().unwrap().to_string();
+        assert!(err.contains("--dtype bf16"), "{err}");
     }
 }

@@ -2,9 +2,10 @@
 //! GGUF file / HF directory) resolved to a checkpoint, and a checkpoint loaded with its
 //! tokenizer, optionally with an adapter.
 
+use crate::run_config::WeightDtype;
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use iapt_model::{Llama, Tokenizer};
+use iapt_model::{Llama, LlamaConfig, Tokenizer};
 use std::path::{Path, PathBuf};
 
 /// Resolve `--model` to a checkpoint path, fetching a known model into the cache if needed.
@@ -26,6 +27,24 @@ fn is_model(asset: iapt_assets::Asset) -> bool {
 /// Names `--model` accepts without a path.
 pub fn known_models() -> Vec<&'static str> {
     iapt_assets::ASSETS.iter().copied().filter(|a| is_model(*a)).map(|a| a.name).collect()
+}
+
+/// `--model random:<preset>` (`random:llama2-7b`, `random:smollm2`, ...): a model of a preset's
+/// shape with random weights and no tokenizer. The benchmarks take it, to measure speed and
+/// memory for shapes no checkpoint is at hand for.
+pub const RANDOM_MODEL_PREFIX: &str = "random:";
+
+/// The backbone a benchmark runs: a checkpoint (`spec` as `--model` takes it) or a random model
+/// of a preset's shape (`random:<preset>`), its matrices stored as `dtype`.
+pub fn load_bench_backbone<B: Backend>(spec: &str, device: &B::Device, dtype: WeightDtype) -> Result<Llama<B>> {
+    let Some(preset) = spec.strip_prefix(RANDOM_MODEL_PREFIX) else {
+        let path = resolve_model(spec)?;
+        return Ok(iapt_model::load_llama_as::<B>(&path, device, dtype.float())?);
+    };
+    let config = LlamaConfig::preset(preset)
+        .ok_or_else(|| anyhow::anyhow!("--model {spec}: unknown shape `{preset}` (known: smollm2-135m, llama2-7b, llama2-13b, tiny)"))?;
+    iapt_model::check_weight_dtype::<B>(device, dtype.float())?;
+    Ok(Llama::random(&config, device).with_matrix_dtype(dtype.float()))
 }
 
 /// A loaded checkpoint: model plus tokenizer.

@@ -315,6 +315,26 @@ impl<B: Backend> Llama<B> {
         &self.config
     }
 
+    /// This model with its matrices (projections, embeddings, LM head) stored as `dtype`, as
+    /// [`crate::llama_from_weights_as`] builds them; the norms stay as they are. For models
+    /// built in place ([`Llama::random`]); a checkpoint is better cast as it loads.
+    pub fn with_matrix_dtype(mut self, dtype: FloatDType) -> Self {
+        let cast = |linear: Linear<B>| Linear { weight: linear.weight.map(|w| w.cast(dtype)), bias: linear.bias };
+        self.embed_tokens.weight = self.embed_tokens.weight.map(|w| w.cast(dtype));
+        self.lm_head = self.lm_head.map(cast);
+        for layer in &mut self.layers {
+            let attention = &mut layer.self_attn;
+            for linear in [&mut attention.q_proj, &mut attention.k_proj, &mut attention.v_proj, &mut attention.o_proj] {
+                *linear = cast(linear.clone());
+            }
+            let mlp = &mut layer.mlp;
+            for linear in [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj] {
+                *linear = cast(linear.clone());
+            }
+        }
+        self
+    }
+
     /// The frozen `Linear` behind `projection` in `layer`. Panics on a layer the model does not
     /// have.
     pub fn projection(&self, layer: usize, projection: Projection) -> &Linear<B> {

@@ -5,7 +5,7 @@ use crate::with_backend;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use iapt_experiment::bench::{bench_generate, bench_train, TrainShape};
-use iapt_experiment::model_source::{resolve_model, LoadedModel};
+use iapt_experiment::model_source::{load_bench_backbone, resolve_model, LoadedModel};
 use iapt_experiment::run_config::{DataSection, RunConfig};
 use iapt_experiment::runs::adapter_dir;
 use iapt_tuners::{IaptConfig, Tuner, TunerKind};
@@ -138,21 +138,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let path = resolve_model(&args.model.model)?;
     with_backend!(args.model.backend, |B, device| {
-        let loaded = LoadedModel::<B>::load(&path, &device, args.model.dtype)?;
+        let model = load_bench_backbone::<B>(&args.model.model, &device, args.model.dtype)?;
         let tuner: Option<Tuner<B>> = match (&args.adapter, args.iapt_bottleneck) {
-            (Some(dir), _) => Some(loaded.load_adapter(&adapter_dir(dir)?)?),
-            (None, Some(m)) => Some(Tuner::Iapt(IaptConfig::new(m).init::<B>(loaded.model.config(), &device).map_err(anyhow::Error::msg)?)),
+            (Some(dir), _) => Some(iapt_tuners::load_tuner::<B>(&adapter_dir(dir)?, model.config(), &device)?),
+            (None, Some(m)) => Some(Tuner::Iapt(IaptConfig::new(m).init::<B>(model.config(), &device).map_err(anyhow::Error::msg)?)),
             (None, None) => None,
         };
         let tuned = tuner.as_ref().map(|t| (t.name(), t as &dyn iapt_model::ModelHook<B>));
-        print_json(&bench_generate(&loaded, args.prompt_tokens, args.new_tokens, &args.batch, args.repeats, tuned, args.profile)?)
+        print_json(&bench_generate(&model, args.prompt_tokens, args.new_tokens, &args.batch, args.repeats, tuned, args.profile)?)
     })
 }
 
 fn train(mut args: TrainArgs) -> Result<()> {
-    let path = resolve_model(&args.model.model)?;
     if let Some(m) = args.bottleneck {
         args.sets.push(format!("tuner.bottleneck={m}"));
     }
@@ -161,15 +159,11 @@ fn train(mut args: TrainArgs) -> Result<()> {
     }
     args.sets.insert(0, format!("tuner.kind={}", args.tuner));
     let config = RunConfig::load(None, &args.sets)?.tuner;
-    let shape = TrainShape {
-        batch: args.batch,
-        prompt_len: args.prompt_tokens,
-        response_len: args.response_tokens,
-        steps: args.steps,
-        profile: args.profile,
-        dtype: args.model.dtype,
-    };
-    with_backend!(args.model.backend, |B, device| print_json(&bench_train::<B>(&path, &device, &config, &shape)?))
+    let shape = TrainShape { batch: args.batch, prompt_len: args.prompt_tokens, response_len: args.response_tokens, steps: args.steps, profile: args.profile };
+    with_backend!(args.model.backend, |B, device| {
+        let backbone = load_bench_backbone::<burn::backend::Autodiff<B>>(&args.model.model, &device, args.model.dtype)?;
+        print_json(&bench_train::<B>(backbone, &config, &shape)?)
+    })
 }
 
 fn multitenant(mut args: MultitenantArgs) -> Result<()> {
