@@ -1,10 +1,10 @@
 //! The GPU code path, run: the same generic model, tuners and burn-train loop on a GPU backend
 //! as on `ndarray`, on a tiny random LLaMA, compared value by value (f32 both sides).
 //!
-//! Built twice from this one file: as test `wgpu` (`--features wgpu`, which scripts/test.sh
-//! runs) and as test `cuda` (`--features cuda`, which scripts/gpu-check.sh runs on a CUDA
-//! machine). On a machine without a GPU, wgpu runs on Mesa's lavapipe (a Vulkan driver on the
-//! CPU), which scripts/install-system-deps.sh installs. No adapter is a failure here, not a skip.
+//! Built for two backends: as test `wgpu` (`--features wgpu`, which scripts/test.sh runs) and,
+//! through tests/cuda.rs, as test `cuda` (`--features cuda`, which scripts/gpu-check.sh runs on a
+//! CUDA machine). On a machine without a GPU, wgpu runs on Mesa's lavapipe (a Vulkan driver on
+//! the CPU), which scripts/install-system-deps.sh installs. No adapter is a failure here, not a skip.
 //!
 //! Tolerances: the GPU and the CPU backends sum in different orders, so f32 results differ in
 //! the last bits; through 2 layers and a 97-way softmax that stays below 1e-4 of the logits' scale.
