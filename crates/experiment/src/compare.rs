@@ -5,8 +5,14 @@
 //! (`<out_dir>/<method>/seed-<s>`), started as a child process: the peak memory it reports is its
 //! own, a crash leaves the finished runs intact, and running `iapt compare` again reuses every
 //! run that already wrote its results (and resumes an interrupted one from its checkpoint).
+//!
+//! With `lr_grid`, each method's learning rate is chosen on dev first: one run per grid value
+//! with the first seed (`<out_dir>/<method>/lr-<lr>`), the best dev accuracy wins (ties: the
+//! lower dev loss), and the seeds then run at that rate (the first seed's run is the search run
+//! itself). The test split plays no part in the choice.
 
 use crate::bench::GenerateBench;
+use crate::bootstrap::{paired_difference, Interval, RESAMPLES};
 use crate::results::{RunResults, RESULTS_FILE};
 use crate::run_config::RunConfig;
 use crate::runs::adapter_dir;
@@ -15,6 +21,7 @@ use iapt_model::LlamaConfig;
 use iapt_tuners::human_count;
 use iapt_tuners::TunerConfig;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -48,11 +55,22 @@ pub struct CompareSection {
     /// Decode throughput with each adapter, at batch 1: tokens generated per repeat; 0 = skip.
     pub decode_tokens: usize,
     pub decode_repeats: usize,
+    /// Learning rates to choose each method's from on dev (empty: each method's configured
+    /// rate). The grid replaces a method's own `train.learning_rate`.
+    pub lr_grid: Vec<f64>,
 }
 
 impl Default for CompareSection {
     fn default() -> Self {
-        Self { base_config: None, out_dir: PathBuf::from("runs/compare"), seeds: vec![0], param_budget: 0, decode_tokens: 16, decode_repeats: 2 }
+        Self {
+            base_config: None,
+            out_dir: PathBuf::from("runs/compare"),
+            seeds: vec![0],
+            param_budget: 0,
+            decode_tokens: 16,
+            decode_repeats: 2,
+            lr_grid: Vec::new(),
+        }
     }
 }
 
@@ -73,6 +91,9 @@ pub struct PlannedRun {
     pub method: String,
     pub seed: u64,
     pub config: RunConfig,
+    /// A learning-rate search run (first seed, one grid value); `false` for the runs the table
+    /// reports, whose learning rate is set once the search has chosen it.
+    pub search: bool,
 }
 
 /// Read a comparison file and resolve every run's config (`cli_sets` override the base config
@@ -104,6 +125,9 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
     if file.methods.is_empty() {
         bail!("{}: no [[methods]]", path.display());
     }
+    if let Some(bad) = compare.lr_grid.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
+        bail!("{}: compare.lr_grid: {bad} is not a positive learning rate", path.display());
+    }
     for (i, method) in file.methods.iter().enumerate() {
         let valid = !method.name.is_empty() && method.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid {
@@ -117,11 +141,17 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
     let mut backbone: Option<LlamaConfig> = None;
     let mut runs = Vec::new();
     for method in &file.methods {
-        for (s, &seed) in compare.seeds.iter().enumerate() {
+        // The search runs first (first seed, each grid value), then one run per seed.
+        let searched = compare.lr_grid.iter().map(|&lr| (compare.seeds[0], Some(lr)));
+        for (s, (seed, lr)) in searched.chain(compare.seeds.iter().map(|&seed| (seed, None))).enumerate() {
             let mut run_table = base.clone();
             run_table.insert("tuner".into(), toml::Value::try_from(&method.tuner).expect("a tuner config is TOML"));
-            let dir = compare.out_dir.join(&method.name).join(format!("seed-{seed}"));
+            let dir = match lr {
+                Some(lr) => compare.out_dir.join(&method.name).join(format!("lr-{lr}")),
+                None => compare.out_dir.join(&method.name).join(format!("seed-{seed}")),
+            };
             let mut sets: Vec<String> = method.sets.iter().chain(cli_sets).cloned().collect();
+            sets.extend(lr.map(|lr| format!("train.learning_rate={}", toml::Value::Float(lr))));
             sets.extend([
                 format!("run.dir={}", toml::Value::String(dir.display().to_string())),
                 format!("run.seed={seed}"),
@@ -138,7 +168,7 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
                 }
                 config.tuner = size_to_budget(&config.tuner, backbone.as_ref().expect("just read"), compare.param_budget);
             }
-            runs.push(PlannedRun { method: method.name.clone(), seed, config });
+            runs.push(PlannedRun { method: method.name.clone(), seed, config, search: lr.is_some() });
         }
     }
     Ok((compare, runs))
@@ -182,9 +212,85 @@ const MAX_SIZE: usize = 4096;
 /// and return the markdown one.
 pub fn run(compare: &CompareSection, runs: &[PlannedRun], exe: &Path) -> Result<String> {
     std::fs::create_dir_all(&compare.out_dir).with_context(|| format!("creating {}", compare.out_dir.display()))?;
+    let (search, reported): (Vec<PlannedRun>, Vec<PlannedRun>) = runs.iter().cloned().partition(|r| r.search);
+    let total = runs.len();
+    train_all(compare, &search, exe, 0, total)?;
+    let chosen = choose_learning_rates(&search)?;
+    let reported = at_chosen_learning_rates(reported, &search, &chosen);
+    train_all(compare, &reported, exe, search.len(), total)?;
+    let mut table = Comparison::collect(compare, &reported)?;
+    // The backbone alone is measured by the very first run, a search run when there is a grid.
+    for planned in &search {
+        if table.zero_shot_accuracy.is_none() {
+            table.zero_shot_accuracy = RunResults::read(&planned.config.run.dir)?.and_then(|r| r.zero_shot_accuracy);
+        }
+    }
+    for row in &mut table.methods {
+        row.lr_search = chosen.get(&row.method).map(|(_, trials)| trials.clone()).unwrap_or_default();
+    }
+    let markdown = table.markdown();
+    write(&compare.out_dir.join("comparison.md"), markdown.as_bytes())?;
+    write(&compare.out_dir.join("comparison.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
+    eprintln!("tables written to {}/comparison.{{md,json}}", compare.out_dir.display());
+    Ok(markdown)
+}
+
+/// One learning rate tried on dev.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrTrial {
+    pub learning_rate: f64,
+    pub dev_accuracy: Option<f64>,
+    pub best_dev_loss: Option<f64>,
+}
+
+/// Per method: the chosen learning rate and every trial, from the finished search runs. The
+/// best dev accuracy wins; ties go to the lower dev loss.
+fn choose_learning_rates(search: &[PlannedRun]) -> Result<BTreeMap<String, (f64, Vec<LrTrial>)>> {
+    let mut trials: BTreeMap<String, Vec<LrTrial>> = BTreeMap::new();
+    for planned in search {
+        let dir = &planned.config.run.dir;
+        let results = RunResults::read(dir)?.ok_or_else(|| anyhow!("{}: no {RESULTS_FILE}", dir.display()))?;
+        let trial = LrTrial { learning_rate: planned.config.train.learning_rate, dev_accuracy: results.dev_accuracy, best_dev_loss: results.best_dev_loss };
+        trials.entry(planned.method.clone()).or_default().push(trial);
+    }
+    trials
+        .into_iter()
+        .map(|(method, trials)| {
+            let key = |t: &LrTrial| (t.dev_accuracy.unwrap_or(f64::NEG_INFINITY), -t.best_dev_loss.unwrap_or(f64::INFINITY));
+            let best = trials.iter().max_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)).expect("a method has trials");
+            if best.dev_accuracy.is_none() {
+                bail!("method `{method}`: the learning-rate search runs report no dev accuracy");
+            }
+            Ok((method, (best.learning_rate, trials)))
+        })
+        .collect()
+}
+
+/// The reported runs at their method's chosen learning rate; the first seed's run is the search
+/// run that chose it (same config, same directory).
+fn at_chosen_learning_rates(reported: Vec<PlannedRun>, search: &[PlannedRun], chosen: &BTreeMap<String, (f64, Vec<LrTrial>)>) -> Vec<PlannedRun> {
+    reported
+        .into_iter()
+        .map(|mut planned| {
+            if let Some(&(lr, _)) = chosen.get(&planned.method) {
+                planned.config.train.learning_rate = lr;
+                let same = search.iter().find(|s| s.method == planned.method && s.seed == planned.seed && s.config.train.learning_rate == lr);
+                if let Some(same) = same {
+                    planned.config = same.config.clone();
+                }
+            }
+            planned
+        })
+        .collect()
+}
+
+/// Train (or reuse) every run in `runs` and measure decode speed with its adapter; `offset` and
+/// `total` number them in the progress lines.
+fn train_all(compare: &CompareSection, runs: &[PlannedRun], exe: &Path, offset: usize, total: usize) -> Result<()> {
     for (i, planned) in runs.iter().enumerate() {
         let dir = &planned.config.run.dir;
-        let label = format!("[{}/{}] {} seed {}", i + 1, runs.len(), planned.method, planned.seed);
+        let what = if planned.search { format!("lr {} (search)", planned.config.train.learning_rate) } else { format!("seed {}", planned.seed) };
+        let label = format!("[{}/{total}] {} {what}", offset + i + 1, planned.method);
         // A run started with other settings names them (and is never mixed into this table).
         planned.config.check_run_dir(dir).with_context(|| format!("{label}: change compare.out_dir (--out-dir) or remove the run"))?;
         if dir.join(RESULTS_FILE).is_file() {
@@ -200,7 +306,7 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun], exe: &Path) -> Result<
             }
         }
         let decode_path = dir.join(DECODE_FILE);
-        if compare.decode_tokens > 0 && !decode_path.is_file() {
+        if compare.decode_tokens > 0 && !planned.search && !decode_path.is_file() {
             let config = &planned.config;
             let output = Command::new(exe)
                 .args(["bench", "generate", "--json", "--batch", "1", "--prompt-tokens", "64"])
@@ -216,12 +322,7 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun], exe: &Path) -> Result<
             write(&decode_path, &output.stdout)?;
         }
     }
-    let table = Comparison::collect(compare, runs)?;
-    let markdown = table.markdown();
-    write(&compare.out_dir.join("comparison.md"), markdown.as_bytes())?;
-    write(&compare.out_dir.join("comparison.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
-    eprintln!("tables written to {}/comparison.{{md,json}}", compare.out_dir.display());
-    Ok(markdown)
+    Ok(())
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -287,6 +388,14 @@ pub struct MethodRow {
     pub peak_rss_bytes: Option<u64>,
     pub decode_tokens_per_s: Option<Stat>,
     pub decode_speed_vs_bare: Option<Stat>,
+    /// Test accuracy minus the reference method's (the first one), on the test examples both
+    /// were scored on, each example's correctness averaged over seeds: the mean difference and a
+    /// paired bootstrap 95% interval. `None` for the reference itself.
+    pub test_minus_reference: Option<Interval>,
+    /// The learning rate the seeds ran at (the first run's).
+    pub learning_rate: f64,
+    /// The learning rates tried on dev, when `lr_grid` chose it.
+    pub lr_search: Vec<LrTrial>,
     pub runs: Vec<SeedRow>,
 }
 
@@ -315,8 +424,11 @@ impl Comparison {
             majority_accuracy: None,
             methods: Vec::new(),
         };
+        // Per method: each test example's correctness, averaged over the seeds that scored it.
+        let mut correctness: Vec<BTreeMap<String, f64>> = Vec::new();
         for method in methods {
             let mut per_seed = Vec::new();
+            let mut scored: BTreeMap<String, (f64, usize)> = BTreeMap::new();
             for planned in runs.iter().filter(|r| r.method == method) {
                 let dir = &planned.config.run.dir;
                 let results = RunResults::read(dir)?.ok_or_else(|| anyhow!("{}: no {RESULTS_FILE}", dir.display()))?;
@@ -324,6 +436,11 @@ impl Comparison {
                 table.majority_accuracy = table.majority_accuracy.or(results.majority_accuracy);
                 table.task.get_or_insert_with(|| results.task.clone());
                 table.split.get_or_insert_with(|| results.split.clone());
+                for (id, correct) in read_correctness(&dir.join(format!("eval-{}-{}.predictions.jsonl", results.task, results.split)))? {
+                    let entry = scored.entry(id).or_default();
+                    entry.0 += correct as u8 as f64;
+                    entry.1 += 1;
+                }
                 let decode = read_decode(&dir.join(DECODE_FILE))?;
                 let row = decode.as_ref().and_then(|d| d.results.first());
                 per_seed.push(SeedRow {
@@ -350,8 +467,15 @@ impl Comparison {
                 peak_rss_bytes: per_seed.iter().filter_map(|r| r.peak_rss_bytes).max(),
                 decode_tokens_per_s: Stat::of(per_seed.iter().map(|r| r.decode_tokens_per_s)),
                 decode_speed_vs_bare: Stat::of(per_seed.iter().map(|r| r.decode_speed_vs_bare)),
+                test_minus_reference: None,
+                learning_rate: runs.iter().find(|r| r.method == method).map_or(f64::NAN, |r| r.config.train.learning_rate),
+                lr_search: Vec::new(),
                 runs: per_seed,
             });
+            correctness.push(scored.into_iter().map(|(id, (sum, n))| (id, sum / n as f64)).collect());
+        }
+        for (row, interval) in table.methods.iter_mut().zip(differences_to_first(&correctness)) {
+            row.test_minus_reference = interval;
         }
         Ok(table)
     }
@@ -374,16 +498,25 @@ impl Comparison {
                 b => format!(", each method sized to about {} trainable parameters", human_count(b)),
             }
         );
-        out.push_str("| method | tuner | trainable params | dev acc % | test acc % | s / batch | peak RSS | decode tok/s (b1) | decode vs bare |\n");
-        out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        let reference = self.methods.first().map_or("", |m| m.method.as_str());
+        let delta = |v: &Option<Interval>| match v {
+            Some(i) => format!("{:+.1} [{:+.1}, {:+.1}]", 100.0 * i.mean, 100.0 * i.low, 100.0 * i.high),
+            None => "–".into(),
+        };
+        out.push_str(&format!(
+            "| method | tuner | trainable params | lr | dev acc % | test acc % | test − {reference} (95% CI) | s / batch | peak RSS | decode tok/s (b1) | decode vs bare |\n"
+        ));
+        out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for row in &self.methods {
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 row.method,
                 row.tuner,
                 human_count(row.trainable_params),
+                row.learning_rate,
                 pct(&row.dev_accuracy),
                 pct(&row.test_accuracy),
+                delta(&row.test_minus_reference),
                 num(&row.seconds_per_batch, 2),
                 row.peak_rss_bytes.map_or("–".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
                 num(&row.decode_tokens_per_s, 1),
@@ -392,12 +525,49 @@ impl Comparison {
         }
         let percent = |v: Option<f64>| v.map_or("–".into(), |a| format!("{:.1}%", 100.0 * a));
         out.push_str(&format!(
-            "\nZero-shot (backbone alone): {}; majority class: {}. Mean ± sample std over seeds.\n",
+            "\nZero-shot (backbone alone): {}; majority class: {}. Mean ± sample std over seeds. The difference to {reference} is in \
+             points on the test examples both scored (each example's correctness averaged over seeds), with a paired bootstrap \
+             95% interval ({RESAMPLES} resamples of the examples).\n",
             percent(self.zero_shot_accuracy),
             percent(self.majority_accuracy)
         ));
+        for row in self.methods.iter().filter(|r| !r.lr_search.is_empty()) {
+            let trials: Vec<String> = row.lr_search.iter().map(|t| format!("{}: {}", t.learning_rate, percent(t.dev_accuracy))).collect();
+            out.push_str(&format!("\n{}: learning rate chosen on dev (first seed) from {}.", row.method, trials.join(", ")));
+        }
+        if self.methods.iter().any(|r| !r.lr_search.is_empty()) {
+            out.push('\n');
+        }
         out
     }
+}
+
+/// For every method after the first: its accuracy minus the first's over the examples both
+/// scored (`correctness`: example id -> correctness averaged over seeds), with a paired
+/// bootstrap 95% interval. `None` for the first.
+fn differences_to_first(correctness: &[BTreeMap<String, f64>]) -> Vec<Option<Interval>> {
+    let Some(reference) = correctness.first() else { return Vec::new() };
+    let mut out = vec![None];
+    for scored in &correctness[1..] {
+        let (mine, theirs): (Vec<f64>, Vec<f64>) = scored.iter().filter_map(|(id, &c)| reference.get(id).map(|&r| (c, r))).unzip();
+        out.push(paired_difference(&mine, &theirs, 0.95, RESAMPLES, 0));
+    }
+    out
+}
+
+/// Each example's id and whether it was answered correctly, from an evaluation's predictions file.
+fn read_correctness(path: &Path) -> Result<Vec<(String, bool)>> {
+    #[derive(Deserialize)]
+    struct Line {
+        id: String,
+        correct: bool,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| serde_json::from_str::<Line>(line).map(|l| (l.id, l.correct)).map_err(|e| anyhow!("{}: line {}: {e}", path.display(), i + 1)))
+        .collect()
 }
 
 /// The decode benchmark saved in a run directory, when it was run.
@@ -496,14 +666,16 @@ sets = ["train.learning_rate=1e-3"]
         for entry in std::fs::read_dir(&configs).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if name.starts_with("compare-") || name.starts_with("ablation-") {
+            if name.starts_with("compare-") || name.starts_with("ablation-") || name.starts_with("paper-") {
                 let (compare, runs) = plan(&path, &[], None, None).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-                assert_eq!(runs.len() % compare.seeds.len(), 0, "{name}");
+                let reported = runs.iter().filter(|r| !r.search).count();
+                assert_eq!(reported % compare.seeds.len(), 0, "{name}");
+                assert_eq!(runs.len() - reported, reported / compare.seeds.len() * compare.lr_grid.len(), "{name}: one search run per method and grid value");
                 assert!(runs.iter().all(|r| r.config.run.dir.starts_with(&compare.out_dir)), "{name}");
                 planned += 1;
             }
         }
-        assert!(planned >= 7, "found {planned} comparison configs");
+        assert!(planned >= 9, "found {planned} comparison configs");
     }
 
     #[test]
@@ -519,6 +691,70 @@ sets = ["train.learning_rate=1e-3"]
         assert!(err.contains("line 3") && err.contains("tuner (lora): rank must be positive"), "{err}");
         let err = plan(&write("none", "[compare]\nseeds = [1]\n"), &[], None, None).unwrap_err().to_string();
         assert!(err.contains("methods"), "{err}");
+    }
+
+    /// The search runs come first, one per grid value at the first seed; the best dev accuracy
+    /// (ties: the lower dev loss) sets every seed's rate, and the first seed reuses its search run.
+    #[test]
+    fn the_learning_rate_is_chosen_on_dev_and_the_first_seed_reuses_its_search_run() {
+        let out = std::env::temp_dir().join(format!("iapt-compare-lr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let path = write("lrgrid", "[compare]\nseeds = [3, 4]\nlr_grid = [0.001, 0.01, 0.03]\n[[methods]]\nname = \"m\"\ntuner = { kind = \"prompt_tuning\" }\nsets = [\"train.learning_rate=0.5\"]\n");
+        let (_, runs) = plan(&path, &[], Some(&out), None).unwrap();
+        let summary: Vec<_> =
+            runs.iter().map(|r| (r.search, r.seed, r.config.train.learning_rate, r.config.run.dir.strip_prefix(&out).unwrap().to_path_buf())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (true, 3, 0.001, PathBuf::from("m/lr-0.001")),
+                (true, 3, 0.01, PathBuf::from("m/lr-0.01")),
+                (true, 3, 0.03, PathBuf::from("m/lr-0.03")),
+                (false, 3, 0.5, PathBuf::from("m/seed-3")),
+                (false, 4, 0.5, PathBuf::from("m/seed-4")),
+            ]
+        );
+        let (search, reported): (Vec<PlannedRun>, Vec<PlannedRun>) = runs.into_iter().partition(|r| r.search);
+        // 0.01 and 0.03 tie on dev accuracy; 0.03 has the lower dev loss.
+        for (planned, accuracy, loss) in search.iter().zip([0.70, 0.80, 0.80]).zip([1.0, 0.9, 0.8]).map(|((p, a), l)| (p, a, l)) {
+            std::fs::create_dir_all(&planned.config.run.dir).unwrap();
+            let results = serde_json::json!({
+                "task": "t", "tuner": "prompt_tuning", "split": "test", "zero_shot_accuracy": null, "tuned_accuracy": 0.5,
+                "dev_accuracy": accuracy, "majority_label": null, "majority_accuracy": null, "examples": 10, "trainable_params": 1,
+                "total_params": 2, "epochs": 1, "best_epoch": 0, "best_dev_loss": loss, "stop": {"kind": "completed"},
+                "train_seconds": 1.0, "train_batches": 1, "seconds_per_batch": 1.0, "train_tokens_per_second": null,
+                "peak_rss_bytes": null, "backend": "ndarray"
+            });
+            std::fs::write(planned.config.run.dir.join(RESULTS_FILE), results.to_string()).unwrap();
+        }
+        let chosen = choose_learning_rates(&search).unwrap();
+        let (lr, trials) = &chosen["m"];
+        assert_eq!((*lr, trials.len(), trials[0].dev_accuracy), (0.03, 3, Some(0.70)));
+        let reported = at_chosen_learning_rates(reported, &search, &chosen);
+        assert_eq!(reported[0].config, search[2].config, "the first seed's run is the chosen search run");
+        assert_eq!((reported[1].config.train.learning_rate, reported[1].config.run.dir.clone()), (0.03, out.join("m/seed-4")));
+        std::fs::remove_dir_all(&out).unwrap();
+        let err = plan(&write("badgrid", "[compare]\nlr_grid = [0.0]\n[[methods]]\nname = \"m\"\ntuner = { kind = \"lora\" }\n"), &[], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("compare.lr_grid: 0 is not a positive learning rate"), "{err}");
+    }
+
+    /// The difference to the first method is taken over the examples both scored, pairwise.
+    #[test]
+    fn differences_to_the_first_method_pair_the_examples() {
+        let scores = |pairs: &[(&str, f64)]| pairs.iter().map(|(id, c)| (id.to_string(), *c)).collect::<BTreeMap<_, _>>();
+        let first = scores(&[("a", 1.0), ("b", 0.0), ("c", 1.0), ("d", 0.5)]);
+        // Right where the first is wrong and vice versa on a, b; "e" was not scored by the first.
+        let second = scores(&[("a", 0.0), ("b", 1.0), ("c", 1.0), ("d", 0.5), ("e", 1.0)]);
+        let same = first.clone();
+        let out = differences_to_first(&[first, second, same]);
+        assert_eq!(out[0], None);
+        let second = out[1].unwrap();
+        assert_eq!((second.pairs, second.mean), (4, 0.0));
+        assert!(second.low < 0.0 && second.high > 0.0);
+        let same = out[2].unwrap();
+        assert_eq!((same.mean, same.low, same.high), (0.0, 0.0, 0.0));
+        assert!(differences_to_first(&[]).is_empty());
     }
 
     #[test]
@@ -545,11 +781,21 @@ sets = ["train.learning_rate=1e-3"]
                 peak_rss_bytes: Some(2_000_000_000),
                 decode_tokens_per_s: None,
                 decode_speed_vs_bare: None,
+                test_minus_reference: None,
+                learning_rate: 0.005,
+                lr_search: vec![],
                 runs: vec![],
             }],
         };
+        let mut table = table;
+        let mut lora = table.methods[0].clone();
+        lora.method = "lora".into();
+        lora.test_minus_reference = Some(Interval { mean: -0.012, low: -0.031, high: 0.008, level: 0.95, pairs: 300 });
+        table.methods.push(lora);
         let md = table.markdown();
-        assert!(md.contains("| iapt | iapt | 74.67K | 70.0 ± 10.0 | 75.0 | 4.00 | 2.00 GB | – | – |"), "{md}");
+        assert!(md.contains("| test − iapt (95% CI) |"), "{md}");
+        assert!(md.contains("| iapt | iapt | 74.67K | 0.005 | 70.0 ± 10.0 | 75.0 | – | 4.00 | 2.00 GB | – | – |"), "{md}");
+        assert!(md.contains("| lora | iapt | 74.67K | 0.005 | 70.0 ± 10.0 | 75.0 | -1.2 [-3.1, +0.8] | 4.00 |"), "{md}");
         assert!(md.contains("Zero-shot (backbone alone): 50.0%; majority class: 60.0%"), "{md}");
     }
 }

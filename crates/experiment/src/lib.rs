@@ -6,6 +6,7 @@
 //! The `iapt` binary is argument parsing plus one call into here per command.
 
 pub mod bench;
+pub mod bootstrap;
 pub mod compare;
 pub mod evaluate;
 pub mod model_source;
