@@ -2,7 +2,7 @@
 
 use crate::config::LlamaConfig;
 use crate::error::LoadError;
-use crate::transformer::{Attention, DecoderLayer, Llama, Mlp};
+use crate::transformer::{cast_linear, Attention, DecoderLayer, Llama, Mlp};
 use crate::weights::{HostTensor, WeightMap};
 use burn::module::Param;
 use burn::nn::{Embedding, Linear, RmsNorm};
@@ -160,13 +160,6 @@ fn build_llama<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device:
 
 fn param<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Param<Tensor<B, D>> {
     Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), device))
-}
-
-fn cast_linear<B: Backend>(linear: Linear<B>, dtype: FloatDType) -> Linear<B> {
-    match dtype {
-        FloatDType::F32 => linear,
-        _ => Linear { weight: linear.weight.map(|w| w.cast(dtype)), bias: linear.bias },
-    }
 }
 
 /// A bias-free linear layer from a HF `[out, in]` matrix; burn's `Linear` holds `[in, out]`.

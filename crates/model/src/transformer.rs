@@ -45,6 +45,14 @@ fn frozen_linear<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2
     }
 }
 
+/// `linear` with its weight stored as `dtype` (a no-op for the type it has).
+pub(crate) fn cast_linear<B: Backend>(linear: Linear<B>, dtype: FloatDType) -> Linear<B> {
+    if linear.weight.val().dtype() == dtype.into() {
+        return linear;
+    }
+    Linear { weight: linear.weight.map(|w| w.cast(dtype)), bias: linear.bias }
+}
+
 /// RMSNorm, in one pass on the CPU inference backends.
 fn rms_norm<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
     iapt_kernels::fused::rms_norm(&x, &norm.gamma.val(), norm.epsilon).unwrap_or_else(|| norm.forward(x))
@@ -319,7 +327,7 @@ impl<B: Backend> Llama<B> {
     /// [`crate::llama_from_weights_as`] builds them; the norms stay as they are. For models
     /// built in place ([`Llama::random`]); a checkpoint is better cast as it loads.
     pub fn with_matrix_dtype(mut self, dtype: FloatDType) -> Self {
-        let cast = |linear: Linear<B>| Linear { weight: linear.weight.map(|w| w.cast(dtype)), bias: linear.bias };
+        let cast = |linear: Linear<B>| cast_linear(linear, dtype);
         self.embed_tokens.weight = self.embed_tokens.weight.map(|w| w.cast(dtype));
         self.lm_head = self.lm_head.map(cast);
         for layer in &mut self.layers {
