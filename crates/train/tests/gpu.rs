@@ -151,12 +151,13 @@ fn examples(n: usize) -> Vec<LmExample> {
     (0..n as u32).map(|i| LmExample::new(vec![1, 10 + i, 30 + (i * 7) % 20, 60 + i, 80 + i % 10, 2], 3).unwrap()).collect()
 }
 
-#[test]
-fn training_steps_through_burn_train_match_ndarray_and_adapters_cross_over() {
-    let (cpu, gpu) = backbones();
-    let base = cpu.config().clone();
-    const LR: f64 = 1e-2;
-    let config = TrainConfig {
+/// The learning rate of [`two_epochs`].
+const LR: f64 = 1e-2;
+
+/// Two epochs of batches of 2 in data order, every step kept (no early stop, no best-epoch
+/// restore), quiet.
+fn two_epochs() -> TrainConfig {
+    TrainConfig {
         epochs: 2,
         batch_size: 2,
         learning_rate: LR,
@@ -166,7 +167,14 @@ fn training_steps_through_burn_train_match_ndarray_and_adapters_cross_over() {
         resume: false,
         dashboard: Dashboard::Off,
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn training_steps_through_burn_train_match_ndarray_and_adapters_cross_over() {
+    let (cpu, gpu) = backbones();
+    let base = cpu.config().clone();
+    let config = two_epochs();
     for tuner in tuner_configs() {
         let name = tuner.name();
         // The same starting tuner on both (LoRA from B = 0, as in real training).
@@ -270,17 +278,7 @@ fn a_half_precision_backbone_follows_the_f32_one_and_its_tuner_trains_in_f32() {
     };
     let start = via_adapter_dir::<Cpu, Gpu>(&start, &base, &device, "half-start");
     let data = examples(6);
-    let config = TrainConfig {
-        epochs: 2,
-        batch_size: 2,
-        learning_rate: 1e-2,
-        patience: None,
-        shuffle: false,
-        restore_best: false,
-        resume: false,
-        dashboard: Dashboard::Off,
-        ..Default::default()
-    };
+    let config = two_epochs();
     let train_losses = |tag: &str, backbone: Llama<Gpu>| -> Vec<f64> {
         let dir = temp_dir(&format!("train-{tag}"));
         let model = TunedLm::<GpuAd, Tuner<GpuAd>>::new(Llama::<GpuAd>::from_inner(backbone), Tuner::from_inner(start.clone()));
