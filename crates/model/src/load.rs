@@ -194,7 +194,8 @@ mod tests {
         let config = LlamaConfig::tiny();
         let model = Llama::<Cpu>::random(&config, &Default::default());
         for dtype in [FloatDType::F16, FloatDType::BF16] {
-            let err = llama_from_weights_as::<Cpu>(&config, model.to_weights(), &Default::default(), dtype).err().expect("refused").to_string();
+            let Err(err) = llama_from_weights_as::<Cpu>(&config, model.to_weights(), &Default::default(), dtype) else { panic!("{dtype:?} was not refused") };
+            let err = err.to_string();
             assert!(err.contains(&format!("--dtype {}", dtype_name(dtype))) && err.contains("GPU backends"), "{err}");
         }
         let model = llama_from_weights_as::<Cpu>(&config, model.to_weights(), &Default::default(), FloatDType::F32).unwrap();
