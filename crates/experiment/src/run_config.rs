@@ -229,6 +229,11 @@ impl RunConfig {
         if self.model.devices == 0 {
             bail!("model.devices must be at least 1");
         }
+        if self.model.devices > 1 && self.model.backend == BackendKind::Wgpu {
+            // burn 0.21 cannot copy a tensor between two wgpu devices (README, "GPU backends"):
+            // refused here, before wgpu is asked for devices the machine may not have.
+            bail!("model.devices = {}: training on several wgpu devices is not possible with burn 0.21 (it cannot copy tensors between wgpu devices); use 1, or cuda or a CPU backend for several", self.model.devices);
+        }
         if self.data.max_len < 2 {
             bail!("data.max_len must be at least 2");
         }
@@ -318,6 +323,20 @@ fn apply_override(table: &mut toml::Table, key: &str, value: &str) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several devices: fine on the CPU backends, refused up front on wgpu (burn 0.21 cannot copy
+    /// between wgpu devices), naming the key.
+    #[test]
+    fn several_wgpu_devices_are_refused_before_any_device_is_asked_for() {
+        let mut config = RunConfig::default();
+        config.model.devices = 2;
+        assert!(config.validate().is_ok());
+        config.model.backend = BackendKind::Wgpu;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.starts_with("model.devices = 2: training on several wgpu devices is not possible"), "{err}");
+        config.model.devices = 1;
+        assert!(config.validate().is_ok());
+    }
 
     fn load(text: &str, sets: &[&str]) -> Result<RunConfig> {
         // One file per call: tests run on parallel threads, and two that shared a file could read
