@@ -9,15 +9,17 @@
 //! Tolerances: the GPU and the CPU backends sum in different orders, so f32 results differ in
 //! the last bits; through 2 layers and a 97-way softmax that stays below 1e-4 of the logits' scale.
 
+mod common;
+
 use burn::data::dataset::InMemDataset;
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use common::{examples, max_difference, run_dir, values};
 use iapt_model::Projection;
 use iapt_model::{generate, GenerationConfig, KvCache, Llama, LlamaConfig, Padding, TokenBatch};
-use iapt_train::{train, Dashboard, LmExample, TrainConfig, TunedLm};
+use iapt_train::{train, Dashboard, TrainConfig, TunedLm};
 use iapt_tuners::{load_tuner, save_tuner, IaptConfig, LoraConfig, Tuner, TunerConfig};
-use std::path::PathBuf;
 
 type Cpu = burn::backend::NdArray<f32>;
 type CpuAd = burn::backend::Autodiff<Cpu>;
@@ -60,16 +62,10 @@ fn jittered_tuner(config: &TunerConfig, backbone: &Llama<Cpu>) -> Tuner<Cpu> {
     config.init_from_backbone(backbone).unwrap().jittered(3, 0.2, |_| true)
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("iapt-gpu-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 /// Moves a tuner across backends the way a user does: an adapter directory written on one,
 /// read on the other.
 fn via_adapter_dir<From: Backend, To: Backend>(tuner: &Tuner<From>, base: &LlamaConfig, device: &To::Device, tag: &str) -> Tuner<To> {
-    let dir = temp_dir(tag);
+    let dir = run_dir(tag);
     save_tuner(&dir, tuner, "tiny-random").unwrap();
     let loaded = load_tuner::<To>(&dir, base, device).unwrap();
     std::fs::remove_dir_all(dir).unwrap();
@@ -133,24 +129,6 @@ fn forward_and_cached_generation_match_ndarray() {
     }
 }
 
-/// Every float parameter of `module`, flattened.
-fn values<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.extend(param.val().into_data().convert::<f32>().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    module.visit(&mut collect);
-    collect.0
-}
-
-/// `n` prompt/response pairs: distinct prompts, 3-token responses ending in EOS (2).
-fn examples(n: usize) -> Vec<LmExample> {
-    (0..n as u32).map(|i| LmExample::new(vec![1, 10 + i, 30 + (i * 7) % 20, 60 + i, 80 + i % 10, 2], 3).unwrap()).collect()
-}
-
 /// The learning rate of [`two_epochs`].
 const LR: f64 = 1e-2;
 
@@ -184,13 +162,13 @@ fn training_steps_through_burn_train_match_ndarray_and_adapters_cross_over() {
         };
         let start_values = values(&start);
         let start_gpu = via_adapter_dir::<Cpu, Gpu>(&start, &base, &gpu_device(), &format!("start-{name}"));
-        let data = examples(6);
+        let data = examples(6, 0);
         let dataset = || InMemDataset::new(data.clone());
 
-        let cpu_dir = temp_dir(&format!("train-cpu-{name}"));
+        let cpu_dir = run_dir(&format!("train-cpu-{name}"));
         let cpu_model = TunedLm::<CpuAd, Tuner<CpuAd>>::new(Llama::<CpuAd>::from_inner(cpu.clone()), Tuner::from_inner(start));
         let on_cpu = train(&config, cpu_model, dataset(), dataset(), &cpu_dir).unwrap();
-        let gpu_dir = temp_dir(&format!("train-gpu-{name}"));
+        let gpu_dir = run_dir(&format!("train-gpu-{name}"));
         let gpu_model = TunedLm::<GpuAd, Tuner<GpuAd>>::new(Llama::<GpuAd>::from_inner(gpu.clone()), Tuner::from_inner(start_gpu));
         let on_gpu = train(&config, gpu_model, dataset(), dataset(), &gpu_dir).unwrap();
 
@@ -205,10 +183,10 @@ fn training_steps_through_burn_train_match_ndarray_and_adapters_cross_over() {
         // Adam divides by sqrt(v): entries whose gradient is near zero magnify last-bit
         // differences, so the bar is a tenth of one step's size (a wrong update shows as ~lr).
         let (trained_cpu, trained_gpu) = (values(&on_cpu.model.tuner), values(&on_gpu.model.tuner));
-        let difference = max_abs(&trained_cpu, &trained_gpu);
+        let difference = max_difference(&trained_cpu, &trained_gpu);
         eprintln!("{name}: trained tuners differ by {difference:.2e}");
         assert!(difference < 0.1 * LR as f32, "{name}: trained tuners differ by {difference}");
-        assert!(max_abs(&trained_cpu, &start_values) > LR as f32, "{name}: training moved nothing");
+        assert!(max_difference(&trained_cpu, &start_values) > LR as f32, "{name}: training moved nothing");
 
         // The tuner trained on the GPU, saved there and loaded on ndarray, gives the outputs it
         // gives on the GPU.
@@ -244,9 +222,9 @@ fn two_wgpu_devices_are_refused_because_wgpu_cannot_copy_between_devices() {
     let start_gpu = via_adapter_dir::<Cpu, Gpu>(&start, &base, &gpu_device(), "multi-start");
     let model = TunedLm::<GpuAd, Tuner<GpuAd>>::new(Llama::<GpuAd>::from_inner(gpu), Tuner::from_inner(start_gpu));
     let config = TrainConfig { epochs: 1, batch_size: 2, dashboard: Dashboard::Off, ..Default::default() };
-    let dir = temp_dir("multi");
+    let dir = run_dir("multi");
     let devices = vec![WgpuDevice::Cpu, WgpuDevice::DefaultDevice];
-    let data = examples(8);
+    let data = examples(8, 0);
     let result = train_on_devices(&config, model, InMemDataset::new(data.clone()), InMemDataset::new(data), &dir, devices);
     match result {
         Err(TrainError::Config(message)) => assert!(message.contains("cannot exchange tensors"), "{message}"),
@@ -277,10 +255,10 @@ fn a_half_precision_backbone_follows_the_f32_one_and_its_tuner_trains_in_f32() {
         TunerConfig::Iapt(IaptConfig::new(8)).init_from_backbone(&cpu).unwrap()
     };
     let start = via_adapter_dir::<Cpu, Gpu>(&start, &base, &device, "half-start");
-    let data = examples(6);
+    let data = examples(6, 0);
     let config = two_epochs();
     let train_losses = |tag: &str, backbone: Llama<Gpu>| -> Vec<f64> {
-        let dir = temp_dir(&format!("train-{tag}"));
+        let dir = run_dir(&format!("train-{tag}"));
         let model = TunedLm::<GpuAd, Tuner<GpuAd>>::new(Llama::<GpuAd>::from_inner(backbone), Tuner::from_inner(start.clone()));
         let trained = train(&config, model, InMemDataset::new(data.clone()), InMemDataset::new(data.clone()), &dir).unwrap();
         struct Dtypes(Vec<DType>);

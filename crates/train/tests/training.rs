@@ -1,13 +1,16 @@
 //! End-to-end runs of the burn-train integration on a tiny random LLaMA (ndarray, CPU).
 
+mod common;
+
 use burn::data::dataset::InMemDataset;
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use common::{examples, max_difference, run_dir, values};
 use iapt_model::{Llama, LlamaConfig, ModelHook, Projection, TrainableTuner};
 use iapt_train::{train, train_on_devices, Dashboard, LmBatch, LmExample, StopReason, TrainConfig, TrainError, TunedLm};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -110,41 +113,12 @@ fn model_with(backbone_seed: u64, tuner_seed: u64) -> TunedLm<AD, TestTuner<AD>>
     TunedLm::new(backbone, TestTuner::new(&LlamaConfig::tiny(), &device))
 }
 
-/// `n` prompt/response pairs: distinct prompts, 3-token responses ending in EOS (2).
-fn examples(n: usize, offset: u32) -> Vec<LmExample> {
-    (0..n as u32).map(|i| LmExample::new(vec![1, 10 + i, 30 + (i * 7) % 20, 60 + offset + i, 80 + (i + offset) % 10, 2], 3).unwrap()).collect()
-}
-
 fn dataset(items: Vec<LmExample>) -> InMemDataset<LmExample> {
     InMemDataset::new(items)
 }
 
-fn run_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("iapt-train-it-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 fn quiet(config: TrainConfig) -> TrainConfig {
     TrainConfig { dashboard: Dashboard::Off, ..config }
-}
-
-/// Every float parameter of `module`, flattened.
-fn values<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<f32>> {
-    struct Collect(Vec<Vec<f32>>);
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.val().into_data().convert::<f32>().to_vec().unwrap());
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    module.visit(&mut collect);
-    collect.0
-}
-
-fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
 }
 
 fn files(dir: &Path) -> Vec<String> {
