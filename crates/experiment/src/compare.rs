@@ -13,6 +13,7 @@
 
 use crate::bench::GenerateBench;
 use crate::bootstrap::{paired_difference, Interval, RESAMPLES};
+use crate::plot::{Chart, Level, Panel, Series};
 use crate::results::{RunResults, RESULTS_FILE};
 use crate::run_config::RunConfig;
 use crate::runs::adapter_dir;
@@ -231,7 +232,8 @@ pub fn run(compare: &CompareSection, runs: &[PlannedRun], exe: &Path) -> Result<
     let markdown = table.markdown();
     write(&compare.out_dir.join("comparison.md"), markdown.as_bytes())?;
     write(&compare.out_dir.join("comparison.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
-    eprintln!("tables written to {}/comparison.{{md,json}}", compare.out_dir.display());
+    accuracy_chart(std::slice::from_ref(&table)).write_png(&compare.out_dir.join(CHART_FILE))?;
+    eprintln!("tables written to {}/comparison.{{md,json}}, the chart to {CHART_FILE}", compare.out_dir.display());
     Ok(markdown)
 }
 
@@ -542,6 +544,62 @@ impl Comparison {
     }
 }
 
+/// The chart `iapt compare` writes beside its tables.
+pub const CHART_FILE: &str = "accuracy-vs-params.png";
+
+/// Test accuracy against trainable parameters: one panel per task, one line per method name
+/// through its points in every table given (e.g. the same methods at two budgets), each point
+/// the mean over seeds with a ± std bar; zero-shot and the majority class as dashed levels.
+pub fn accuracy_chart(tables: &[Comparison]) -> Chart {
+    let mut panels: Vec<Panel> = Vec::new();
+    for table in tables {
+        let title = table.task.clone().unwrap_or_else(|| "?".into());
+        let at = match panels.iter().position(|p| p.title == title) {
+            Some(at) => at,
+            None => {
+                panels.push(Panel { title, series: Vec::new(), levels: Vec::new() });
+                panels.len() - 1
+            }
+        };
+        let panel = &mut panels[at];
+        for (label, value) in [("zero-shot", table.zero_shot_accuracy), ("majority class", table.majority_accuracy)] {
+            if let (Some(y), false) = (value, panel.levels.iter().any(|l| l.label == label)) {
+                panel.levels.push(Level { label: label.into(), y: 100.0 * y });
+            }
+        }
+        for row in &table.methods {
+            let Some(test) = row.test_accuracy else { continue };
+            let series = match panel.series.iter().position(|s| s.label == row.method) {
+                Some(i) => &mut panel.series[i],
+                None => {
+                    panel.series.push(Series { label: row.method.clone(), points: Vec::new(), spread: Vec::new() });
+                    panel.series.last_mut().expect("just pushed")
+                }
+            };
+            series.points.push((row.trainable_params as f64, 100.0 * test.mean));
+            series.spread.push(100.0 * test.std);
+        }
+    }
+    for series in panels.iter_mut().flat_map(|p| p.series.iter_mut()) {
+        let mut order: Vec<usize> = (0..series.points.len()).collect();
+        order.sort_by(|&a, &b| series.points[a].0.total_cmp(&series.points[b].0));
+        (series.points, series.spread) = order.iter().map(|&i| (series.points[i], series.spread[i])).unzip();
+    }
+    let mut seeds: Vec<usize> = tables.iter().flat_map(|t| t.methods.iter().filter_map(|m| m.test_accuracy.map(|s| s.n))).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let seeds: Vec<String> = seeds.iter().map(|n| n.to_string()).collect();
+    let split = tables.iter().find_map(|t| t.split.clone()).unwrap_or_else(|| "?".into());
+    Chart {
+        title: "Test accuracy against trainable parameters".into(),
+        subtitle: format!("split `{split}`; each point the mean over {} seed(s), bars +- one std", seeds.join(" / ")),
+        x_label: "trainable parameters".into(),
+        y_label: "test accuracy %".into(),
+        x_log2: true,
+        panels,
+    }
+}
+
 /// For every method after the first: its accuracy minus the first's over the examples both
 /// scored (`correctness`: example id -> correctness averaged over seeds), with a paired
 /// bootstrap 95% interval. `None` for the first.
@@ -737,6 +795,49 @@ sets = ["train.learning_rate=1e-3"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("compare.lr_grid: 0 is not a positive learning rate"), "{err}");
+    }
+
+    /// The chart puts each method's points from every table on one line, ordered by parameter
+    /// count, one panel per task, with the levels once per panel.
+    #[test]
+    fn the_accuracy_chart_joins_a_method_across_tables() {
+        let row = |method: &str, params: usize, mean: f64, std: f64| MethodRow {
+            method: method.into(),
+            tuner: method.into(),
+            trainable_params: params,
+            dev_accuracy: None,
+            test_accuracy: Some(Stat { mean, std, n: 3 }),
+            seconds_per_batch: None,
+            peak_rss_bytes: None,
+            decode_tokens_per_s: None,
+            decode_speed_vs_bare: None,
+            test_minus_reference: None,
+            learning_rate: 0.01,
+            lr_search: vec![],
+            runs: vec![],
+        };
+        let table = |task: &str, methods: Vec<MethodRow>| Comparison {
+            task: Some(task.into()),
+            split: Some("test".into()),
+            seeds: vec![0, 1, 2],
+            param_budget: 0,
+            zero_shot_accuracy: Some(0.5),
+            majority_accuracy: Some(0.52),
+            methods,
+        };
+        let large = table("t", vec![row("iapt", 800_000, 0.85, 0.01), row("lora", 820_000, 0.86, 0.02)]);
+        let small = table("t", vec![row("iapt", 80_000, 0.80, 0.015), row("lora", 81_000, 0.82, 0.0)]);
+        let other = table("u", vec![row("iapt", 80_000, 0.6, 0.0)]);
+        let chart = accuracy_chart(&[large, small, other]);
+        assert_eq!(chart.panels.iter().map(|p| p.title.as_str()).collect::<Vec<_>>(), ["t", "u"]);
+        let t = &chart.panels[0];
+        let iapt = &t.series[0];
+        assert_eq!((iapt.label.as_str(), iapt.points.clone()), ("iapt", vec![(80_000.0, 80.0), (800_000.0, 85.0)]));
+        assert!((iapt.spread[0] - 1.5).abs() < 1e-9 && (iapt.spread[1] - 1.0).abs() < 1e-9, "{:?}", iapt.spread);
+        assert_eq!(t.series[1].points, vec![(81_000.0, 82.0), (820_000.0, 86.0)]);
+        assert_eq!(t.levels.iter().map(|l| (l.label.as_str(), l.y)).collect::<Vec<_>>(), [("zero-shot", 50.0), ("majority class", 52.0)]);
+        assert_eq!(chart.panels[1].series.len(), 1);
+        assert!(chart.subtitle.contains("3 seed(s)"), "{}", chart.subtitle);
     }
 
     /// The difference to the first method is taken over the examples both scored, pairwise.

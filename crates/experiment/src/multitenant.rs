@@ -87,7 +87,7 @@ impl MultitenantBench {
                     let point = (row.distinct_adapters as f64, row.decode_tokens_per_s);
                     match series.iter_mut().find(|s| s.label == row.method) {
                         Some(s) => s.points.push(point),
-                        None => series.push(Series { label: row.method.clone(), points: vec![point] }),
+                        None => series.push(Series { label: row.method.clone(), points: vec![point], spread: Vec::new() }),
                     }
                 }
                 for s in &mut series {

@@ -14,6 +14,8 @@ use std::path::Path;
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    /// An error bar's half-height at each point (e.g. a std over seeds); empty: no bars.
+    pub spread: Vec<f64>,
 }
 
 /// A horizontal reference line across a panel (e.g. the bare model's speed).
@@ -109,8 +111,8 @@ impl Chart {
     fn axes(&self, panel: usize) -> Axes {
         let p = &self.panels[panel];
         let xs: Vec<f64> = p.series.iter().flat_map(|s| s.points.iter().map(|&(x, _)| x)).collect();
-        let y_max =
-            p.series.iter().flat_map(|s| s.points.iter().map(|&(_, y)| y)).chain(p.levels.iter().map(|l| l.y)).filter(|y| y.is_finite()).fold(0.0f64, f64::max);
+        let tops = p.series.iter().flat_map(|s| s.points.iter().enumerate().map(|(i, &(_, y))| y + s.spread.get(i).copied().unwrap_or(0.0)));
+        let y_max = tops.chain(p.levels.iter().map(|l| l.y)).filter(|y| y.is_finite()).fold(0.0f64, f64::max);
         let step = nice_step(if y_max > 0.0 { y_max / 5.0 } else { 1.0 });
         let transform = |x: f64| if self.x_log2 { x.max(f64::MIN_POSITIVE).log2() } else { x };
         let (lo, hi) = xs.iter().map(|&x| transform(x)).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
@@ -154,14 +156,20 @@ impl Chart {
                 c.text(a.left as usize - 8 - 8 * label.len(), py as usize - 4, &label, 1, INK);
                 y += a.y_step;
             }
-            // x ticks at the series' x values.
+            // x ticks at the series' x values, labelled where the previous label leaves room.
             let mut xs: Vec<f64> = panel.series.iter().flat_map(|s| s.points.iter().map(|&(x, _)| x)).collect();
             xs.sort_by(f64::total_cmp);
             xs.dedup();
+            let mut free_from = f64::NEG_INFINITY;
             for x in xs {
                 let px = a.px(x);
                 c.line((px, a.bottom), (px, a.bottom + 5.0), 1.0, INK, None);
-                c.text_centered(px as usize, a.bottom as usize + 10, &format_tick(x, 1.0), 1, INK);
+                let label = format_x_tick(x);
+                let half = 4.0 * label.len() as f64;
+                if px - half >= free_from {
+                    c.text_centered(px as usize, a.bottom as usize + 10, &label, 1, INK);
+                    free_from = px + half + 8.0;
+                }
             }
             c.line((a.left, a.top), (a.left, a.bottom), 1.5, INK, None);
             c.line((a.left, a.bottom), (a.right, a.bottom), 1.5, INK, None);
@@ -174,6 +182,13 @@ impl Chart {
                 let colour = self.colour_of(&series.label);
                 for pair in series.points.windows(2) {
                     c.line((a.px(pair[0].0), a.py(pair[0].1)), (a.px(pair[1].0), a.py(pair[1].1)), 2.5, colour, None);
+                }
+                for (&(x, y), &spread) in series.points.iter().zip(&series.spread) {
+                    let (px, low, high) = (a.px(x), a.py(y - spread), a.py(y + spread));
+                    c.line((px, low), (px, high), 1.5, colour, None);
+                    for end in [low, high] {
+                        c.line((px - 5.0, end), (px + 5.0, end), 1.5, colour, None);
+                    }
                 }
                 for &(x, y) in &series.points {
                     c.disc(a.px(x), a.py(y), 4.5, colour);
@@ -246,6 +261,16 @@ fn format_tick(value: f64, step: f64) -> String {
     } else {
         let decimals = (-step.log10().floor()) as usize;
         format!("{value:.decimals$}")
+    }
+}
+
+/// An x value as a tick label: whole numbers, thousands and millions shortened (82K, 1.6M).
+fn format_x_tick(x: f64) -> String {
+    let short = |v: f64, suffix: &str| if v >= 10.0 { format!("{v:.0}{suffix}") } else { format!("{}{suffix}", (v * 10.0).round() / 10.0) };
+    match x.abs() {
+        v if v >= 1e6 => short(x / 1e6, "M"),
+        v if v >= 1e3 => short(x / 1e3, "K"),
+        _ => format_tick(x, 1.0),
     }
 }
 
@@ -340,7 +365,7 @@ mod tests {
     use super::*;
 
     fn chart() -> Chart {
-        let series = |label: &str, ys: [f64; 4]| Series { label: label.into(), points: [1.0, 2.0, 4.0, 8.0].into_iter().zip(ys).collect() };
+        let series = |label: &str, ys: [f64; 4]| Series { label: label.into(), points: [1.0, 2.0, 4.0, 8.0].into_iter().zip(ys).collect(), spread: vec![] };
         Chart {
             title: "decode".into(),
             subtitle: "2 threads".into(),
@@ -396,5 +421,34 @@ mod tests {
         assert_eq!(nice_step(100.0), 100.0);
         assert_eq!(format_tick(0.4, 0.2), "0.4");
         assert_eq!(format_tick(150.0, 50.0), "150");
+        assert_eq!(
+            (format_x_tick(8.0), format_x_tick(82_348.0), format_x_tick(823_480.0), format_x_tick(1_600_000.0)),
+            ("8".into(), "82K".into(), "823K".into(), "1.6M".into())
+        );
+    }
+
+    /// An error bar spans mean ± spread in its line's colour, and raises the axis to fit it.
+    #[test]
+    fn error_bars_span_the_spread() {
+        let chart = Chart {
+            title: "accuracy".into(),
+            subtitle: String::new(),
+            x_label: "params".into(),
+            y_label: "%".into(),
+            x_log2: true,
+            panels: vec![Panel {
+                title: "t".into(),
+                series: vec![Series { label: "iapt".into(), points: vec![(1e3, 60.0), (1e4, 80.0)], spread: vec![5.0, 30.0] }],
+                levels: vec![],
+            }],
+        };
+        let pixels = chart.render();
+        let at = |(x, y): (usize, usize)| -> Rgb { pixels[(y * chart.width() + x) * 3..][..3].try_into().unwrap() };
+        let colour = chart.colour_of("iapt");
+        for (x, y) in [(1e3, 55.0), (1e3, 65.0), (1e4, 50.0), (1e4, 110.0)] {
+            assert_eq!(at(chart.pixel_of(0, x, y)), colour, "bar end at ({x}, {y})");
+        }
+        assert_eq!(at(chart.pixel_of(0, 1e3, 75.0)), WHITE, "above the first bar");
+        assert!(chart.axes(0).y_hi >= 110.0);
     }
 }
