@@ -75,8 +75,10 @@ impl Default for CompareSection {
     }
 }
 
-/// `[[methods]]`: a name (its directory and table row), the `[methods.tuner]` section, and
-/// `sets`: overrides of the base config for this method only (e.g. its learning rate).
+/// `[[methods]]`: a name (its directory and table row), the `[methods.tuner]` section,
+/// `sets`: overrides of the base config for this method only (e.g. its learning rate), and
+/// `keep_size`: run the tuner at its configured size even when `compare.param_budget` is set
+/// (e.g. prompt tuning at 32, 64 and 128 tokens beside methods sized to the budget).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MethodEntry {
@@ -84,6 +86,8 @@ struct MethodEntry {
     tuner: TunerConfig,
     #[serde(default)]
     sets: Vec<String>,
+    #[serde(default)]
+    keep_size: bool,
 }
 
 /// One planned run.
@@ -162,7 +166,7 @@ pub fn plan(path: &Path, cli_sets: &[String], out_dir: Option<&Path>, seeds: Opt
                 format!("eval.zero_shot={}", runs.is_empty() && s == 0),
             ]);
             let mut config = RunConfig::from_table(run_table, &sets).map_err(|e| anyhow!("{}: method `{}`: {e:#}", path.display(), method.name))?;
-            if compare.param_budget > 0 {
+            if compare.param_budget > 0 && !method.keep_size {
                 if backbone.is_none() {
                     let model = crate::model_source::resolve_model(&config.model.name)?;
                     backbone = Some(iapt_model::read_checkpoint_config(&model)?);
@@ -734,6 +738,24 @@ sets = ["train.learning_rate=1e-3"]
             }
         }
         assert!(planned >= 9, "found {planned} comparison configs");
+    }
+
+    /// With a budget, every method is sized to it except those marked `keep_size`.
+    #[test]
+    fn keep_size_methods_stay_as_configured_beside_a_budget() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper-tokens.toml");
+        let (compare, runs) = plan(&path, &[], None, None).unwrap();
+        let base = LlamaConfig::smollm2_135m();
+        for run in runs.iter().filter(|r| r.seed == compare.seeds[0]) {
+            let count = run.config.tuner.num_params(&base);
+            match &run.config.tuner {
+                TunerConfig::PromptTuning(pt) => assert_eq!(pt.num_tokens.to_string(), run.method.trim_start_matches("prompt_tuning-"), "{}", run.method),
+                tuner => {
+                    assert_eq!(tuner.name(), "iapt", "{}", run.method);
+                    assert!(count.abs_diff(compare.param_budget) * 10 < compare.param_budget, "{}: {count} params", run.method);
+                }
+            }
+        }
     }
 
     #[test]

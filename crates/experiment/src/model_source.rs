@@ -41,8 +41,8 @@ pub fn load_bench_backbone<B: Backend>(spec: &str, device: &B::Device, dtype: We
         let path = resolve_model(spec)?;
         return Ok(iapt_model::load_llama_as::<B>(&path, device, dtype.float())?);
     };
-    let config = LlamaConfig::preset(preset)
-        .ok_or_else(|| anyhow::anyhow!("--model {spec}: unknown shape `{preset}` (known: smollm2-135m, llama2-7b, llama2-13b, tiny)"))?;
+    let config =
+        LlamaConfig::preset(preset).ok_or_else(|| anyhow::anyhow!("--model {spec}: unknown shape `{preset}` (known: {})", LlamaConfig::PRESETS.join(", ")))?;
     iapt_model::check_weight_dtype::<B>(device, dtype.float())?;
     Ok(Llama::random(&config, device).with_matrix_dtype(dtype.float()))
 }

@@ -78,7 +78,10 @@ impl LlamaConfig {
         }
     }
 
-    /// Look up a preset by name (`smollm2-135m`, `llama2-7b`, `llama2-13b`, `tiny`).
+    /// The names [`LlamaConfig::preset`] knows (`smollm2` is also accepted for `smollm2-135m`).
+    pub const PRESETS: [&'static str; 4] = ["smollm2-135m", "llama2-7b", "llama2-13b", "tiny"];
+
+    /// Look up a preset by name (one of [`LlamaConfig::PRESETS`]).
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "smollm2-135m" | "smollm2" => Some(Self::smollm2_135m()),
@@ -145,5 +148,19 @@ impl LlamaConfig {
             return Err("hidden_size, num_layers and vocab_size must be positive".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LlamaConfig;
+
+    #[test]
+    fn every_listed_preset_resolves() {
+        for name in LlamaConfig::PRESETS {
+            assert!(LlamaConfig::preset(name).is_some(), "{name}");
+        }
+        assert_eq!(LlamaConfig::preset("smollm2"), Some(LlamaConfig::smollm2_135m()));
+        assert_eq!(LlamaConfig::preset("gpt2"), None);
     }
 }
