@@ -585,9 +585,9 @@ pub fn accuracy_chart(tables: &[Comparison]) -> Chart {
         }
     }
     for series in panels.iter_mut().flat_map(|p| p.series.iter_mut()) {
-        let mut order: Vec<usize> = (0..series.points.len()).collect();
-        order.sort_by(|&a, &b| series.points[a].0.total_cmp(&series.points[b].0));
-        (series.points, series.spread) = order.iter().map(|&i| (series.points[i], series.spread[i])).unzip();
+        let mut pairs: Vec<((f64, f64), f64)> = series.points.drain(..).zip(series.spread.drain(..)).collect();
+        pairs.sort_by(|a, b| a.0 .0.total_cmp(&b.0 .0));
+        (series.points, series.spread) = pairs.into_iter().unzip();
     }
     let mut seeds: Vec<usize> = tables.iter().flat_map(|t| t.methods.iter().filter_map(|m| m.test_accuracy.map(|s| s.n))).collect();
     seeds.sort_unstable();

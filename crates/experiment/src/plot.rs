@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use font8x8::{UnicodeFonts, BASIC_FONTS};
+use iapt_tuners::human_count;
 use std::path::Path;
 
 /// One line: `(x, y)` points in order.
@@ -164,7 +165,7 @@ impl Chart {
             for x in xs {
                 let px = a.px(x);
                 c.line((px, a.bottom), (px, a.bottom + 5.0), 1.0, INK, None);
-                let label = format_x_tick(x);
+                let label = human_count(x.round().max(0.0) as usize);
                 let half = 4.0 * label.len() as f64;
                 if px - half >= free_from {
                     c.text_centered(px as usize, a.bottom as usize + 10, &label, 1, INK);
@@ -261,16 +262,6 @@ fn format_tick(value: f64, step: f64) -> String {
     } else {
         let decimals = (-step.log10().floor()) as usize;
         format!("{value:.decimals$}")
-    }
-}
-
-/// An x value as a tick label: whole numbers, thousands and millions shortened (82K, 1.6M).
-fn format_x_tick(x: f64) -> String {
-    let short = |v: f64, suffix: &str| if v >= 10.0 { format!("{v:.0}{suffix}") } else { format!("{}{suffix}", (v * 10.0).round() / 10.0) };
-    match x.abs() {
-        v if v >= 1e6 => short(x / 1e6, "M"),
-        v if v >= 1e3 => short(x / 1e3, "K"),
-        _ => format_tick(x, 1.0),
     }
 }
 
@@ -421,10 +412,6 @@ mod tests {
         assert_eq!(nice_step(100.0), 100.0);
         assert_eq!(format_tick(0.4, 0.2), "0.4");
         assert_eq!(format_tick(150.0, 50.0), "150");
-        assert_eq!(
-            (format_x_tick(8.0), format_x_tick(82_348.0), format_x_tick(823_480.0), format_x_tick(1_600_000.0)),
-            ("8".into(), "82K".into(), "823K".into(), "1.6M".into())
-        );
     }
 
     /// An error bar spans mean ± spread in its line's colour, and raises the axis to fit it.

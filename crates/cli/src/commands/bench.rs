@@ -2,7 +2,7 @@
 
 use super::{print_json, ModelArgs};
 use crate::with_backend;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use iapt_experiment::bench::{bench_generate, bench_train, TrainShape};
 use iapt_experiment::model_source::{load_bench_backbone, resolve_model, LoadedModel};
@@ -174,10 +174,7 @@ fn multitenant(mut args: MultitenantArgs) -> Result<()> {
         Ok(())
     };
     if let (Some(from), Some(to)) = (&args.from, &args.plot) {
-        let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
-        let bench: MultitenantBench =
-            serde_json::from_str(&text).with_context(|| format!("{}: not the JSON `iapt bench multitenant` prints", from.display()))?;
-        return plot(&bench, to);
+        return plot(&super::read_json(from, "`iapt bench multitenant --json`")?, to);
     }
     let path = resolve_model(&args.model.model)?;
     if let Some(set) = args.sets.iter().find(|s| !s.starts_with("tuner.") || s.starts_with("tuner.kind")) {

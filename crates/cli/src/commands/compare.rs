@@ -34,14 +34,7 @@ pub struct CompareArgs {
 
 pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(plot) = &args.plot {
-        let tables = args
-            .from
-            .iter()
-            .map(|path| {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: not the comparison.json `iapt compare` writes", path.display()))
-            })
-            .collect::<Result<Vec<compare::Comparison>>>()?;
+        let tables = args.from.iter().map(|path| super::read_json(path, "`iapt compare`")).collect::<Result<Vec<compare::Comparison>>>()?;
         compare::accuracy_chart(&tables).write_png(plot)?;
         eprintln!("plot written to {}", plot.display());
         return Ok(());

@@ -32,6 +32,13 @@ pub struct ModelArgs {
     pub json: bool,
 }
 
+/// Read a JSON file this tool wrote earlier; `what` names the writer for the error message.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &str) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not the JSON {what} writes", path.display()))
+}
+
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
