@@ -94,6 +94,15 @@ impl<B: Backend> KvCache<B> {
         self.layers[layer].as_ref().map_or(0, |slots| slots.len)
     }
 
+    /// The keys and values `layer` holds, `[batch, kv_heads, len, head_dim]` (RoPE applied,
+    /// prefix positions included); `None` before prefill reached it.
+    pub fn keys_values(&self, layer: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.layers[layer].as_ref().map(|slots| {
+            let (keys, values, _) = slots.filled.filled();
+            (keys, values)
+        })
+    }
+
     /// Append new keys/values/validity to `layer` and return its buffers (sharing memory).
     pub fn append(&mut self, layer: usize, keys: Tensor<B, 4>, values: Tensor<B, 4>, valid: Tensor<B, 2, Bool>) -> LayerKv<B> {
         let n = keys.dims()[2];

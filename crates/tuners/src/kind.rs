@@ -32,7 +32,7 @@ pub trait TunerKind: Clone + PartialEq + std::fmt::Debug + Default + serde::Seri
     fn init<B: Backend>(&self, base: &LlamaConfig, device: &B::Device) -> Result<Self::Module<B>, String>;
 
     /// The module to start training on `backbone`; by default [`TunerKind::init`] (prompt
-    /// tuning copies embedding rows instead).
+    /// tuning and P-tuning v2 start from real tokens instead).
     fn init_from_backbone<B: Backend>(&self, backbone: &Llama<B>) -> Result<Self::Module<B>, String> {
         self.init(backbone.config(), &backbone.device())
     }

@@ -34,7 +34,7 @@ pub use iapt::{GeneratorInput, Iapt, IaptConfig, PrefixPositions, SoftTokenSpace
 pub use kind::TunerKind;
 pub use lora::{merge_lora, Lora, LoraConfig, LoraLayer, LoraPair};
 pub use pooler::{Pooler, PoolerConfig, PoolerKind};
-pub use prefix_tuning::{PrefixEncoder, PrefixTuning, PrefixTuningConfig};
+pub use prefix_tuning::{token_keys_values, PrefixEncoder, PrefixInit, PrefixTuning, PrefixTuningConfig};
 pub use prompt_tuning::{PromptInit, PromptTuning, PromptTuningConfig};
 pub use rational::{Activation, ActivationConfig, ActivationKind, Rational, RationalConfig};
 pub use tuner::{Tuner, TunerConfig, TunerConfigError, TunerModule};
