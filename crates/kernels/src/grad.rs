@@ -65,7 +65,12 @@ pub(crate) fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<T
     run(Matmul { m, k, n }, [x, w])
 }
 
-/// Run `op` on `inputs`' primitives; its output has the first input's rank.
+/// [`fused::token_nll`] on an autodiff backend: the logits get the gradient.
+pub(crate) fn token_nll<B: Backend>(logits: &Tensor<B, 2>, targets: &[usize]) -> Option<Tensor<B, 1>> {
+    run(TokenNll { targets: Arc::new(targets.to_vec()) }, [logits])
+}
+
+/// Run `op` on `inputs`' primitives; its output has the rank the caller names.
 fn run<B: Backend, const D: usize, const E: usize, const N: usize>(op: impl HostOp<N>, inputs: [&Tensor<B, E>; N]) -> Option<Tensor<B, D>> {
     let primitives = inputs.map(|t| t.clone().into_primitive().tensor());
     let out = on_autodiff::<B, N, _>(op, primitives)?;
@@ -411,4 +416,59 @@ fn attention_gradients(state: &AttentionState, d_out: &[f32]) -> (Vec<f32>, Vec<
         (0..tasks).for_each(task);
     }
     (dq, dk, dv)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Next-token NLL: nll_i = lse_i − x_{i,t_i}; with upstream g_i, dx_ij = g_i (softmax_ij − [j = t_i]).
+// The node keeps the logits' own primitive (no copy of the [n, vocab] values) and each row's lse.
+
+#[derive(Clone, Debug)]
+struct TokenNll {
+    targets: Arc<Vec<usize>>,
+}
+
+struct TokenNllState<I: Backend> {
+    targets: Arc<Vec<usize>>,
+    logits: I::FloatTensorPrimitive,
+    lse: Arc<Vec<f32>>,
+}
+
+impl<I: Backend> Clone for TokenNllState<I> {
+    fn clone(&self) -> Self {
+        Self { targets: self.targets.clone(), logits: self.logits.clone(), lse: self.lse.clone() }
+    }
+}
+
+impl<I: Backend> std::fmt::Debug for TokenNllState<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenNllState").field("rows", &self.targets.len()).finish()
+    }
+}
+
+impl HostOp<1> for TokenNll {
+    fn run<I: Backend>(self, [logits]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
+        let (lse, nll) = host::with_primitive_view(&logits.primitive, |view| fused::rows_nll(&view, &self.targets))?;
+        let y = primitive::<I>(nll, &[self.targets.len()]);
+        Some(match TokenNllBackward.prepare::<NoCheckpointing>([logits.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(TokenNllState { targets: self.targets, logits: logits.primitive, lse: Arc::new(lse) }, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct TokenNllBackward;
+
+impl<I: Backend> Backward<I, 1> for TokenNllBackward {
+    type State = TokenNllState<I>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let TokenNllState { targets, logits, lse } = ops.state;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            let g = gradient::<I>(&grad);
+            let (dx, vocab) = host::with_primitive_view(&logits, |view| (fused::nll_logits_gradient(&view, &targets, &lse, &g), view.shape[1]))
+                .expect("the logits were readable in the forward pass");
+            primitive::<I>(dx, &[targets.len(), vocab])
+        });
+    }
 }

@@ -98,6 +98,41 @@ widest_simd! {
 }
 
 widest_simd! {
+    /// `stats ← [max x, Σ exp(x − max x)]` of a row of finite values: its log-sum-exp is
+    /// `max + ln Σ` (the softmax denominator without overflow). Sixteen lanes of partial maxima
+    /// and sums, so both loops vectorise.
+    pub fn max_and_sum_exp(x: &[f32], stats: &mut [f32; 2]) {
+        const LANES: usize = 16;
+        let (chunks, rest) = (x.chunks_exact(LANES), x.chunks_exact(LANES).remainder());
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        for chunk in chunks.clone() {
+            for (m, &v) in lane_max.iter_mut().zip(chunk) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let max = lane_max.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let mut lane_sum = [0.0f32; LANES];
+        for chunk in chunks {
+            for (s, &v) in lane_sum.iter_mut().zip(chunk) {
+                *s += exp(v - max);
+            }
+        }
+        let sum = lane_sum.iter().sum::<f32>() + rest.iter().map(|&v| exp(v - max)).sum::<f32>();
+        *stats = [max, sum];
+    }
+}
+
+widest_simd! {
+    /// `out = scale · exp(x − shift)`: with `shift` the row's log-sum-exp, its softmax times
+    /// `scale` (the cross-entropy gradient before the target's `− scale`).
+    pub fn scaled_exp(out: &mut [f32], x: &[f32], shift: f32, scale: f32) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = scale * exp(v - shift);
+        }
+    }
+}
+
+widest_simd! {
     /// `out = scale · Σ_j weights[j] · rows[j]`, row `j` of `out.len()` values starting at
     /// `j * stride` of `rows`; rows with weight 0 are skipped (attention's hidden slots).
     pub fn weighted_rows(out: &mut [f32], weights: &[f32], rows: &[f32], stride: usize, scale: f32) {
@@ -155,6 +190,26 @@ mod tests {
         for (c, o) in out.iter().enumerate() {
             let want: f64 = (0..6).map(|j| probs[j] as f64 * rows[j * 5 + c] as f64).sum::<f64>() * 0.5;
             assert!((*o as f64 - want).abs() <= 1e-6, "column {c}: {o} vs {want}");
+        }
+    }
+
+    #[test]
+    fn log_sum_exp_parts_and_scaled_softmax_match_f64() {
+        // 37 values: two full 16-lane chunks and a remainder holding the maximum.
+        let x: Vec<f32> = (0..37).map(|i| ((i * 7919) % 101) as f32 * 0.31 - 12.0 + if i == 35 { 30.0 } else { 0.0 }).collect();
+        let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let sum: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
+        let mut stats = [0.0f32; 2];
+        max_and_sum_exp(&x, &mut stats);
+        assert_eq!(stats[0] as f64, max);
+        assert!((stats[1] as f64 - sum).abs() <= 1e-6 * sum, "{} vs {sum}", stats[1]);
+        // The shift as the kernel gets it (an f32 near 20 is off by up to 1e-6, which exp keeps).
+        let lse = (max + sum.ln()) as f32 as f64;
+        let mut out = vec![0.0f32; x.len()];
+        scaled_exp(&mut out, &x, lse as f32, 0.25);
+        for (o, &v) in out.iter().zip(&x) {
+            let want = 0.25 * (v as f64 - lse).exp();
+            assert!((*o as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{o} vs {want}");
         }
     }
 

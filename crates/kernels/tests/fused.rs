@@ -3,7 +3,7 @@
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::{backend::Backend, Bool, Distribution, Tensor, TensorData};
-use iapt_kernels::fused::{attention, rms_norm, rope, swiglu};
+use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll};
 
 fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
     t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
@@ -117,8 +117,36 @@ fn attention_matches<B: Backend>() {
     }
 }
 
+/// Next-token NLLs of rows with logits far apart (a naive `Σ exp` would overflow at 100), of a
+/// 49k-wide vocabulary split over the pool, and of a transposed (strided) view.
+fn token_nll_matches<B: Backend>() {
+    let device = B::Device::default();
+    let naive = |x: &[f64], vocab: usize, targets: &[usize]| -> Vec<f64> {
+        x.chunks(vocab)
+            .zip(targets)
+            .map(|(row, &t)| {
+                let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+                max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() - row[t]
+            })
+            .collect()
+    };
+    for (n, vocab, std, offset) in [(3, 11, 3.0, 100.0), (20, 49_152, 4.0, 0.0)] {
+        let x = Tensor::<B, 2>::random([n, vocab], Distribution::Normal(offset, std), &device);
+        let targets: Vec<usize> = (0..n).map(|i| (i * 7919) % vocab).collect();
+        let got = host(&token_nll(&x, &targets).expect("fused on an inference backend"));
+        assert_close(&got, &naive(&host(&x), vocab, &targets), 1e-5, &format!("token_nll {n}x{vocab}"));
+    }
+    let stored = Tensor::<B, 2>::random([13, 5], Distribution::Normal(0.0, 2.0), &device);
+    let x = stored.swap_dims(0, 1);
+    let targets = [0, 12, 3, 7, 7];
+    let got = host(&token_nll(&x, &targets).expect("fused on a strided view"));
+    assert_close(&got, &naive(&host(&x), 13, &targets), 1e-5, "token_nll, strided");
+    assert!(token_nll(&x, &[0, 1, 2, 3, 13]).is_none(), "a target outside the vocabulary is refused");
+}
+
 #[test]
 fn ndarray_fused_kernels_match_naive_f64() {
+    token_nll_matches::<NdArray>();
     rms_norm_matches::<NdArray>();
     swiglu_matches::<NdArray>();
     rope_matches::<NdArray>();
@@ -127,6 +155,7 @@ fn ndarray_fused_kernels_match_naive_f64() {
 
 #[test]
 fn flex_fused_kernels_match_naive_f64() {
+    token_nll_matches::<Flex>();
     rms_norm_matches::<Flex>();
     swiglu_matches::<Flex>();
     rope_matches::<Flex>();

@@ -3,10 +3,10 @@
 //! input's gradient.
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Distribution, Tensor, TensorData};
-use iapt_kernels::fused::{attention, rms_norm, rope, swiglu};
+use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll};
 
 fn host<B: burn::tensor::backend::Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
     t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
@@ -151,6 +151,23 @@ fn attention_gradients<B: AutodiffBackend>() {
     }
 }
 
+/// The next-token NLL's node: the logits' gradient `g (softmax − onehot)`, on rows split over the
+/// pool and on a transposed (strided) view.
+fn token_nll_gradients<B: AutodiffBackend>() {
+    for (n, vocab, transposed) in [(3, 11, false), (40, 3000, false), (6, 13, true)] {
+        let targets: Vec<usize> = (0..n).map(|i| (i * 7919) % vocab).collect();
+        let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i64).collect(), [n]), &Default::default());
+        let input = if transposed { tracked::<B, 2>([vocab, n], 3.0) } else { tracked::<B, 2>([n, vocab], 3.0) };
+        let view = |x: &Tensor<B, 2>| if transposed { x.clone().swap_dims(0, 1) } else { x.clone() };
+        compare(
+            &[input],
+            |x| token_nll(&view(&x[0]), &targets),
+            |x| log_softmax(view(&x[0]), 1).gather(1, ids.clone().reshape([n, 1])).reshape([n]).neg(),
+            &format!("token_nll {n}x{vocab}{}", if transposed { ", strided" } else { "" }),
+        );
+    }
+}
+
 /// Every node of the kernels on one autodiff backend.
 fn all_gradients<B: AutodiffBackend>() {
     matmul_gradients::<B>();
@@ -158,6 +175,7 @@ fn all_gradients<B: AutodiffBackend>() {
     swiglu_gradients::<B>();
     rope_gradients::<B>();
     attention_gradients::<B>();
+    token_nll_gradients::<B>();
 }
 
 #[test]

@@ -15,6 +15,20 @@ pub fn next_token_nll<B: Backend>(logits: Tensor<B, 3>, ids: Tensor<B, 2, Int>) 
     log_probs.gather(2, targets).reshape([b, t - 1]).neg()
 }
 
+/// `−log softmax(logits)[i, targets[i]]` `[n]` for each row of `logits` `[n, vocab]`: the loss
+/// training minimises. On the CPU backends one fused pass over the logits, and a fused backward
+/// ([`iapt_kernels::fused::token_nll`]); elsewhere burn's `log_softmax` and `gather`.
+pub fn token_nll<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    if iapt_kernels::accelerated::<B>() {
+        let host: Option<Vec<usize>> = targets.to_data().convert::<i64>().iter::<i64>().map(|t| usize::try_from(t).ok()).collect();
+        if let Some(nll) = host.and_then(|targets| iapt_kernels::fused::token_nll(&logits, &targets)) {
+            return nll;
+        }
+    }
+    log_softmax(logits, 1).gather(1, targets.reshape([n, 1])).reshape([n]).neg()
+}
+
 /// Mean next-token NLL (nats) of `ids` under the model, and how many tokens were predicted.
 pub fn mean_nll<B: Backend>(model: &Llama<B>, ids: &[u32], hook: &dyn ModelHook<B>) -> (f64, usize) {
     assert!(ids.len() >= 2, "scoring needs at least two tokens");

@@ -28,7 +28,7 @@ mod train;
 
 pub use batch::{LmBatch, LmBatcher, LmExample};
 pub use config::{TrainConfig, PRESENTATION_FIELDS};
-pub use model::{response_log_probs, LmOutput, TunedLm};
+pub use model::{response_logits, LmOutput, TunedLm};
 pub use monitor::{EpochLosses, StepMonitor};
 pub use progress::Dashboard;
 pub use schedule::WarmupLinearDecay;

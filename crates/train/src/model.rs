@@ -4,10 +4,10 @@
 use crate::batch::LmBatch;
 use crate::monitor::StepMonitor;
 use burn::module::{AutodiffModule, Module, ModuleDisplay, ParamId};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, Transaction};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use iapt_model::score::token_nll;
 use iapt_model::{KvCache, Llama, ModelHook, TrainableTuner};
 
 /// Frozen backbone + trainable tuner.
@@ -41,25 +41,25 @@ impl<B: Backend, T: Module<B> + ModelHook<B>> TunedLm<B, T> {
     }
 
     /// Forward pass and response-only loss of `batch` (see [`crate::batch`] for the masks and
-    /// [`response_log_probs`] for what is computed).
+    /// [`response_logits`] for what is computed).
     pub fn forward_loss(&self, batch: LmBatch<B>) -> LmOutput<B> {
         iapt_model::diagnostics::start();
-        let (log_probs, targets) = response_log_probs(&self.backbone, &self.tuner, &batch);
+        let (logits, targets) = response_logits(&self.backbone, &self.tuner, &batch);
         let diagnostics = iapt_model::diagnostics::finish::<B>();
-        let [n, _] = log_probs.dims();
-        let token_nll = log_probs.clone().gather(1, targets.clone().reshape([n, 1])).reshape([n]).neg();
-        let correct = log_probs.argmax(1).reshape([n]).equal(targets);
+        let [n, _] = logits.dims();
+        let correct = logits.clone().detach().argmax(1).reshape([n]).equal(targets.clone());
+        let token_nll = token_nll(logits, targets);
         LmOutput { loss: token_nll.clone().mean(), token_nll: token_nll.detach(), correct, diagnostics }
     }
 }
 
-/// Log-probabilities `[n, vocab]` of the `n` response tokens of `batch` (row by row, left to
-/// right: the order of [`LmBatch::loss_mask`]'s true cells), and those tokens `[n]`.
+/// Logits `[n, vocab]` of the positions that predict the `n` response tokens of `batch` (row by
+/// row, left to right: the order of [`LmBatch::loss_mask`]'s true cells), and those tokens `[n]`.
 ///
 /// Only the positions that predict a response token go through the LM head: for a 49k
 /// vocabulary the `[batch, tokens, vocab]` logits of every position would dominate memory and
 /// time, while prompts are usually much longer than responses.
-pub fn response_log_probs<B: Backend>(backbone: &Llama<B>, hook: &dyn ModelHook<B>, batch: &LmBatch<B>) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+pub fn response_logits<B: Backend>(backbone: &Llama<B>, hook: &dyn ModelHook<B>, batch: &LmBatch<B>) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
     let [b, t] = batch.ids.dims();
     assert!(t >= 2, "sequences need at least two tokens");
     let hidden = backbone.forward(batch.tokens(), &mut KvCache::new(backbone.num_layers()), hook);
@@ -78,7 +78,7 @@ pub fn response_log_probs<B: Backend>(backbone: &Llama<B>, hook: &dyn ModelHook<
 
     let logits = backbone.logits(hidden.reshape([1, n, d]));
     let vocab = logits.dims()[2];
-    (log_softmax(logits.reshape([n, vocab]), 1), targets)
+    (logits.reshape([n, vocab]), targets)
 }
 
 impl<B: Backend, T: TrainableTuner> TrainableTuner for TunedLm<B, T> {
