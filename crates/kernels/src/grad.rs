@@ -55,7 +55,7 @@ pub(crate) fn attention<B: Backend>(
     let capacity = keys.dims()[2];
     let out: Tensor<B, 4> = run(Attention { valid: Arc::new(valid), shape, capacity }, [q, keys, values])?;
     let [b, t, heads, hd] = out.dims();
-    Some(out.reshape([b, t, heads * hd]))
+    Some(host::reshape(out, [b, t, heads * hd]))
 }
 
 /// `x · w` on an autodiff backend with both operands taking gradients (a tuner's own factors).
@@ -68,6 +68,12 @@ pub(crate) fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<T
 /// [`fused::token_nll`] on an autodiff backend: the logits get the gradient.
 pub(crate) fn token_nll<B: Backend>(logits: &Tensor<B, 2>, targets: &[usize]) -> Option<Tensor<B, 1>> {
     run(TokenNll { targets: Arc::new(targets.to_vec()) }, [logits])
+}
+
+/// [`host::reshape`] on an autodiff backend: the same buffer under a new shape, and a backward
+/// node that reshapes the gradient back (both without a copy where burn-ndarray would copy).
+pub(crate) fn reshape<B: Backend, const D1: usize, const D2: usize>(x: &Tensor<B, D1>, shape: &[usize; D2]) -> Option<Tensor<B, D2>> {
+    run(Reshape { from: x.dims().to_vec(), to: shape.to_vec() }, [x])
 }
 
 /// Run `op` on `inputs`' primitives; its output has the rank the caller names.
@@ -470,5 +476,42 @@ impl<I: Backend> Backward<I, 1> for TokenNllBackward {
                 .expect("the logits were readable in the forward pass");
             primitive::<I>(dx, &[targets.len(), vocab])
         });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reshape: the gradient is the output's, reshaped back.
+
+#[derive(Clone, Debug)]
+struct Reshape {
+    from: Vec<usize>,
+    to: Vec<usize>,
+}
+
+/// `primitive` as `shape`: without a copy where [`host::reshape_primitive`] can, else the inner
+/// backend's own reshape.
+fn reshape_inner<I: Backend>(primitive: I::FloatTensorPrimitive, shape: &[usize]) -> I::FloatTensorPrimitive {
+    host::reshape_primitive(primitive, shape).unwrap_or_else(|p| I::float_reshape(p, shape.into()))
+}
+
+impl HostOp<1> for Reshape {
+    fn run<I: Backend>(self, [x]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
+        let y = reshape_inner::<I>(x.primitive.clone(), &self.to);
+        Some(match ReshapeBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(self, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct ReshapeBackward;
+
+impl<I: Backend> Backward<I, 1> for ReshapeBackward {
+    type State = Reshape;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let from = ops.state.from;
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| reshape_inner::<I>(grad, &from));
     }
 }

@@ -153,6 +153,51 @@ pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<
     }
 }
 
+/// `tensor` with a new shape of as many elements, sharing its memory where burn would copy:
+/// burn-ndarray 0.21 copies the whole tensor on every reshape (a view reshaped, then made
+/// owned), which for a training step is every projection's input and output and the
+/// `[n, vocab]` logits, each a fresh allocation the kernel must fault in. A contiguous f32
+/// tensor of burn-ndarray (or its autodiff wrapper, whose backward reshapes the gradient back
+/// the same way) gets a view of the same buffer here; every other case is burn's `reshape`.
+pub fn reshape<B: Backend, const D1: usize, const D2: usize>(tensor: Tensor<B, D1>, shape: [usize; D2]) -> Tensor<B, D2> {
+    let (from, to) = (tensor.dims().iter().product::<usize>(), shape.iter().product::<usize>());
+    assert_eq!(from, to, "reshape of {:?} into {shape:?}: element counts differ", tensor.dims());
+    if !crate::enabled() {
+        return tensor.reshape(shape);
+    }
+    if readable::<B>() {
+        let primitive = tensor.clone().into_primitive().tensor();
+        if let Ok(out) = reshape_primitive(primitive, &shape) {
+            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        }
+    } else if crate::backends::autodiff::<B>() {
+        if let Some(out) = crate::grad::reshape(&tensor, &shape) {
+            return out;
+        }
+    }
+    tensor.reshape(shape)
+}
+
+/// A burn-ndarray f32 tensor in standard (row-major, contiguous) layout, owned, as `shape`
+/// without a copy; `Err` gives anything else back unchanged.
+pub(crate) fn reshape_primitive<P: 'static>(primitive: P, shape: &[usize]) -> Result<P, P> {
+    let mut slot = Some(primitive);
+    let Some(tensor) = (&mut slot as &mut dyn Any).downcast_mut::<Option<NdArrayTensor>>() else {
+        return Err(slot.expect("untouched"));
+    };
+    match tensor.take().expect("just placed") {
+        NdArrayTensor::F32(storage) if storage.is_owned() && storage.view().is_standard_layout() => {
+            let array = storage.into_owned().into_shape_with_order(ndarray::IxDyn(shape)).expect("a standard-layout array takes any shape of its size");
+            let out: Box<dyn Any> = Box::new(NdArrayTensor::from(array));
+            Ok(*out.downcast::<P>().expect("P is NdArrayTensor"))
+        }
+        other => {
+            let back: Box<dyn Any> = Box::new(other);
+            Err(*back.downcast::<P>().expect("P is NdArrayTensor"))
+        }
+    }
+}
+
 /// A tensor of `B` holding `values` in row-major `shape`; `None` unless [`readable`].
 pub fn from_vec<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Option<Tensor<B, D>> {
     if !readable::<B>() {

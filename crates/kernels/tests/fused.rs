@@ -144,8 +144,25 @@ fn token_nll_matches<B: Backend>() {
     assert!(token_nll(&x, &[0, 1, 2, 3, 13]).is_none(), "a target outside the vocabulary is refused");
 }
 
+/// A reshape is burn's reshape; on burn-ndarray a contiguous tensor keeps its buffer (burn's own
+/// reshape copies it), a strided one is copied into the new shape.
+fn reshape_matches<B: Backend>(shares_buffer: bool) {
+    let device = B::Device::default();
+    let x = Tensor::<B, 3>::random([2, 3, 4], Distribution::Normal(0.0, 1.0), &device);
+    let address = |t: &Tensor<B, 2>| iapt_kernels::host::with_view(t, |v| v.data.as_ptr() as usize).unwrap();
+    let first = |t: &Tensor<B, 3>| iapt_kernels::host::with_view(t, |v| v.data.as_ptr() as usize).unwrap();
+    let reshaped = iapt_kernels::host::reshape(x.clone(), [6, 4]);
+    assert_eq!(host(&reshaped), host(&x.clone().reshape([6, 4])));
+    if shares_buffer {
+        assert_eq!(address(&reshaped), first(&x), "a contiguous reshape kept its buffer");
+    }
+    let strided = x.clone().swap_dims(0, 2);
+    assert_eq!(host(&iapt_kernels::host::reshape(strided.clone(), [4, 6])), host(&strided.reshape([4, 6])));
+}
+
 #[test]
 fn ndarray_fused_kernels_match_naive_f64() {
+    reshape_matches::<NdArray>(true);
     token_nll_matches::<NdArray>();
     rms_norm_matches::<NdArray>();
     swiglu_matches::<NdArray>();
@@ -155,6 +172,7 @@ fn ndarray_fused_kernels_match_naive_f64() {
 
 #[test]
 fn flex_fused_kernels_match_naive_f64() {
+    reshape_matches::<Flex>(false);
     token_nll_matches::<Flex>();
     rms_norm_matches::<Flex>();
     swiglu_matches::<Flex>();

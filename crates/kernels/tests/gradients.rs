@@ -168,6 +168,19 @@ fn token_nll_gradients<B: AutodiffBackend>() {
     }
 }
 
+/// A reshape of a contiguous tensor, and of a transposed one (which burn copies), with the
+/// gradient reshaped back.
+fn reshape_gradients<B: AutodiffBackend>() {
+    compare(&[tracked::<B, 3>([2, 3, 4], 1.0)], |x| Some(iapt_kernels::host::reshape(x[0].clone(), [6, 4])), |x| x[0].clone().reshape([6, 4]), "reshape");
+    let strided = |x: &Tensor<B, 3>| x.clone().swap_dims(0, 2);
+    compare(
+        &[tracked::<B, 3>([2, 3, 4], 1.0)],
+        |x| Some(iapt_kernels::host::reshape(strided(&x[0]), [4, 6])),
+        |x| strided(&x[0]).reshape([4, 6]),
+        "reshape, strided",
+    );
+}
+
 /// Every node of the kernels on one autodiff backend.
 fn all_gradients<B: AutodiffBackend>() {
     matmul_gradients::<B>();
@@ -176,6 +189,7 @@ fn all_gradients<B: AutodiffBackend>() {
     rope_gradients::<B>();
     attention_gradients::<B>();
     token_nll_gradients::<B>();
+    reshape_gradients::<B>();
 }
 
 #[test]

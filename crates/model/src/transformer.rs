@@ -11,6 +11,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor};
+use iapt_kernels::host::reshape;
 use iapt_kernels::{accelerated, frozen_matmul};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,8 +27,9 @@ fn project<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>, hook: &dyn ModelHook
     // the weight once per product, and one tall product also blocks better.
     timed(Part::Projections, || {
         let [b, t, d] = x.dims();
-        let base = frozen_linear(linear, x.clone().reshape([b * t, d]));
-        let base = base.clone().reshape([b, t, base.dims()[1]]);
+        let base = frozen_linear(linear, reshape(x.clone(), [b * t, d]));
+        let out = base.dims()[1];
+        let base = reshape(base, [b, t, out]);
         match hook.projection_delta(layer, projection, &x) {
             Some(delta) => base + delta,
             None => base,
@@ -90,7 +92,7 @@ impl<B: Backend> Attention<B> {
     /// `[b, t, heads*hd]` -> `[b, heads, t, hd]`, RoPE applied on the way when `rope` is given.
     fn split_heads(&self, x: Tensor<B, 3>, heads: usize, rope: Option<&RopeAngles<B>>) -> Tensor<B, 4> {
         let [b, t, _] = x.dims();
-        let x = x.reshape([b, t, heads, self.head_dim]);
+        let x = reshape(x, [b, t, heads, self.head_dim]);
         to_heads_major(match rope {
             Some(r) => r.apply(x),
             None => x,
@@ -120,7 +122,7 @@ impl<B: Backend> Attention<B> {
         let (h, kv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let groups = h / kv;
         let q = project(&self.q_proj, normed, hook, layer, Projection::Q);
-        let q = timed(Part::NormsRope, || rope.apply(q.reshape([b, t, h, hd])));
+        let q = timed(Part::NormsRope, || rope.apply(reshape(q, [b, t, h, hd])));
         if let Some(out) = timed(Part::Attention, || iapt_kernels::fused::attention(&q, &cached.keys, &cached.values, &cached.valid, cached.len)) {
             return project(&self.o_proj, out, hook, layer, Projection::O);
         }
@@ -475,9 +477,9 @@ impl<B: Backend> Llama<B> {
         match &self.lm_head {
             Some(head) => {
                 let [b, t, d] = hidden.dims();
-                let logits = frozen_linear(head, hidden.reshape([b * t, d]));
+                let logits = frozen_linear(head, reshape(hidden, [b * t, d]));
                 let vocab = logits.dims()[1];
-                logits.reshape([b, t, vocab])
+                reshape(logits, [b, t, vocab])
             }
             None if accelerated::<B>() => {
                 // Tied head: h · Eᵀ, with the [vocab, d] table viewed transposed, which is the
@@ -485,7 +487,7 @@ impl<B: Backend> Llama<B> {
                 let [b, t, d] = hidden.dims();
                 let table = self.embed_tokens.weight.val(); // [vocab, d]
                 let vocab = table.dims()[0];
-                frozen_matmul(hidden.reshape([b * t, d]), table.transpose()).reshape([b, t, vocab])
+                reshape(frozen_matmul(reshape(hidden, [b * t, d]), table.transpose()), [b, t, vocab])
             }
             None => {
                 // Tied head on other backends: logits^T = E h^T, with the [vocab, d] embedding

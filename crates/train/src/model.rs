@@ -7,6 +7,7 @@ use burn::module::{AutodiffModule, Module, ModuleDisplay, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, Transaction};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use iapt_kernels::host::reshape;
 use iapt_model::score::token_nll;
 use iapt_model::{KvCache, Llama, ModelHook, TrainableTuner};
 
@@ -76,9 +77,9 @@ pub fn response_logits<B: Backend>(backbone: &Llama<B>, hook: &dyn ModelHook<B>,
     let hidden = hidden.narrow(1, 0, t - 1).reshape([b * (t - 1), d]).select(0, rows.clone());
     let targets = batch.ids.clone().narrow(1, 1, t - 1).reshape([b * (t - 1)]).select(0, rows);
 
-    let logits = backbone.logits(hidden.reshape([1, n, d]));
+    let logits = backbone.logits(reshape(hidden, [1, n, d]));
     let vocab = logits.dims()[2];
-    (logits.reshape([n, vocab]), targets)
+    (reshape(logits, [n, vocab]), targets)
 }
 
 impl<B: Backend, T: TrainableTuner> TrainableTuner for TunedLm<B, T> {
