@@ -127,16 +127,20 @@ fn rows_of<'a>(view: &HostView<'a>) -> (Cow<'a, [f32]>, usize) {
     }
 }
 
-/// Each row's log-sum-exp, and the NLL of its target (`lse − logit`), of a `[n, vocab]` view.
+/// Each row's log-sum-exp, and the NLL of its target, of a `[n, vocab]` view. The NLL is
+/// `(max − logit) + ln Σ exp(x − max)`, not `lse − logit`: for a confident prediction the
+/// latter subtracts two large, nearly equal numbers and keeps only a few bits.
 pub(crate) fn rows_nll(view: &HostView<'_>, targets: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let ((data, stride), vocab) = (rows_of(view), view.shape[1]);
-    let mut lse = vec![0.0f32; targets.len()];
-    pool::for_each_chunk_mut(&mut lse, 1, targets.len() * vocab >= PARALLEL_ELEMENTS, |i, out| {
-        let mut stats = [0.0f32; 2];
-        simd::max_and_sum_exp(&data[i * stride..][..vocab], &mut stats);
-        out[0] = stats[0] + stats[1].ln();
+    // Per row: [max, ln Σ exp(x − max)].
+    let mut stats = vec![0.0f32; 2 * targets.len()];
+    pool::for_each_chunk_mut(&mut stats, 2, targets.len() * vocab >= PARALLEL_ELEMENTS, |i, out| {
+        let mut row = [0.0f32; 2];
+        simd::max_and_sum_exp(&data[i * stride..][..vocab], &mut row);
+        (out[0], out[1]) = (row[0], row[1].ln());
     });
-    let nll = lse.iter().zip(targets).enumerate().map(|(i, (lse, &t))| lse - data[i * stride + t]).collect();
+    let rows = stats.chunks_exact(2).zip(targets).enumerate();
+    let (lse, nll) = rows.map(|(i, (s, &t))| (s[0] + s[1], (s[0] - data[i * stride + t]) + s[1])).unzip();
     (lse, nll)
 }
 

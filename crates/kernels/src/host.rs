@@ -166,9 +166,11 @@ pub fn reshape<B: Backend, const D1: usize, const D2: usize>(tensor: Tensor<B, D
         return tensor.reshape(shape);
     }
     if readable::<B>() {
-        let primitive = tensor.clone().into_primitive().tensor();
-        if let Ok(out) = reshape_primitive(primitive, &shape) {
-            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        // A quantized tensor keeps burn's reshape (`.tensor()` would dequantize it).
+        if let TensorPrimitive::Float(primitive) = tensor.clone().into_primitive() {
+            if let Ok(out) = reshape_primitive(primitive, &shape) {
+                return Tensor::from_primitive(TensorPrimitive::Float(out));
+            }
         }
     } else if crate::backends::autodiff::<B>() {
         if let Some(out) = crate::grad::reshape(&tensor, &shape) {

@@ -156,6 +156,11 @@ fn reshape_matches<B: Backend>(shares_buffer: bool) {
     if shares_buffer {
         assert_eq!(address(&reshaped), first(&x), "a contiguous reshape kept its buffer");
     }
+    // The two tensors share memory now: an op that may write in place must not reach `x`.
+    let before = host(&x);
+    let bumped = reshaped + 1.0;
+    assert_eq!(host(&x), before, "writing through the reshape changed the original");
+    assert_eq!(host(&bumped), before.iter().map(|&v| f64::from(v as f32 + 1.0)).collect::<Vec<_>>());
     let strided = x.clone().swap_dims(0, 2);
     assert_eq!(host(&iapt_kernels::host::reshape(strided.clone(), [4, 6])), host(&strided.reshape([4, 6])));
 }

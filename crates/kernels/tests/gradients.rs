@@ -197,6 +197,17 @@ fn autodiff_ndarray_fused_gradients_match_burns_ops() {
     all_gradients::<Autodiff<NdArray>>();
 }
 
+/// On autodiff over burn-ndarray a contiguous reshape keeps its buffer (burn's own copies it):
+/// the node of `reshape_gradients` above is the one that ran.
+#[test]
+fn autodiff_ndarray_reshape_keeps_the_buffer() {
+    let x = tracked::<Autodiff<NdArray>, 3>([2, 3, 4], 1.0);
+    let y = iapt_kernels::host::reshape(x.clone(), [6, 4]);
+    let x_at = iapt_kernels::host::with_view(&x.inner(), |v| v.data.as_ptr() as usize).unwrap();
+    let y_at = iapt_kernels::host::with_view(&y.inner(), |v| v.data.as_ptr() as usize).unwrap();
+    assert_eq!(x_at, y_at);
+}
+
 #[test]
 fn autodiff_flex_fused_gradients_match_burns_ops() {
     all_gradients::<Autodiff<Flex>>();

@@ -12,6 +12,9 @@
 //! Start: by default the prefix starts as the backbone's own keys and values of real tokens
 //! (Li & Liang's "initialise with activations of real words"): `N(0, 1)` keys and values, PEFT's
 //! start, lie far from anything the frozen layers have seen and barely train at small budgets.
+//! The keys are those of the tokens at positions `0..n`, while the real tokens also start at 0,
+//! so the start is not a literal preamble (a preamble would sit at `-n..0`): the row sees the
+//! tokens' content at other relative distances, which training is free to correct.
 
 use crate::config::tuner_config;
 use crate::kind::TunerKind;
