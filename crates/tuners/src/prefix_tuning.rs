@@ -18,10 +18,11 @@
 
 use crate::config::tuner_config;
 use crate::kind::TunerKind;
+use crate::prompt_tuning::random_token_ids;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::tanh;
-use burn::tensor::{backend::Backend, Distribution, FloatDType, Int, Tensor};
+use burn::tensor::{backend::Backend, FloatDType, Int, Tensor};
 use iapt_model::{KvCache, LayerInput, LayerPrefix, ModelHook, NoHook, Projection, TokenBatch};
 use iapt_model::{Llama, LlamaConfig, TrainableTuner};
 use serde::{Deserialize, Serialize};
@@ -116,9 +117,7 @@ impl TunerKind for PrefixTuningConfig {
             return Ok(tuner);
         }
         let vocab = backbone.config().vocab_size;
-        let ids = Tensor::<B, 1, Int>::random([self.num_tokens], Distribution::Uniform(0.0, vocab as f64), &backbone.device())
-            // Guards backends whose draw may land on the open upper bound.
-            .clamp(0, vocab as i64 - 1);
+        let ids = random_token_ids::<B>(vocab, self.num_tokens, &backbone.device());
         // Drawn from the frozen backbone, the start is an op's output; on an autodiff backend a
         // parameter must be a leaf of its own, so each one starts a new graph here.
         let start = |drawn: Tensor<B, 4>, like: &Option<Param<Tensor<B, 4>>>| {

@@ -83,9 +83,7 @@ impl TunerKind for PromptTuningConfig {
         let device = table.device();
         let prompt = match self.init {
             PromptInit::Vocab => {
-                let rows = Tensor::<B, 1, Int>::random([self.num_tokens], Distribution::Uniform(0.0, vocab as f64), &device);
-                // Guards backends whose draw may land on the open upper bound.
-                table.select(0, rows.clamp(0, vocab as i64 - 1))
+                table.select(0, random_token_ids(vocab, self.num_tokens, &device))
             }
             PromptInit::Random => {
                 let rms = table.powi_scalar(2).mean().sqrt().into_scalar();
@@ -136,10 +134,29 @@ impl<B: Backend> ModelHook<B> for PromptTuning<B> {
     }
 }
 
+/// `n` vocabulary ids drawn uniformly from `0..vocab` with the backend's RNG: the tokens a
+/// prompt (or P-tuning v2's prefix) starts from.
+pub(crate) fn random_token_ids<B: Backend>(vocab: usize, n: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::<B, 1, Int>::random([n], Distribution::Uniform(0.0, vocab as f64), device)
+        // Guards backends whose draw may land on the open upper bound.
+        .clamp(0, vocab as i64 - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     type TB = burn::backend::NdArray;
+
+    /// Every drawn id is a vocabulary row, and a long draw reaches both ends of the range.
+    #[test]
+    fn random_token_ids_cover_the_vocabulary_and_stay_inside_it() {
+        let ids: Vec<i64> = random_token_ids::<TB>(3, 600, &Default::default()).into_data().convert::<i64>().to_vec().unwrap();
+        assert_eq!(ids.len(), 600);
+        assert!(ids.iter().all(|&i| (0..3).contains(&i)), "{ids:?}");
+        for v in 0..3 {
+            assert!(ids.contains(&v), "id {v} never drawn");
+        }
+    }
 
     #[test]
     fn json_defaults_and_refusals() {
