@@ -137,14 +137,46 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
     out
 }
 
-/// `out[i * n + j] = Σ_p a[i * lda + p] · bt[j * ldb + p]` on the calling thread: for callers
-/// that already split their work over the pool (attention heads).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn dot_products_here(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usize, n: usize, out: &mut [f32]) {
+/// `out ← a · b`, or `out += a · b` with `accumulate`, `out` row-major `[a.rows, b.cols]`, on
+/// the calling thread with `gemm`: for callers that already split their work over the pool
+/// (attention's blocks of queries).
+pub(crate) fn matmul_here(out: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(k == b.rows && out.len() >= m * n, "matmul_here: [{m}, {k}] · [{}, {n}] into {}", b.rows, out.len());
     if m == 0 || n == 0 {
         return;
     }
-    dot_products(a, lda, m, bt, ldb, k, n, out, 1);
+    if k == 0 {
+        if !accumulate {
+            out[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: `MatRef::new` checked that every element of a and b lies in its slice, and the
+    // assert that the row-major m x n output fits in `out`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// `out[i * n + j] = Σ_p a[i * lda + p] · bt[j * ldb + p]` for `i < m`, `j < n`, the columns split
@@ -511,6 +543,22 @@ mod tests {
             let at: Vec<f32> = (0..k).flat_map(|p| (0..m).map(move |i| (i, p))).map(|(i, p)| a[i * k + p]).collect();
             let strided = matmul(MatRef::new(&at, m, k, 1, m).unwrap(), MatRef::new(&bt, k, n, 1, k).unwrap());
             assert_close(&strided, &want, k, &format!("[{m},{k}]x[{k},{n}] strided a"));
+        }
+    }
+
+    /// The calling thread's product writes `a · b` over whatever `out` held, or adds it.
+    #[test]
+    fn matmul_here_writes_or_accumulates_the_naive_product() {
+        for &(m, k, n) in &[(1, 1, 1), (3, 64, 7), (48, 64, 132), (17, 0, 5), (5, 33, 70)] {
+            let (a, b) = (values(m * k, m as u64 + 3), values(k * n, n as u64 + 5));
+            let want = reference(&a, &b, m, k, n);
+            let bt: Vec<f32> = (0..n).flat_map(|j| (0..k).map(move |p| (j, p))).map(|(j, p)| b[p * n + j]).collect();
+            let mut out = vec![7.0f32; m * n];
+            matmul_here(&mut out, MatRef::row_major(&a, m, k).unwrap(), MatRef::new(&bt, k, n, 1, k).unwrap(), false);
+            assert_close(&out, &want, k.max(1), &format!("[{m},{k}]x[{k},{n}] written"));
+            matmul_here(&mut out, MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap(), true);
+            let twice: Vec<f64> = want.iter().map(|w| 2.0 * w).collect();
+            assert_close(&out, &twice, 2 * k.max(1), &format!("[{m},{k}]x[{k},{n}] accumulated"));
         }
     }
 

@@ -4,6 +4,7 @@
 //! them directly; their autodiff wrappers run them with backward nodes of their own
 //! ([`crate::grad`]); each returns `None` elsewhere and the model runs burn's ops.
 
+use crate::cpu::MatRef;
 use crate::host::{from_vec, with_view, HostView};
 use crate::pool::{self, SendPtr, PARALLEL_ELEMENTS};
 use crate::simd;
@@ -12,7 +13,7 @@ use std::borrow::Cow;
 
 /// Queries per attention task: a block sees only the slots up to its last query, so a causal
 /// prefill skips most of the future, and short prompts still give every core work.
-const QUERY_BLOCK: usize = 16;
+pub(crate) const QUERY_BLOCK: usize = 16;
 
 /// `x / sqrt(mean(x²) + eps) * gamma` over the last axis of `x`.
 pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
@@ -249,11 +250,23 @@ impl AttentionShape {
         1.0 / (self.hd as f32).sqrt()
     }
 
-    /// Whether query `i` (of `t`) of `row` may see slot `j`: valid slots up to its own, and
-    /// always its own (so even a padding query has one slot to attend to).
-    pub fn visible(&self, valid: &[bool], row: usize, i: usize, j: usize) -> bool {
-        let slot = self.s - self.t + i;
-        j == slot || (j < slot && valid[row * self.s + j])
+    /// Query `i`'s scores against the first `scores.len()` slots of `row` → its attention
+    /// probabilities: scaled, softmax over the visible slots, exactly 0 on the others.
+    pub fn softmax_of_visible(&self, scores: &mut [f32], valid: &[bool], row: usize, i: usize) {
+        let (slot, scale) = (self.s - self.t + i, self.scale());
+        // Slots after the query's own are never visible; its own always is.
+        let (seen, later) = scores.split_at_mut(slot + 1);
+        later.fill(0.0);
+        let valid = &valid[row * self.s..][..slot];
+        let mut max = seen[slot] * scale;
+        seen[slot] = max;
+        for (score, &valid) in seen[..slot].iter_mut().zip(valid) {
+            *score = if valid { *score * scale } else { f32::NEG_INFINITY };
+            max = max.max(*score);
+        }
+        crate::simd::exp_shifted(seen, max);
+        let inverse = 1.0 / seen.iter().sum::<f32>();
+        seen.iter_mut().for_each(|p| *p *= inverse);
     }
 
     /// Whether a call is big enough to spread over the pool.
@@ -266,45 +279,39 @@ impl AttentionShape {
 /// output `[b, t, heads * hd]`.
 pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape: &AttentionShape) -> Vec<f32> {
     let AttentionShape { b, t, heads, kv_heads, hd, s } = *shape;
-    let (groups, scale) = (shape.groups(), shape.scale());
+    let groups = shape.groups();
     let mut out = vec![0.0f32; b * t * heads * hd];
     let ptr = SendPtr(out.as_mut_ptr());
-    // One task per (row, KV head, block of queries): the block's `groups * n` queries get their
-    // scores against the slots they can see (up to the block's last query) in one
-    // register-tiled product, then a softmax over the visible slots and a weighted sum of values.
+    // One task per (row, KV head, block of queries): the block's `groups * n` queries (position
+    // by position, a position's heads side by side as they lie in `q`) get their scores against
+    // the slots they can see (up to the block's last query) in one product, a softmax over the
+    // visible slots, and the weighted values in a second product.
     let task = |(row, kvh, i0): (usize, usize, usize)| {
         #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
         let ptr = ptr;
         let n = QUERY_BLOCK.min(t - i0);
         let seen = s - t + i0 + n; // slots up to and including the block's last query
-        let queries = groups * n;
-        let mut qbuf = vec![0.0f32; queries * hd];
-        for g in 0..groups {
-            for i in 0..n {
-                let head = kvh * groups + g;
-                qbuf[(g * n + i) * hd..][..hd].copy_from_slice(&q[((row * t + i0 + i) * heads + head) * hd..][..hd]);
-            }
+        let (queries, width) = (groups * n, groups * hd);
+        let at = |i: usize| ((row * t + i) * heads + kvh * groups) * hd; // position i's heads
+        let mut qbuf = Vec::with_capacity(queries * hd);
+        for i in i0..i0 + n {
+            qbuf.extend_from_slice(&q[at(i)..][..width]);
         }
-        let mut scores = vec![0.0f32; queries * seen];
+        let mut probs = vec![0.0f32; queries * seen];
         let (keys, stride) = k.rows(row, kvh, seen);
-        crate::cpu::dot_products_here(&qbuf, hd, queries, keys, stride, hd, seen, &mut scores);
+        let keys_t = MatRef::new(keys, hd, seen, 1, stride).expect("keys in bounds");
+        crate::cpu::matmul_here(&mut probs, MatRef::row_major(&qbuf, queries, hd).expect("queries in bounds"), keys_t, false);
+        for (query, scores) in probs.chunks_exact_mut(seen).enumerate() {
+            shape.softmax_of_visible(scores, valid, row, i0 + query / groups);
+        }
         let (values, value_stride) = v.rows(row, kvh, seen);
-        for (query, scores) in scores.chunks_exact_mut(seen).enumerate() {
-            let (g, i) = (query / n, i0 + query % n);
-            let slot = s - t + i;
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores.iter_mut().enumerate() {
-                *score = if shape.visible(valid, row, i, j) { *score * scale } else { f32::NEG_INFINITY };
-                max = max.max(*score);
-            }
-            // Slots after the query's own are never visible.
-            let probs = &mut scores[..=slot];
-            crate::simd::exp_shifted(probs, max);
-            let total: f32 = probs.iter().sum();
-            let head = kvh * groups + g;
-            // SAFETY: task (row, kvh, i0) alone writes these queries of its heads.
-            let out = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(((row * t + i) * heads + head) * hd), hd) };
-            crate::simd::weighted_rows(out, probs, values, value_stride, 1.0 / total);
+        let values = MatRef::new(values, seen, hd, value_stride, 1).expect("values in bounds");
+        let mut block = vec![0.0f32; queries * hd];
+        crate::cpu::matmul_here(&mut block, MatRef::row_major(&probs, queries, seen).expect("probabilities in bounds"), values, false);
+        for (i, heads_out) in (i0..i0 + n).zip(block.chunks_exact(width)) {
+            // SAFETY: task (row, kvh, i0) alone writes these positions' heads of this KV head,
+            // `width` adjacent values per position.
+            unsafe { std::slice::from_raw_parts_mut(ptr.0.add(at(i)), width) }.copy_from_slice(heads_out);
         }
     };
     let tasks: Vec<(usize, usize, usize)> =

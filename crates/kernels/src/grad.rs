@@ -358,12 +358,15 @@ fn matrix(data: &[f32], rows: usize, cols: usize, row_stride: usize, col_stride:
 }
 
 /// The gradients of queries, keys and values (row-major, the inputs' shapes) from the output's.
+/// One task per (row, KV head) walks its queries in the forward pass's blocks: each block
+/// recomputes its probabilities over the slots it can see, adds its part of the keys' and
+/// values' gradients, and writes its queries'.
 fn attention_gradients(state: &AttentionState, d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let AttentionState { op, q, k, v, out } = state;
     let shape = op.shape;
     let AttentionShape { b, t, heads, kv_heads, hd, s } = shape;
     let (groups, scale, capacity) = (shape.groups(), shape.scale(), op.capacity);
-    let queries = groups * t;
+    let width = groups * hd; // a position's heads of one KV head, adjacent in q, out and d_out
     let mut dq = vec![0.0f32; q.len()];
     let mut dk = vec![0.0f32; k.len()];
     let mut dv = vec![0.0f32; v.len()];
@@ -372,46 +375,49 @@ fn attention_gradients(state: &AttentionState, d_out: &[f32]) -> (Vec<f32>, Vec<
         #[allow(clippy::redundant_locals)] // capture the Send wrappers whole, not their raw-pointer fields
         let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
         let (row, kvh) = (task / kv_heads, task % kv_heads);
-        // This KV head's queries, query `g * t + i` being head `kvh * groups + g` at position i.
-        let at = |query: usize| ((row * t + query % t) * heads + kvh * groups + query / t) * hd;
-        let gather = |from: &[f32]| -> Vec<f32> { (0..queries).flat_map(|query| from[at(query)..][..hd].iter().copied()).collect() };
+        // This KV head's queries position by position: query `i * groups + g` is head
+        // `kvh * groups + g` at position i.
+        let at = |i: usize| ((row * t + i) * heads + kvh * groups) * hd;
+        let gather = |from: &[f32]| -> Vec<f32> {
+            let mut rows = Vec::with_capacity(t * width);
+            (0..t).for_each(|i| rows.extend_from_slice(&from[at(i)..][..width]));
+            rows
+        };
         let (qb, ob, dob) = (gather(q), gather(out), gather(d_out));
         let base = (row * kv_heads + kvh) * capacity * hd;
         let (keys, vals) = (&k[base..][..s * hd], &v[base..][..s * hd]);
-        // P, the probabilities the forward pass used.
-        let mut p = cpu::matmul(matrix(&qb, queries, hd, hd, 1), matrix(keys, hd, s, 1, hd));
-        for (query, scores) in p.chunks_exact_mut(s).enumerate() {
-            let i = query % t;
-            let mut max = f32::NEG_INFINITY;
-            for (j, score) in scores.iter_mut().enumerate() {
-                *score = if shape.visible(&op.valid, row, i, j) { *score * scale } else { f32::NEG_INFINITY };
-                max = max.max(*score);
+        let (mut d_keys, mut d_values, mut d_queries) = (vec![0.0f32; s * hd], vec![0.0f32; s * hd], vec![0.0f32; t * width]);
+        for i0 in (0..t).step_by(fused::QUERY_BLOCK) {
+            let n = fused::QUERY_BLOCK.min(t - i0);
+            let seen = s - t + i0 + n;
+            let (queries, rows) = (groups * n, i0 * groups..(i0 + n) * groups);
+            let (q_block, do_block) = (matrix(&qb[rows.start * hd..], queries, hd, hd, 1), matrix(&dob[rows.start * hd..], queries, hd, hd, 1));
+            // P, the probabilities the forward pass used.
+            let mut p = vec![0.0f32; queries * seen];
+            cpu::matmul_here(&mut p, q_block, matrix(keys, hd, seen, 1, hd), false);
+            for (query, scores) in p.chunks_exact_mut(seen).enumerate() {
+                shape.softmax_of_visible(scores, &op.valid, row, i0 + query / groups);
             }
-            let mut total = 0.0f32;
-            for score in scores.iter_mut() {
-                *score = if *score == f32::NEG_INFINITY { 0.0 } else { (*score - max).exp() };
-                total += *score;
+            cpu::matmul_here(&mut d_values[..seen * hd], matrix(&p, seen, queries, 1, seen), do_block, true);
+            // dS (scaled), written over dP = dO Vᵀ: P ⊙ (dP − ⟨dO, O⟩) · scale.
+            let mut ds = vec![0.0f32; queries * seen];
+            cpu::matmul_here(&mut ds, do_block, matrix(vals, hd, seen, 1, hd), false);
+            for ((ds, p), query) in ds.chunks_exact_mut(seen).zip(p.chunks_exact(seen)).zip(rows.clone()) {
+                let delta: f32 = dob[query * hd..][..hd].iter().zip(&ob[query * hd..][..hd]).map(|(a, b)| a * b).sum();
+                for (ds, p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - delta) * scale;
+                }
             }
-            scores.iter_mut().for_each(|p| *p /= total);
+            cpu::matmul_here(&mut d_queries[rows.start * hd..rows.end * hd], matrix(&ds, queries, seen, seen, 1), matrix(keys, seen, hd, hd, 1), false);
+            cpu::matmul_here(&mut d_keys[..seen * hd], matrix(&ds, seen, queries, 1, seen), q_block, true);
         }
-        let d_values = cpu::matmul(matrix(&p, s, queries, 1, s), matrix(&dob, queries, hd, hd, 1));
-        // dS (scaled), written over dP = dO Vᵀ.
-        let mut ds = cpu::matmul(matrix(&dob, queries, hd, hd, 1), matrix(vals, hd, s, 1, hd));
-        for (query, (ds, p)) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)).enumerate() {
-            let delta: f32 = dob[query * hd..][..hd].iter().zip(&ob[query * hd..][..hd]).map(|(a, b)| a * b).sum();
-            for (ds, p) in ds.iter_mut().zip(p) {
-                *ds = p * (*ds - delta) * scale;
-            }
-        }
-        let d_queries = cpu::matmul(matrix(&ds, queries, s, s, 1), matrix(keys, s, hd, hd, 1));
-        let d_keys = cpu::matmul(matrix(&ds, s, queries, 1, s), matrix(&qb, queries, hd, hd, 1));
         // SAFETY: task (row, kvh) alone writes this KV head's slots of dk / dv and the rows of
         // dq that belong to its query heads; the buffers outlive the pool job.
         unsafe {
             std::slice::from_raw_parts_mut(dk_ptr.0.add(base), s * hd).copy_from_slice(&d_keys);
             std::slice::from_raw_parts_mut(dv_ptr.0.add(base), s * hd).copy_from_slice(&d_values);
-            for query in 0..queries {
-                std::slice::from_raw_parts_mut(dq_ptr.0.add(at(query)), hd).copy_from_slice(&d_queries[query * hd..][..hd]);
+            for (i, heads_dq) in d_queries.chunks_exact(width).enumerate() {
+                std::slice::from_raw_parts_mut(dq_ptr.0.add(at(i)), width).copy_from_slice(heads_dq);
             }
         }
     };

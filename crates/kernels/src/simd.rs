@@ -132,26 +132,6 @@ widest_simd! {
     }
 }
 
-widest_simd! {
-    /// `out = scale · Σ_j weights[j] · rows[j]`, row `j` of `out.len()` values starting at
-    /// `j * stride` of `rows`; rows with weight 0 are skipped (attention's hidden slots).
-    pub fn weighted_rows(out: &mut [f32], weights: &[f32], rows: &[f32], stride: usize, scale: f32) {
-        out.fill(0.0);
-        let width = out.len();
-        for (j, &w) in weights.iter().enumerate() {
-            if w == 0.0 {
-                continue;
-            }
-            for (o, x) in out.iter_mut().zip(&rows[j * stride..j * stride + width]) {
-                *o += w * x;
-            }
-        }
-        for o in out.iter_mut() {
-            *o *= scale;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +153,7 @@ mod tests {
 
     /// Every SIMD version agrees with the scalar formula (each CPU runs its widest one here).
     #[test]
-    fn softmax_numerators_and_weighted_rows_match_the_formulas() {
+    fn softmax_numerators_match_the_formula() {
         let scores = [0.5f32, f32::NEG_INFINITY, -3.0, 2.0, f32::NEG_INFINITY, 1.25];
         let max = 2.0;
         let mut probs = scores;
@@ -183,14 +163,6 @@ mod tests {
             assert!((*p as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{p} vs {want}");
         }
         assert!(probs[1] == 0.0 && probs[4] == 0.0, "hidden slots weigh exactly 0");
-        // Rows of 3 values, 5 apart; the weights of 6 rows.
-        let rows: Vec<f32> = (0..6 * 5).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut out = [9.0f32; 3];
-        weighted_rows(&mut out, &probs, &rows, 5, 0.5);
-        for (c, o) in out.iter().enumerate() {
-            let want: f64 = (0..6).map(|j| probs[j] as f64 * rows[j * 5 + c] as f64).sum::<f64>() * 0.5;
-            assert!((*o as f64 - want).abs() <= 1e-6, "column {c}: {o} vs {want}");
-        }
     }
 
     #[test]

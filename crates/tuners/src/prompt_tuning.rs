@@ -82,9 +82,7 @@ impl TunerKind for PromptTuningConfig {
         let [vocab, d] = table.dims();
         let device = table.device();
         let prompt = match self.init {
-            PromptInit::Vocab => {
-                table.select(0, random_token_ids(vocab, self.num_tokens, &device))
-            }
+            PromptInit::Vocab => table.select(0, random_token_ids(vocab, self.num_tokens, &device)),
             PromptInit::Random => {
                 let rms = table.powi_scalar(2).mean().sqrt().into_scalar();
                 let std: f64 = burn::tensor::ElementConversion::elem(rms);
