@@ -94,9 +94,43 @@ fn primitive<I: Backend>(values: Vec<f32>, shape: &[usize]) -> I::FloatTensorPri
     host::primitive_from_vec(values, shape).expect("a CPU backend's tensor from a vector")
 }
 
-/// A gradient arriving in a backward pass, as row-major values.
+/// A gradient arriving in a backward pass, as row-major values (a buffer of its own, for
+/// callers that write the input's gradient over it).
 fn gradient<I: Backend>(grad: &I::FloatTensorPrimitive) -> Vec<f32> {
     values::<I>(grad).expect("a CPU backend's gradient is readable")
+}
+
+/// `f` on an inner primitive's values in row-major order, read in place when the tensor is laid
+/// out that way (a copy only otherwise).
+fn read<I: Backend, R>(primitive: &I::FloatTensorPrimitive, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    host::with_primitive_view(primitive, |view| f(&view.row_major()))
+}
+
+/// [`read`] of a gradient arriving in a backward pass.
+fn read_gradient<I: Backend, R>(grad: &I::FloatTensorPrimitive, f: impl FnOnce(&[f32]) -> R) -> R {
+    read::<I, R>(grad, f).expect("a CPU backend's gradient is readable")
+}
+
+/// A forward input kept for the backward pass: the tensor itself (its buffer shared, not
+/// copied), read in place there.
+struct Saved<I: Backend>(I::FloatTensorPrimitive);
+
+impl<I: Backend> Saved<I> {
+    fn read<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        read::<I, R>(&self.0, f).expect("a saved CPU tensor is readable")
+    }
+}
+
+impl<I: Backend> Clone for Saved<I> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<I: Backend> std::fmt::Debug for Saved<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Saved")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,17 +145,16 @@ struct RmsNorm {
 }
 
 #[derive(Clone, Debug)]
-struct RmsNormState {
+struct RmsNormState<I: Backend> {
     op: RmsNorm,
-    x: Arc<Vec<f32>>,
+    x: Saved<I>,
 }
 
 impl HostOp<1> for RmsNorm {
     fn run<I: Backend>(self, [x]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
-        let xs = values::<I>(&x.primitive)?;
-        let y = primitive::<I>(fused::rms_norm_rows(&xs, &self.gamma, self.eps), &self.shape);
+        let y = primitive::<I>(read::<I, _>(&x.primitive, |xs| fused::rms_norm_rows(xs, &self.gamma, self.eps))?, &self.shape);
         Some(match RmsNormBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(RmsNormState { op: self, x: Arc::new(xs) }, y),
+            OpsKind::Tracked(prep) => prep.finish(RmsNormState { op: self, x: Saved(x.primitive) }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         })
     }
@@ -131,22 +164,26 @@ impl HostOp<1> for RmsNorm {
 struct RmsNormBackward;
 
 impl<I: Backend> Backward<I, 1> for RmsNormBackward {
-    type State = RmsNormState;
+    type State = RmsNormState<I>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let RmsNormState { op, x } = ops.state;
         unary::<I, _>(ops.parents, ops.node, grads, |grad| {
-            let dy = gradient::<I>(&grad);
-            let (gamma, d) = (&op.gamma[..], op.gamma.len());
-            let mut dx = vec![0.0f32; dy.len()];
-            pool::for_each_chunk_mut(&mut dx, d, dy.len() >= PARALLEL_ELEMENTS, |i, dx| {
-                let (x, dy) = (&x[i * d..][..d], &dy[i * d..][..d]);
-                let r = fused::rms(x, op.eps);
-                let xu: f32 = x.iter().zip(dy).zip(gamma).map(|((x, dy), g)| x * g * dy).sum();
-                let c = xu / (d as f32 * r * r);
-                for (((dx, x), dy), g) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
-                    *dx = (g * dy - x * c) / r;
-                }
+            let dx = x.read(|x| {
+                read_gradient::<I, _>(&grad, |dy| {
+                    let (gamma, d) = (&op.gamma[..], op.gamma.len());
+                    let mut dx = vec![0.0f32; dy.len()];
+                    pool::for_each_chunk_mut(&mut dx, d, dy.len() >= PARALLEL_ELEMENTS, |i, dx| {
+                        let (x, dy) = (&x[i * d..][..d], &dy[i * d..][..d]);
+                        let r = fused::rms(x, op.eps);
+                        let xu: f32 = x.iter().zip(dy).zip(gamma).map(|((x, dy), g)| x * g * dy).sum();
+                        let c = xu / (d as f32 * r * r);
+                        for (((dx, x), dy), g) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
+                            *dx = (g * dy - x * c) / r;
+                        }
+                    });
+                    dx
+                })
             });
             primitive::<I>(dx, &op.shape)
         });
@@ -162,18 +199,18 @@ struct Swiglu {
 }
 
 #[derive(Clone, Debug)]
-struct SwigluState {
+struct SwigluState<I: Backend> {
     shape: Vec<usize>,
-    gate: Arc<Vec<f32>>,
-    up: Arc<Vec<f32>>,
+    gate: Saved<I>,
+    up: Saved<I>,
 }
 
 impl HostOp<2> for Swiglu {
     fn run<I: Backend>(self, [gate, up]: [AutodiffPrimitive<I>; 2]) -> Option<AutodiffPrimitive<I>> {
-        let (g, u) = (values::<I>(&gate.primitive)?, values::<I>(&up.primitive)?);
-        let y = primitive::<I>(fused::swiglu_values(g.clone(), &u), &self.shape);
+        let y = read::<I, _>(&gate.primitive, |g| read::<I, _>(&up.primitive, |u| fused::swiglu_values(g.to_vec(), u)))??;
+        let y = primitive::<I>(y, &self.shape);
         Some(match SwigluBackward.prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(SwigluState { shape: self.shape, gate: Arc::new(g), up: Arc::new(u) }, y),
+            OpsKind::Tracked(prep) => prep.finish(SwigluState { shape: self.shape, gate: Saved(gate.primitive), up: Saved(up.primitive) }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         })
     }
@@ -183,23 +220,28 @@ impl HostOp<2> for Swiglu {
 struct SwigluBackward;
 
 impl<I: Backend> Backward<I, 2> for SwigluBackward {
-    type State = SwigluState;
+    type State = SwigluState<I>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let SwigluState { shape, gate, up } = ops.state;
-        // One input's gradient from the output's, over pieces of the flat tensors.
-        let pieces = |grad: I::FloatTensorPrimitive, f: &(dyn Fn(&mut [f32], usize) + Sync)| {
-            let mut d = gradient::<I>(&grad);
-            pool::for_each_chunk_mut(&mut d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| f(d, i * PIECE));
-            primitive::<I>(d, &shape)
-        };
-        binary::<I, _, _>(
-            ops.parents,
-            ops.node,
-            grads,
-            |grad| pieces(grad, &|d, at| simd::silu_mul_gate_grad(d, &gate[at..], &up[at..])),
-            |grad| pieces(grad, &|d, at| simd::silu_mul_up_grad(d, &gate[at..])),
-        );
+        gate.read(|gate| {
+            up.read(|up| {
+                // One input's gradient from the output's (a copy written over), over pieces of
+                // the flat tensors.
+                let pieces = |grad: I::FloatTensorPrimitive, f: &(dyn Fn(&mut [f32], usize) + Sync)| {
+                    let mut d = gradient::<I>(&grad);
+                    pool::for_each_chunk_mut(&mut d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| f(d, i * PIECE));
+                    primitive::<I>(d, &shape)
+                };
+                binary::<I, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |grad| pieces(grad, &|d, at| simd::silu_mul_gate_grad(d, &gate[at..], &up[at..])),
+                    |grad| pieces(grad, &|d, at| simd::silu_mul_up_grad(d, &gate[at..])),
+                );
+            })
+        });
     }
 }
 
@@ -222,7 +264,7 @@ impl HostOp<3> for Rope {
     fn run<I: Backend>(self, [x, cos, sin]: [AutodiffPrimitive<I>; 3]) -> Option<AutodiffPrimitive<I>> {
         let (cos, sin) = (values::<I>(&cos.primitive)?, values::<I>(&sin.primitive)?);
         let hd = self.shape[3];
-        let y = primitive::<I>(rotate(&values::<I>(&x.primitive)?, &cos, &sin, hd, Rotation::Forward), &self.shape);
+        let y = primitive::<I>(read::<I, _>(&x.primitive, |x| rotate(x, &cos, &sin, hd, Rotation::Forward))?, &self.shape);
         // Only `x` is a parent: the tables are constants.
         Some(match RopeBackward.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(RopeState { cos: Arc::new(cos), sin: Arc::new(sin), shape: self.shape }, y),
@@ -239,7 +281,9 @@ impl<I: Backend> Backward<I, 1> for RopeBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let RopeState { cos, sin, shape } = ops.state;
-        unary::<I, _>(ops.parents, ops.node, grads, |grad| primitive::<I>(rotate(&gradient::<I>(&grad), &cos, &sin, shape[3], Rotation::Transposed), &shape));
+        unary::<I, _>(ops.parents, ops.node, grads, |grad| {
+            primitive::<I>(read_gradient::<I, _>(&grad, |dy| rotate(dy, &cos, &sin, shape[3], Rotation::Transposed)), &shape)
+        });
     }
 }
 
@@ -254,19 +298,19 @@ struct Matmul {
 }
 
 #[derive(Clone, Debug)]
-struct MatmulState {
+struct MatmulState<I: Backend> {
     op: Matmul,
-    x: Arc<Vec<f32>>,
-    w: Arc<Vec<f32>>,
+    x: Saved<I>,
+    w: Saved<I>,
 }
 
 impl HostOp<2> for Matmul {
     fn run<I: Backend>(self, [x, w]: [AutodiffPrimitive<I>; 2]) -> Option<AutodiffPrimitive<I>> {
         let Matmul { m, k, n } = self;
-        let (xs, ws) = (values::<I>(&x.primitive)?, values::<I>(&w.primitive)?);
-        let y = primitive::<I>(cpu::matmul(matrix(&xs, m, k, k, 1), matrix(&ws, k, n, n, 1)), &[m, n]);
+        let y = read::<I, _>(&x.primitive, |xs| read::<I, _>(&w.primitive, |ws| cpu::matmul(matrix(xs, m, k, k, 1), matrix(ws, k, n, n, 1))))??;
+        let y = primitive::<I>(y, &[m, n]);
         Some(match MatmulBackward.prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(MatmulState { op: self, x: Arc::new(xs), w: Arc::new(ws) }, y),
+            OpsKind::Tracked(prep) => prep.finish(MatmulState { op: self, x: Saved(x.primitive), w: Saved(w.primitive) }, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         })
     }
@@ -276,7 +320,7 @@ impl HostOp<2> for Matmul {
 struct MatmulBackward;
 
 impl<I: Backend> Backward<I, 2> for MatmulBackward {
-    type State = MatmulState;
+    type State = MatmulState<I>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let MatmulState { op: Matmul { m, k, n }, x, w } = ops.state;
@@ -284,8 +328,8 @@ impl<I: Backend> Backward<I, 2> for MatmulBackward {
             ops.parents,
             ops.node,
             grads,
-            |grad| primitive::<I>(cpu::matmul(matrix(&gradient::<I>(&grad), m, n, n, 1), matrix(&w, n, k, 1, n)), &[m, k]),
-            |grad| primitive::<I>(cpu::matmul(matrix(&x, k, m, 1, k), matrix(&gradient::<I>(&grad), m, n, n, 1)), &[k, n]),
+            |grad| primitive::<I>(read_gradient::<I, _>(&grad, |dy| w.read(|w| cpu::matmul(matrix(dy, m, n, n, 1), matrix(w, n, k, 1, n)))), &[m, k]),
+            |grad| primitive::<I>(read_gradient::<I, _>(&grad, |dy| x.read(|x| cpu::matmul(matrix(x, k, m, 1, k), matrix(dy, m, n, n, 1)))), &[k, n]),
         );
     }
 }
@@ -305,25 +349,30 @@ struct Attention {
 }
 
 #[derive(Clone, Debug)]
-struct AttentionState {
+struct AttentionState<I: Backend> {
     op: Attention,
-    q: Arc<Vec<f32>>,
-    k: Arc<Vec<f32>>,
-    v: Arc<Vec<f32>>,
-    out: Arc<Vec<f32>>,
+    q: Saved<I>,
+    k: Saved<I>,
+    v: Saved<I>,
+    out: Saved<I>,
 }
 
 impl HostOp<3> for Attention {
     fn run<I: Backend>(self, [q, k, v]: [AutodiffPrimitive<I>; 3]) -> Option<AutodiffPrimitive<I>> {
         let AttentionShape { b, t, heads, kv_heads, hd, .. } = self.shape;
-        let (qs, ks, vs) = (values::<I>(&q.primitive)?, values::<I>(&k.primitive)?, values::<I>(&v.primitive)?);
-        let (kview, vview) = (Kv::row_major(&ks, kv_heads, self.capacity, hd), Kv::row_major(&vs, kv_heads, self.capacity, hd));
-        let out = attention_values(&qs, &kview, &vview, &self.valid, &self.shape);
-        let y = primitive::<I>(out.clone(), &[b, t, heads, hd]);
+        let out = read::<I, _>(&q.primitive, |qs| {
+            read::<I, _>(&k.primitive, |ks| {
+                read::<I, _>(&v.primitive, |vs| {
+                    let (kview, vview) = (Kv::row_major(ks, kv_heads, self.capacity, hd), Kv::row_major(vs, kv_heads, self.capacity, hd));
+                    attention_values(qs, &kview, &vview, &self.valid, &self.shape)
+                })
+            })
+        })???;
+        let y = primitive::<I>(out, &[b, t, heads, hd]);
         let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
         Some(match AttentionBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let state = AttentionState { op: self, q: Arc::new(qs), k: Arc::new(ks), v: Arc::new(vs), out: Arc::new(out) };
+                let state = AttentionState { op: self, q: Saved(q.primitive), k: Saved(k.primitive), v: Saved(v.primitive), out: Saved(y.clone()) };
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -335,12 +384,16 @@ impl HostOp<3> for Attention {
 struct AttentionBackward;
 
 impl<I: Backend> Backward<I, 3> for AttentionBackward {
-    type State = AttentionState;
+    type State = AttentionState<I>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let state = ops.state;
-        let d_out = gradient::<I>(&grads.consume::<I>(&ops.node));
-        let (dq, dk, dv) = attention_gradients(&state, &d_out);
+        let d_out = grads.consume::<I>(&ops.node);
+        let (dq, dk, dv) = state.q.read(|q| {
+            state
+                .k
+                .read(|k| state.v.read(|v| state.out.read(|out| read_gradient::<I, _>(&d_out, |d_out| attention_gradients(&state.op, [q, k, v, out], d_out)))))
+        });
         let AttentionShape { b, t, heads, kv_heads, hd, .. } = state.op.shape;
         let kv_shape = [b, kv_heads, state.op.capacity, hd];
         let [q, k, v] = ops.parents;
@@ -361,8 +414,7 @@ fn matrix(data: &[f32], rows: usize, cols: usize, row_stride: usize, col_stride:
 /// One task per (row, KV head) walks its queries in the forward pass's blocks: each block
 /// recomputes its probabilities over the slots it can see, adds its part of the keys' and
 /// values' gradients, and writes its queries'.
-fn attention_gradients(state: &AttentionState, d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let AttentionState { op, q, k, v, out } = state;
+fn attention_gradients(op: &Attention, [q, k, v, out]: [&[f32]; 4], d_out: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let shape = op.shape;
     let AttentionShape { b, t, heads, kv_heads, hd, s } = shape;
     let (groups, scale, capacity) = (shape.groups(), shape.scale(), op.capacity);

@@ -47,6 +47,19 @@ impl HostView<'_> {
         out
     }
 
+    /// The elements in row-major order: the view's own memory when it is laid out that way
+    /// (no copy), otherwise a copy.
+    pub fn row_major(&self) -> std::borrow::Cow<'_, [f32]> {
+        let mut expected = 1;
+        for (&size, &stride) in self.shape.iter().zip(&self.strides).rev() {
+            if size > 1 && stride != expected {
+                return std::borrow::Cow::Owned(self.to_row_major());
+            }
+            expected *= size;
+        }
+        std::borrow::Cow::Borrowed(&self.data[..expected])
+    }
+
     /// Whether the last axis is contiguous (what the kernels' inner loops need).
     pub fn inner_contiguous(&self) -> bool {
         self.strides.last().is_none_or(|&s| s == 1) || self.shape.last() == Some(&1)
@@ -221,4 +234,30 @@ pub(crate) fn primitive_from_vec<P: 'static>(values: Vec<f32>, shape: &[usize]) 
         return None;
     };
     boxed.downcast::<P>().ok().map(|p| *p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostView;
+    use std::borrow::Cow;
+
+    /// A row-major view is read in place; any other layout is copied into row-major order.
+    #[test]
+    fn row_major_reads_in_place_only_what_is_laid_out_row_major() {
+        let data: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let view = |shape: &[usize], strides: &[usize]| HostView { data: &data, shape: shape.to_vec(), strides: strides.to_vec() };
+        // [2, 3, 4] row-major, and with a size-1 axis whose stride does not matter.
+        for v in [view(&[2, 3, 4], &[12, 4, 1]), view(&[2, 1, 12], &[12, 99, 1])] {
+            let rows = v.row_major();
+            assert!(matches!(rows, Cow::Borrowed(_)), "{:?}", v.shape);
+            assert_eq!(&rows[..], &data[..]);
+        }
+        // The transpose [4, 3] of a [3, 4] matrix, and a view that skips elements.
+        let transposed = view(&[4, 3], &[1, 4]);
+        let rows = transposed.row_major();
+        assert!(matches!(rows, Cow::Owned(_)));
+        assert_eq!(&rows[..], &[0.0, 4.0, 8.0, 1.0, 5.0, 9.0, 2.0, 6.0, 10.0, 3.0, 7.0, 11.0]);
+        let skipping = view(&[2, 2], &[8, 2]);
+        assert_eq!(&skipping.row_major()[..], &[0.0, 2.0, 8.0, 10.0]);
+    }
 }
