@@ -26,7 +26,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
     }
     let gamma: Vec<f32> = with_view(gamma, |g| g.to_row_major())?;
     let shape = x.dims();
-    let out = with_view(x, |x| rms_norm_rows(&x.to_row_major(), &gamma, eps as f32))?;
+    let out = with_view(x, |x| rms_norm_rows(&x.row_major(), &gamma, eps as f32))?;
     from_vec(out, shape)
 }
 
@@ -59,9 +59,9 @@ pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>
         return crate::grad::swiglu(gate, up);
     }
     let shape = gate.dims();
-    let up: Vec<f32> = with_view(up, |u| u.to_row_major())?;
+    // The gate's copy becomes the output; `up` is read in place.
     let gate: Vec<f32> = with_view(gate, |g| g.to_row_major())?;
-    from_vec(swiglu_values(gate, &up), shape)
+    from_vec(with_view(up, |u| swiglu_values(gate, &u.row_major()))?, shape)
 }
 
 /// Pieces of element-wise work handed to one task.
@@ -89,7 +89,7 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
     }
     let cos: Vec<f32> = with_view(cos, |c| c.to_row_major())?;
     let sin: Vec<f32> = with_view(signed_sin, |s| s.to_row_major())?;
-    let out = with_view(x, |x| rotate(&x.to_row_major(), &cos, &sin, hd, Rotation::Forward))?;
+    let out = with_view(x, |x| rotate(&x.row_major(), &cos, &sin, hd, Rotation::Forward))?;
     from_vec(out, x.dims())
 }
 
@@ -223,7 +223,7 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
         return crate::grad::attention(q, keys, values, valid, shape);
     }
     let out = with_view(q, |q| {
-        let q = q.to_row_major();
+        let q = q.row_major();
         with_view(keys, |k| with_view(values, |v| Some(attention_values(&q, &Kv::new(k)?, &Kv::new(v)?, &valid, &shape))))
     })????;
     from_vec(out, [b, t, heads * hd])
