@@ -101,21 +101,34 @@ pub(crate) enum Rotation {
 }
 
 /// Next-token negative log-likelihoods `−log softmax(logits)[i, targets[i]]` `[n]` of `logits`
-/// `[n, vocab]`, the training loss: each row is read once for its maximum and once for its
-/// `Σ exp`, and the `[n, vocab]` log-probabilities (190 MB for 960 rows of a 49k vocabulary) are
-/// never written. On the autodiff CPU backends the node's backward writes the logits' gradient
-/// `g_i · (softmax_i − onehot(targets[i]))` in one pass. `None` elsewhere, or for a target
-/// outside the vocabulary.
+/// `[n, vocab]`: [`token_nll_and_argmax`] without the argmax, for callers that keep the logits.
 pub fn token_nll<B: Backend>(logits: &Tensor<B, 2>, targets: &[usize]) -> Option<Tensor<B, 1>> {
+    token_nll_and_argmax(logits.clone(), targets).ok().map(|(nll, _)| nll)
+}
+
+/// Next-token negative log-likelihoods `−log softmax(logits)[i, targets[i]]` `[n]` of `logits`
+/// `[n, vocab]`, the training loss, and each row's most likely token (its first maximum), in
+/// one pass over each row: its maximum, its first position, its `Σ exp`; the `[n, vocab]`
+/// log-probabilities (190 MB for 960 rows of a 49k vocabulary) are never written.
+///
+/// On the autodiff CPU backends, while each row is still in cache, the same pass turns it into
+/// the loss's gradient for a unit upstream `softmax_i − onehot(targets[i])` — over the logits
+/// themselves when nothing else holds them (so pass them by value), else into a copy — and the
+/// backward only scales each row by its upstream gradient. `Err` gives the logits back on
+/// other backends, or for a target outside the vocabulary.
+pub fn token_nll_and_argmax<B: Backend>(logits: Tensor<B, 2>, targets: &[usize]) -> Result<(Tensor<B, 1>, Vec<usize>), Tensor<B, 2>> {
     let [n, vocab] = logits.dims();
     if !crate::enabled() || n == 0 || targets.len() != n || targets.iter().any(|&t| t >= vocab) {
-        return None;
+        return Err(logits);
     }
     if crate::backends::autodiff::<B>() {
-        return crate::grad::token_nll(logits, targets);
+        return crate::grad::token_nll_and_argmax(logits, targets);
     }
-    let (_, nll) = with_view(logits, |view| rows_nll(&view, targets))?;
-    from_vec(nll, [n])
+    let Some(rows) = with_view(&logits, |view| rows_nll(&view, targets)) else { return Err(logits) };
+    match from_vec(rows.nll, [n]) {
+        Some(nll) => Ok((nll, rows.argmax)),
+        None => Err(logits),
+    }
 }
 
 /// The rows of a `[n, vocab]` view as one slice and the distance between row starts (a copy
@@ -128,34 +141,72 @@ fn rows_of<'a>(view: &HostView<'a>) -> (Cow<'a, [f32]>, usize) {
     }
 }
 
-/// Each row's log-sum-exp, and the NLL of its target, of a `[n, vocab]` view. The NLL is
-/// `(max − logit) + ln Σ exp(x − max)`, not `lse − logit`: for a confident prediction the
-/// latter subtracts two large, nearly equal numbers and keeps only a few bits.
-pub(crate) fn rows_nll(view: &HostView<'_>, targets: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let ((data, stride), vocab) = (rows_of(view), view.shape[1]);
-    // Per row: [max, ln Σ exp(x − max)].
-    let mut stats = vec![0.0f32; 2 * targets.len()];
-    pool::for_each_chunk_mut(&mut stats, 2, targets.len() * vocab >= PARALLEL_ELEMENTS, |i, out| {
-        let mut row = [0.0f32; 2];
-        simd::max_and_sum_exp(&data[i * stride..][..vocab], &mut row);
-        (out[0], out[1]) = (row[0], row[1].ln());
-    });
-    let rows = stats.chunks_exact(2).zip(targets).enumerate();
-    let (lse, nll) = rows.map(|(i, (s, &t))| (s[0] + s[1], (s[0] - data[i * stride + t]) + s[1])).unzip();
-    (lse, nll)
+/// Per row of a `[n, vocab]` matrix of logits: the NLL of its target and its argmax.
+pub(crate) struct RowsNll {
+    pub(crate) nll: Vec<f32>,
+    pub(crate) argmax: Vec<usize>,
 }
 
-/// The gradient of `Σ_i g_i · nll_i` with respect to the logits (row-major `[n, vocab]`):
-/// `g_i · (exp(x_ij − lse_i) − [j = targets[i]])`.
-pub(crate) fn nll_logits_gradient(view: &HostView<'_>, targets: &[usize], lse: &[f32], g: &[f32]) -> Vec<f32> {
+/// A row's log-sum-exp, the NLL of its target and its argmax. The NLL is `(max − logit) + ln Σ
+/// exp(x − max)`, not `lse − logit`: for a confident prediction the latter subtracts two large,
+/// nearly equal numbers and keeps only a few bits. A row with no maximum (NaN) gives argmax 0.
+fn row_nll(row: &[f32], target: usize) -> (f32, f32, usize) {
+    let mut stats = [0.0f32; 2];
+    simd::max_and_sum_exp(row, &mut stats);
+    let [max, sum] = stats;
+    let log_sum = sum.ln();
+    let argmax = simd::first_index_of(row, max).unwrap_or(0);
+    (max + log_sum, (max - row[target]) + log_sum, argmax)
+}
+
+/// [`row_nll`] of every row of a `[n, vocab]` view.
+pub(crate) fn rows_nll(view: &HostView<'_>, targets: &[usize]) -> RowsNll {
     let ((data, stride), vocab) = (rows_of(view), view.shape[1]);
-    let mut dx = vec![0.0f32; targets.len() * vocab];
-    let parallel = dx.len() >= PARALLEL_ELEMENTS;
-    pool::for_each_chunk_mut(&mut dx, vocab, parallel, |i, out| {
-        simd::scaled_exp(out, &data[i * stride..][..vocab], lse[i], g[i]);
-        out[targets[i]] -= g[i];
+    let mut nll = vec![0.0f32; targets.len()];
+    let mut argmax = vec![0usize; targets.len()];
+    let argmax_out = SendPtr(argmax.as_mut_ptr());
+    pool::for_each_chunk_mut(&mut nll, 1, targets.len() * vocab >= PARALLEL_ELEMENTS, |i, nll| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
+        let argmax_out = argmax_out;
+        let (_, row_nll, row_argmax) = row_nll(&data[i * stride..][..vocab], targets[i]);
+        nll[0] = row_nll;
+        // SAFETY: row i writes only element i of `argmax`, which outlives the pool's job.
+        unsafe { *argmax_out.0.add(i) = row_argmax };
     });
-    dx
+    RowsNll { nll, argmax }
+}
+
+/// [`rows_nll`] of the row-major `[n, vocab]` `logits`, each row then overwritten, while in
+/// cache, by the gradient of its NLL: `softmax(x_i) − onehot(targets[i])`.
+pub(crate) fn rows_nll_to_gradient(logits: &mut [f32], targets: &[usize]) -> RowsNll {
+    let vocab = logits.len() / targets.len().max(1);
+    let mut nll = vec![0.0f32; targets.len()];
+    let mut argmax = vec![0usize; targets.len()];
+    let (nll_out, argmax_out) = (SendPtr(nll.as_mut_ptr()), SendPtr(argmax.as_mut_ptr()));
+    pool::for_each_chunk_mut(logits, vocab, targets.len() * vocab >= PARALLEL_ELEMENTS, |i, row| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrappers whole, not their raw-pointer fields
+        let (nll_out, argmax_out) = (nll_out, argmax_out);
+        let (lse, row_nll, row_argmax) = row_nll(row, targets[i]);
+        simd::scale_exp_in_place(row, lse, 1.0);
+        row[targets[i]] -= 1.0;
+        // SAFETY: row i writes only element i of `nll` and of `argmax`, which outlive the job.
+        unsafe {
+            *nll_out.0.add(i) = row_nll;
+            *argmax_out.0.add(i) = row_argmax;
+        }
+    });
+    RowsNll { nll, argmax }
+}
+
+/// `rows[i] ← g[i] · rows[i]` for the row-major `rows` `[g.len(), vocab]`: the loss's gradient for
+/// a unit upstream ([`rows_nll_to_gradient`]) scaled by the one that arrived.
+pub(crate) fn scale_rows(rows: &mut [f32], g: &[f32]) {
+    let vocab = rows.len() / g.len().max(1);
+    pool::for_each_chunk_mut(rows, vocab, rows.len() >= PARALLEL_ELEMENTS, |i, row| {
+        for v in row.iter_mut() {
+            *v *= g[i];
+        }
+    });
 }
 
 /// Rotate every head of row-major `x` `[positions, heads, hd]`, where each position's heads

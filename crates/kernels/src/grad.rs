@@ -17,7 +17,7 @@ use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{binary, unary, Backward, Ops, OpsKind};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// [`fused::rms_norm`] on an autodiff backend, with the gain frozen.
 pub(crate) fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
@@ -65,9 +65,19 @@ pub(crate) fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<T
     run(Matmul { m, k, n }, [x, w])
 }
 
-/// [`fused::token_nll`] on an autodiff backend: the logits get the gradient.
-pub(crate) fn token_nll<B: Backend>(logits: &Tensor<B, 2>, targets: &[usize]) -> Option<Tensor<B, 1>> {
-    run(TokenNll { targets: Arc::new(targets.to_vec()) }, [logits])
+/// [`fused::token_nll_and_argmax`] on an autodiff backend: the logits get the gradient.
+pub(crate) fn token_nll_and_argmax<B: Backend>(logits: Tensor<B, 2>, targets: &[usize]) -> Result<(Tensor<B, 1>, Vec<usize>), Tensor<B, 2>> {
+    if logits.dtype() != burn::tensor::DType::F32 {
+        return Err(logits);
+    }
+    let [_, vocab] = logits.dims();
+    let argmax = Arc::new(OnceLock::new());
+    let op = TokenNll { targets: targets.to_vec(), vocab, argmax: argmax.clone() };
+    // By value, so that the node may hold the only reference to the logits' buffer.
+    let primitive = logits.into_primitive().tensor();
+    let nll = on_autodiff::<B, 1, _>(op, [primitive]).expect("f32 logits on an autodiff CPU backend are read on the host");
+    let argmax = Arc::into_inner(argmax).and_then(OnceLock::into_inner).expect("the node records the argmax");
+    Ok((Tensor::from_primitive(TensorPrimitive::Float(nll)), argmax))
 }
 
 /// [`host::reshape`] on an autodiff backend: the same buffer under a new shape, and a backward
@@ -484,39 +494,63 @@ fn attention_gradients(op: &Attention, [q, k, v, out]: [&[f32]; 4], d_out: &[f32
 
 // ---------------------------------------------------------------------------------------------
 // Next-token NLL: nll_i = lse_i − x_{i,t_i}; with upstream g_i, dx_ij = g_i (softmax_ij − [j = t_i]).
-// The node keeps the logits' own primitive (no copy of the [n, vocab] values) and each row's lse.
+// The forward pass turns the logits, each row while in cache, into the gradient for g = 1 (over
+// their own buffer when the node holds the only reference); the backward scales its rows by g.
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct TokenNll {
-    targets: Arc<Vec<usize>>,
+    targets: Vec<usize>,
+    vocab: usize,
+    /// Where the forward pass leaves each row's argmax for the caller.
+    argmax: Arc<OnceLock<Vec<usize>>>,
 }
 
-struct TokenNllState<I: Backend> {
-    targets: Arc<Vec<usize>>,
-    logits: I::FloatTensorPrimitive,
-    lse: Arc<Vec<f32>>,
-}
+/// The loss's gradient for a unit upstream, `[n, vocab]`.
+struct UnitGradient<I: Backend>(I::FloatTensorPrimitive);
 
-impl<I: Backend> Clone for TokenNllState<I> {
+impl<I: Backend> Clone for UnitGradient<I> {
     fn clone(&self) -> Self {
-        Self { targets: self.targets.clone(), logits: self.logits.clone(), lse: self.lse.clone() }
+        Self(self.0.clone())
     }
 }
 
-impl<I: Backend> std::fmt::Debug for TokenNllState<I> {
+impl<I: Backend> std::fmt::Debug for UnitGradient<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenNllState").field("rows", &self.targets.len()).finish()
+        f.debug_tuple("UnitGradient").finish()
     }
 }
 
 impl HostOp<1> for TokenNll {
     fn run<I: Backend>(self, [logits]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
-        let (lse, nll) = host::with_primitive_view(&logits.primitive, |view| fused::rows_nll(&view, &self.targets))?;
-        let y = primitive::<I>(nll, &[self.targets.len()]);
-        Some(match TokenNllBackward.prepare::<NoCheckpointing>([logits.node.clone()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(TokenNllState { targets: self.targets, logits: logits.primitive, lse: Arc::new(lse) }, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        })
+        let n = self.targets.len();
+        let node = logits.node.clone();
+        let (rows, state) = match TokenNllBackward.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let mut gradient = logits.primitive;
+                let in_place = host::with_unique_values_mut(&mut gradient, |values| fused::rows_nll_to_gradient(values, &self.targets));
+                let rows = match in_place {
+                    Some(rows) => rows,
+                    None => {
+                        // Shared or not row-major: the gradient goes into a buffer of its own.
+                        let mut values = values::<I>(&gradient)?;
+                        let rows = fused::rows_nll_to_gradient(&mut values, &self.targets);
+                        gradient = primitive::<I>(values, &[n, self.vocab]);
+                        rows
+                    }
+                };
+                (rows, Some((prep, UnitGradient::<I>(gradient))))
+            }
+            OpsKind::UnTracked(prep) => {
+                let rows = host::with_primitive_view(&logits.primitive, |view| fused::rows_nll(&view, &self.targets))?;
+                let y = primitive::<I>(rows.nll.clone(), &[n]);
+                self.argmax.set(rows.argmax).expect("each node's argmax is set once");
+                return Some(prep.finish(y));
+            }
+        };
+        let y = primitive::<I>(rows.nll, &[n]);
+        self.argmax.set(rows.argmax).expect("each node's argmax is set once");
+        let (prep, state) = state.expect("tracked");
+        Some(prep.finish(state, y))
     }
 }
 
@@ -524,15 +558,19 @@ impl HostOp<1> for TokenNll {
 struct TokenNllBackward;
 
 impl<I: Backend> Backward<I, 1> for TokenNllBackward {
-    type State = TokenNllState<I>;
+    type State = UnitGradient<I>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let TokenNllState { targets, logits, lse } = ops.state;
+        let UnitGradient(mut unit) = ops.state;
         unary::<I, _>(ops.parents, ops.node, grads, |grad| {
             let g = gradient::<I>(&grad);
-            let (dx, vocab) = host::with_primitive_view(&logits, |view| (fused::nll_logits_gradient(&view, &targets, &lse, &g), view.shape[1]))
-                .expect("the logits were readable in the forward pass");
-            primitive::<I>(dx, &[targets.len(), vocab])
+            if host::with_unique_values_mut(&mut unit, |rows| fused::scale_rows(rows, &g)).is_some() {
+                return unit;
+            }
+            let mut rows = values::<I>(&unit).expect("the gradient was written on the host");
+            fused::scale_rows(&mut rows, &g);
+            let vocab = rows.len() / g.len();
+            primitive::<I>(rows, &[g.len(), vocab])
         });
     }
 }

@@ -136,34 +136,34 @@ pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<
         }
     };
     let mut primitive = buffer.into_primitive().tensor();
-    let any = &mut primitive as &mut dyn Any;
-    let written = if let Some(NdArrayTensor::F32(storage)) = any.downcast_mut::<NdArrayTensor>() {
-        // Only a buffer nothing else shares: `as_slice_mut` would copy a shared one first.
-        match storage.is_unique().then(|| storage.ensure_owned().as_slice_mut()).flatten() {
-            Some(dst) => {
-                write(dst);
-                true
-            }
-            None => false,
-        }
-    } else if let Some(t) = any.downcast_mut::<FlexTensor>() {
-        let contiguous = t.dtype() == DType::F32 && t.is_contiguous() && t.layout().start_offset() == 0;
-        match t.try_storage_mut::<f32>() {
-            Some(dst) if contiguous => {
-                write(dst);
-                true
-            }
-            _ => false,
-        }
-    } else {
-        false
-    };
+    let written = with_unique_values_mut(&mut primitive, write).is_some();
     let buffer = Tensor::from_primitive(TensorPrimitive::Float(primitive));
     if written {
         Ok(buffer)
     } else {
         Err(buffer)
     }
+}
+
+/// `f` on the values of `primitive` (an `NdArrayTensor` or a `FlexTensor`), row-major (exactly
+/// its elements), written in place: `None` (and `f` not run) unless the tensor is f32, laid out row-major from its
+/// buffer's start, and nothing else holds that buffer (a shared one would be copied first, or
+/// its other holders would see the writes).
+pub(crate) fn with_unique_values_mut<R>(primitive: &mut dyn Any, f: impl FnOnce(&mut [f32]) -> R) -> Option<R> {
+    if let Some(NdArrayTensor::F32(storage)) = primitive.downcast_mut::<NdArrayTensor>() {
+        if !storage.is_unique() || !storage.view().is_standard_layout() {
+            return None;
+        }
+        return storage.ensure_owned().as_slice_mut().map(f);
+    }
+    let t = primitive.downcast_mut::<FlexTensor>()?;
+    let row_major = t.dtype() == DType::F32 && t.is_contiguous() && t.layout().start_offset() == 0;
+    if !row_major {
+        return None;
+    }
+    // The storage may run past the tensor's last element.
+    let len = t.layout().shape().to_vec().iter().product::<usize>();
+    t.try_storage_mut::<f32>().and_then(|values| values.get_mut(..len)).map(f)
 }
 
 /// `tensor` with a new shape of as many elements, sharing its memory where burn would copy:
@@ -238,8 +238,30 @@ pub(crate) fn primitive_from_vec<P: 'static>(values: Vec<f32>, shape: &[usize]) 
 
 #[cfg(test)]
 mod tests {
-    use super::HostView;
+    use super::{primitive_from_vec, with_unique_values_mut, HostView};
+    use burn_flex::FlexTensor;
+    use burn_ndarray::NdArrayTensor;
     use std::borrow::Cow;
+
+    /// Written in place only when nothing else holds the buffer and it is laid out row-major.
+    #[test]
+    fn values_are_written_in_place_only_when_unique_and_row_major() {
+        let values: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let mut unique: NdArrayTensor = primitive_from_vec(values.clone(), &[2, 3]).unwrap();
+        assert_eq!(with_unique_values_mut(&mut unique, |v| v.to_vec()), Some(values.clone()));
+        let shared = unique.clone();
+        assert_eq!(with_unique_values_mut(&mut unique, |v| v.len()), None, "a shared buffer is left alone");
+        drop(shared);
+        assert!(with_unique_values_mut(&mut unique, |v| v[0] = 7.0).is_some(), "unique again");
+        let array = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 3]), values.clone()).unwrap();
+        let mut transposed = NdArrayTensor::from(array.reversed_axes().into_shared());
+        assert_eq!(with_unique_values_mut(&mut transposed, |v| v.len()), None, "a transposed view is not row-major");
+        let mut flex: FlexTensor = primitive_from_vec(values.clone(), &[3, 2]).unwrap();
+        assert_eq!(with_unique_values_mut(&mut flex, |v| v.to_vec()), Some(values));
+        let shared = flex.clone();
+        assert_eq!(with_unique_values_mut(&mut flex, |v| v.len()), None, "a shared flex buffer is left alone");
+        drop(shared);
+    }
 
     /// A row-major view is read in place; any other layout is copied into row-major order.
     #[test]

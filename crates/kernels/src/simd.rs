@@ -123,13 +123,27 @@ widest_simd! {
 }
 
 widest_simd! {
-    /// `out = scale · exp(x − shift)`: with `shift` the row's log-sum-exp, its softmax times
-    /// `scale` (the cross-entropy gradient before the target's `− scale`).
-    pub fn scaled_exp(out: &mut [f32], x: &[f32], shift: f32, scale: f32) {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = scale * exp(v - shift);
+    /// `x ← exp(x − shift) · scale`, in place: with `shift` the row's log-sum-exp, its softmax
+    /// times `scale` (the cross-entropy gradient before the target's `− scale`).
+    pub fn scale_exp_in_place(x: &mut [f32], shift: f32, scale: f32) {
+        for v in x.iter_mut() {
+            *v = scale * exp(*v - shift);
         }
     }
+}
+
+/// The first index of `x` holding `value` (a row's argmax once its maximum is known): sixteen
+/// elements compared at a time, so the scan vectorises, then the hit located within them.
+pub fn first_index_of(x: &[f32], value: f32) -> Option<usize> {
+    const LANES: usize = 16;
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        if chunk.iter().fold(false, |hit, &v| hit | (v == value)) {
+            return chunk.iter().position(|&v| v == value).map(|i| c * LANES + i);
+        }
+    }
+    rest.iter().position(|&v| v == value).map(|i| x.len() - rest.len() + i)
 }
 
 #[cfg(test)]
@@ -177,12 +191,28 @@ mod tests {
         assert!((stats[1] as f64 - sum).abs() <= 1e-6 * sum, "{} vs {sum}", stats[1]);
         // The shift as the kernel gets it (an f32 near 20 is off by up to 1e-6, which exp keeps).
         let lse = (max + sum.ln()) as f32 as f64;
-        let mut out = vec![0.0f32; x.len()];
-        scaled_exp(&mut out, &x, lse as f32, 0.25);
+        let mut out = x.clone();
+        scale_exp_in_place(&mut out, lse as f32, 0.25);
         for (o, &v) in out.iter().zip(&x) {
             let want = 0.25 * (v as f64 - lse).exp();
             assert!((*o as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{o} vs {want}");
         }
+    }
+
+    /// The first occurrence, in a full chunk, in the remainder, and none.
+    #[test]
+    fn first_index_of_finds_the_first_occurrence() {
+        let mut x = vec![0.0f32; 37];
+        assert_eq!(first_index_of(&x, 1.0), None);
+        x[35] = 1.0;
+        assert_eq!(first_index_of(&x, 1.0), Some(35));
+        x[20] = 1.0;
+        x[17] = 1.0;
+        assert_eq!(first_index_of(&x, 1.0), Some(17));
+        x[3] = 1.0;
+        assert_eq!(first_index_of(&x, 1.0), Some(3));
+        assert_eq!(first_index_of(&x, 0.0), Some(0));
+        assert_eq!(first_index_of(&[], 0.0), None);
     }
 
     #[test]

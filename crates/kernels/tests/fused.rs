@@ -3,7 +3,7 @@
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::{backend::Backend, Bool, Distribution, Tensor, TensorData};
-use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll};
+use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll, token_nll_and_argmax};
 
 fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f64> {
     t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
@@ -136,6 +136,14 @@ fn token_nll_matches<B: Backend>() {
         let got = host(&token_nll(&x, &targets).expect("fused on an inference backend"));
         assert_close(&got, &naive(&host(&x), vocab, &targets), 1e-5, &format!("token_nll {n}x{vocab}"));
     }
+    // The argmax is each row's first maximum: row 0 holds its maximum twice, row 1 three times,
+    // row 2 in every column.
+    let values = [0.5f32, 2.0, -1.0, 2.0, 0.0, 3.0, -3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 9.0];
+    let x = Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [4, 5]), &device);
+    let targets = [1, 0, 4, 2];
+    let (nll, argmax) = token_nll_and_argmax(x.clone(), &targets).unwrap_or_else(|_| panic!("fused on an inference backend"));
+    assert_eq!(argmax, [1, 0, 0, 4]);
+    assert_close(&host(&nll), &naive(&host(&x), 5, &targets), 1e-5, "token_nll_and_argmax");
     let stored = Tensor::<B, 2>::random([13, 5], Distribution::Normal(0.0, 2.0), &device);
     let x = stored.swap_dims(0, 1);
     let targets = [0, 12, 3, 7, 7];

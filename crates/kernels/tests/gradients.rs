@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Distribution, Tensor, TensorData};
-use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll};
+use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll, token_nll_and_argmax};
 
 fn host<B: burn::tensor::backend::Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
     t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
@@ -159,11 +159,21 @@ fn token_nll_gradients<B: AutodiffBackend>() {
         let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(targets.iter().map(|&t| t as i64).collect(), [n]), &Default::default());
         let input = if transposed { tracked::<B, 2>([vocab, n], 3.0) } else { tracked::<B, 2>([n, vocab], 3.0) };
         let view = |x: &Tensor<B, 2>| if transposed { x.clone().swap_dims(0, 1) } else { x.clone() };
+        let reference = |x: &[Tensor<B, 2>]| log_softmax(view(&x[0]), 1).gather(1, ids.clone().reshape([n, 1])).reshape([n]).neg();
+        let what = format!("token_nll {n}x{vocab}{}", if transposed { ", strided" } else { "" });
+        // Logits that share their buffer with the input: the gradient goes into a copy.
+        compare(std::slice::from_ref(&input), |x| token_nll(&view(&x[0]), &targets), reference, &what);
+        // Logits of their own (a product's output, passed by value): written over in place.
+        let want_argmax: Vec<usize> = view(&input).argmax(1).into_data().convert::<i64>().iter::<i64>().map(|i| i as usize).collect();
         compare(
             &[input],
-            |x| token_nll(&view(&x[0]), &targets),
-            |x| log_softmax(view(&x[0]), 1).gather(1, ids.clone().reshape([n, 1])).reshape([n]).neg(),
-            &format!("token_nll {n}x{vocab}{}", if transposed { ", strided" } else { "" }),
+            |x| {
+                let (nll, argmax) = token_nll_and_argmax(view(&x[0]).mul_scalar(1.0), &targets).ok()?;
+                assert_eq!(argmax, want_argmax, "{what}: argmax");
+                Some(nll)
+            },
+            reference,
+            &format!("{what}, in place"),
         );
     }
 }

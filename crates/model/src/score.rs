@@ -20,13 +20,42 @@ pub fn next_token_nll<B: Backend>(logits: Tensor<B, 3>, ids: Tensor<B, 2, Int>) 
 /// ([`iapt_kernels::fused::token_nll`]); elsewhere burn's `log_softmax` and `gather`.
 pub fn token_nll<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
-    if iapt_kernels::accelerated::<B>() {
-        let host: Option<Vec<usize>> = targets.to_data().convert::<i64>().iter::<i64>().map(|t| usize::try_from(t).ok()).collect();
-        if let Some(nll) = host.and_then(|targets| iapt_kernels::fused::token_nll(&logits, &targets)) {
+    if let Some(host) = host_targets(&targets) {
+        if let Some(nll) = iapt_kernels::fused::token_nll(&logits, &host) {
             return nll;
         }
     }
     log_softmax(logits, 1).gather(1, targets.reshape([n, 1])).reshape([n]).neg()
+}
+
+/// [`token_nll`] and each row's most likely token, `[n]` (the first maximum), taking the logits
+/// by value: on the CPU backends both come from one pass over each row, and under autodiff that
+/// pass also leaves the loss's gradient in the logits' own buffer
+/// ([`iapt_kernels::fused::token_nll_and_argmax`]).
+pub fn token_nll_and_argmax<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> (Tensor<B, 1>, Tensor<B, 1, Int>) {
+    let [n, _] = logits.dims();
+    let device = logits.device();
+    let logits = match host_targets(&targets) {
+        Some(host) => match iapt_kernels::fused::token_nll_and_argmax(logits, &host) {
+            Ok((nll, argmax)) => {
+                let argmax: Vec<i64> = argmax.into_iter().map(|i| i as i64).collect();
+                return (nll, Tensor::from_data(burn::tensor::TensorData::new(argmax, [n]), &device));
+            }
+            Err(logits) => logits,
+        },
+        None => logits,
+    };
+    let argmax = logits.clone().detach().argmax(1).reshape([n]);
+    (log_softmax(logits, 1).gather(1, targets.reshape([n, 1])).reshape([n]).neg(), argmax)
+}
+
+/// The targets on the host, for the fused kernels (`None` where those do not run, or for a
+/// negative id).
+fn host_targets<B: Backend>(targets: &Tensor<B, 1, Int>) -> Option<Vec<usize>> {
+    if !iapt_kernels::accelerated::<B>() {
+        return None;
+    }
+    targets.to_data().convert::<i64>().iter::<i64>().map(|t| usize::try_from(t).ok()).collect()
 }
 
 /// Mean next-token NLL (nats) of `ids` under the model, and how many tokens were predicted.

@@ -8,7 +8,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, Transaction};
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use iapt_kernels::host::reshape;
-use iapt_model::score::token_nll;
+use iapt_model::score::token_nll_and_argmax;
 use iapt_model::{KvCache, Llama, ModelHook, TrainableTuner};
 
 /// Frozen backbone + trainable tuner.
@@ -47,9 +47,8 @@ impl<B: Backend, T: Module<B> + ModelHook<B>> TunedLm<B, T> {
         iapt_model::diagnostics::start();
         let (logits, targets) = response_logits(&self.backbone, &self.tuner, &batch);
         let diagnostics = iapt_model::diagnostics::finish::<B>();
-        let [n, _] = logits.dims();
-        let correct = logits.clone().detach().argmax(1).reshape([n]).equal(targets.clone());
-        let token_nll = token_nll(logits, targets);
+        let (token_nll, argmax) = token_nll_and_argmax(logits, targets.clone());
+        let correct = argmax.equal(targets);
         LmOutput { loss: token_nll.clone().mean(), token_nll: token_nll.detach(), correct, diagnostics }
     }
 }
