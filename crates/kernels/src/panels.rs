@@ -135,10 +135,11 @@ pub fn products() -> u64 {
     PRODUCTS.get()
 }
 
-/// `a · w` into the row-major `[a.rows, w.n]` `out`, over `w`'s panels, split over the pool.
-pub(crate) fn matmul(a: MatRef<'_>, w: &Panels, out: &mut [f32]) {
+/// `a · w` into the row-major `[a.rows, w.n]` at `out` (room for `len` floats, written, never
+/// read: it may be uninitialised), over `w`'s panels, split over the pool.
+pub(crate) fn matmul(a: MatRef<'_>, w: &Panels, out: pool::SendPtr<f32>, len: usize) {
     let (m, k, n) = (a.rows(), w.k, w.n);
-    assert!(a.cols() == k && out.len() == m * n, "panels: [{m}, {}] · [{k}, {n}]", a.cols());
+    assert!(a.cols() == k && len == m * n, "panels: [{m}, {}] · [{k}, {n}] into {len}", a.cols());
     PRODUCTS.set(PRODUCTS.get() + 1);
     // The kernel reads rows of a contiguously.
     let (a_data, lda) = a.contiguous_rows();
@@ -148,7 +149,7 @@ pub(crate) fn matmul(a: MatRef<'_>, w: &Panels, out: &mut [f32]) {
     {
         let panels = n.div_ceil(WIDTH);
         let per_task = panels.div_ceil(panels.min(pool::team_size() * 4));
-        let out_ptr = pool::SendPtr(out.as_mut_ptr());
+        let out_ptr = out;
         pool::run(panels.div_ceil(per_task), &|t| {
             #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
             let out_ptr = out_ptr;
