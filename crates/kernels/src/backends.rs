@@ -44,6 +44,20 @@ pub(crate) fn tracked<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool
     }
 }
 
+/// Whether `tensor` is on an autodiff CPU backend and its values can be read on the host (f32,
+/// no negative strides): for ops that consume their input and so cannot fall back afterwards.
+pub(crate) fn readable_on_autodiff<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    let primitive = tensor.clone().into_primitive().tensor();
+    let readable = |inner: &dyn Any| host::with_primitive_view(inner, |_| ()).is_some();
+    if TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
+        cast::<_, AutodiffPrimitive<NdArrayCpu>>(primitive).is_some_and(|p| readable(&p.primitive))
+    } else if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
+        cast::<_, AutodiffPrimitive<Flex>>(primitive).is_some_and(|p| readable(&p.primitive))
+    } else {
+        false
+    }
+}
+
 /// An operation with its own backward node on the autodiff backend over any inner CPU backend
 /// `I`: `None` when it cannot take these inputs (the caller then runs burn's ops).
 pub(crate) trait HostOp<const N: usize> {

@@ -131,6 +131,12 @@ pub fn token_nll_and_argmax<B: Backend>(logits: Tensor<B, 2>, targets: &[usize])
     }
 }
 
+/// How many [`token_nll_and_argmax`] calls on this thread wrote the loss's gradient over their
+/// logits' own buffer (the rest copied them first): lets tests show which path ran.
+pub fn losses_in_place() -> u64 {
+    crate::grad::losses_in_place()
+}
+
 /// The rows of a `[n, vocab]` view as one slice and the distance between row starts (a copy
 /// only when a row's elements are not adjacent).
 fn rows_of<'a>(view: &HostView<'a>) -> (Cow<'a, [f32]>, usize) {

@@ -67,7 +67,8 @@ pub(crate) fn matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Option<T
 
 /// [`fused::token_nll_and_argmax`] on an autodiff backend: the logits get the gradient.
 pub(crate) fn token_nll_and_argmax<B: Backend>(logits: Tensor<B, 2>, targets: &[usize]) -> Result<(Tensor<B, 1>, Vec<usize>), Tensor<B, 2>> {
-    if logits.dtype() != burn::tensor::DType::F32 {
+    // The op consumes the logits: anything it could not read must be refused before.
+    if logits.dtype() != burn::tensor::DType::F32 || !crate::backends::readable_on_autodiff(&logits) {
         return Err(logits);
     }
     let [_, vocab] = logits.dims();
@@ -497,6 +498,16 @@ fn attention_gradients(op: &Attention, [q, k, v, out]: [&[f32]; 4], d_out: &[f32
 // The forward pass turns the logits, each row while in cache, into the gradient for g = 1 (over
 // their own buffer when the node holds the only reference); the backward scales its rows by g.
 
+thread_local! {
+    static LOSSES_IN_PLACE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many loss nodes this thread has built over their logits' own buffer (tests: per thread,
+/// so tests running beside each other do not count each other's).
+pub(crate) fn losses_in_place() -> u64 {
+    LOSSES_IN_PLACE.get()
+}
+
 #[derive(Debug)]
 struct TokenNll {
     targets: Vec<usize>,
@@ -529,7 +540,10 @@ impl HostOp<1> for TokenNll {
                 let mut gradient = logits.primitive;
                 let in_place = host::with_unique_values_mut(&mut gradient, |values| fused::rows_nll_to_gradient(values, &self.targets));
                 let rows = match in_place {
-                    Some(rows) => rows,
+                    Some(rows) => {
+                        LOSSES_IN_PLACE.set(LOSSES_IN_PLACE.get() + 1);
+                        rows
+                    }
                     None => {
                         // Shared or not row-major: the gradient goes into a buffer of its own.
                         let mut values = values::<I>(&gradient)?;

@@ -144,6 +144,11 @@ fn token_nll_matches<B: Backend>() {
     let (nll, argmax) = token_nll_and_argmax(x.clone(), &targets).unwrap_or_else(|_| panic!("fused on an inference backend"));
     assert_eq!(argmax, [1, 0, 0, 4]);
     assert_close(&host(&nll), &naive(&host(&x), 5, &targets), 1e-5, "token_nll_and_argmax");
+    // A row of NaN has no maximum: argmax 0, and its NLL is NaN, not a number that looks valid.
+    let x = Tensor::<B, 2>::from_data(TensorData::new(vec![f32::NAN; 3], [1, 3]), &device);
+    let (nll, argmax) = token_nll_and_argmax(x, &[1]).unwrap_or_else(|_| panic!("fused on an inference backend"));
+    assert_eq!(argmax, [0]);
+    assert!(host(&nll)[0].is_nan());
     let stored = Tensor::<B, 2>::random([13, 5], Distribution::Normal(0.0, 2.0), &device);
     let x = stored.swap_dims(0, 1);
     let targets = [0, 12, 3, 7, 7];

@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Bool, Distribution, Tensor, TensorData};
-use iapt_kernels::fused::{attention, rms_norm, rope, swiglu, token_nll, token_nll_and_argmax};
+use iapt_kernels::fused::{attention, losses_in_place, rms_norm, rope, swiglu, token_nll, token_nll_and_argmax};
 
 fn host<B: burn::tensor::backend::Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
     t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
@@ -165,8 +165,9 @@ fn token_nll_gradients<B: AutodiffBackend>() {
         compare(std::slice::from_ref(&input), |x| token_nll(&view(&x[0]), &targets), reference, &what);
         // Logits of their own (a product's output, passed by value): written over in place.
         let want_argmax: Vec<usize> = view(&input).argmax(1).into_data().convert::<i64>().iter::<i64>().map(|i| i as usize).collect();
+        let before = losses_in_place();
         compare(
-            &[input],
+            std::slice::from_ref(&input),
             |x| {
                 let (nll, argmax) = token_nll_and_argmax(view(&x[0]).mul_scalar(1.0), &targets).ok()?;
                 assert_eq!(argmax, want_argmax, "{what}: argmax");
@@ -175,7 +176,19 @@ fn token_nll_gradients<B: AutodiffBackend>() {
             reference,
             &format!("{what}, in place"),
         );
+        // Row-major logits of their own are written over (whether a transposed input's product
+        // comes out row-major is the backend's choice: flex's does, ndarray's keeps the layout).
+        if !transposed {
+            assert_eq!(losses_in_place() - before, 1, "{what}: in place");
+        }
+        // Logits outside the graph: read only, same values and argmax.
+        let (nll, argmax) = token_nll_and_argmax(view(&input.clone().detach()), &targets).unwrap_or_else(|_| panic!("{what}: untracked"));
+        assert_eq!(argmax, want_argmax, "{what}: untracked argmax");
+        assert_close(&host(&nll), &host(&reference(std::slice::from_ref(&input))), 1e-5, &format!("{what}: untracked"));
     }
+    // Logits it cannot read in place (negative strides) are handed back for burn's ops.
+    let flipped = tracked::<B, 2>([4, 9], 1.0).flip([1]);
+    assert!(token_nll_and_argmax(flipped, &[0, 1, 2, 3]).is_err(), "flipped logits are refused, not consumed");
 }
 
 /// A reshape of a contiguous tensor, and of a transposed one (which burn copies), with the
