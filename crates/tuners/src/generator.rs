@@ -106,6 +106,7 @@ impl<B: Backend> PromptGenerator<B> {
     /// and the result comes back in `hidden`'s dtype.
     pub fn forward(&self, hidden: Tensor<B, 3>, instruction: Tensor<B, 2, Bool>, shared: Option<&Projections<B>>) -> Tensor<B, 3> {
         let projections = self.projections.as_ref().or(shared).expect("a prompt generator needs its own or shared projections");
+        let (hidden, instruction) = instruction_span(hidden, instruction);
         let dtype = hidden.dtype();
         let hidden = hidden.cast(FloatDType::from(projections.down.weight.val().dtype()));
         let x = projections.down.forward(hidden); // [b, n, m]
@@ -113,6 +114,26 @@ impl<B: Backend> PromptGenerator<B> {
         let activated = self.activation.forward(pooled);
         projections.up.forward(activated).cast(FloatDType::from(dtype)) // [b, l_sp, d]
     }
+}
+
+/// `hidden` `[b, n, d]` and `instruction` `[b, n]` narrowed to the positions from the first to
+/// the last instruction row of any sequence: every pooler leaves the rows outside the mask out
+/// exactly (zero weight, excluded from sums, maxima and "last"), so the generator need not
+/// project them, and a training batch's responses are most of its positions. Only on the CPU
+/// backends, where reading the mask costs nothing (a GPU backend would wait for it), and only
+/// when some row is an instruction row (an empty mask is the pooler's own case).
+fn instruction_span<B: Backend>(hidden: Tensor<B, 3>, instruction: Tensor<B, 2, Bool>) -> (Tensor<B, 3>, Tensor<B, 2, Bool>) {
+    if !iapt_kernels::accelerated::<B>() {
+        return (hidden, instruction);
+    }
+    let [_, n] = instruction.dims();
+    let Ok(mask) = instruction.to_data().to_vec::<bool>() else { return (hidden, instruction) };
+    let used = |j: &usize| mask.iter().skip(*j).step_by(n.max(1)).any(|&m| m);
+    let (Some(lo), Some(hi)) = ((0..n).find(used), (0..n).rev().find(used)) else { return (hidden, instruction) };
+    if lo == 0 && hi == n - 1 {
+        return (hidden, instruction);
+    }
+    (hidden.narrow(1, lo, hi + 1 - lo), instruction.narrow(1, lo, hi + 1 - lo))
 }
 
 #[cfg(test)]
@@ -153,6 +174,44 @@ mod tests {
             for o in 0..d {
                 let want = bu[o] + (0..m).map(|k| act[k] * wu[k * d + o]).sum::<f64>();
                 assert!((got[t * d + o] - want).abs() < 1e-5, "token {t} dim {o}: {} vs {want}", got[t * d + o]);
+            }
+        }
+    }
+
+    /// Narrowing to the instruction span changes nothing: for every pooler, soft tokens and
+    /// every parameter's gradient equal the generator's steps run over all positions, with
+    /// sequences whose instructions sit at different places (one has none).
+    #[test]
+    fn instruction_span_gives_the_same_tokens_and_gradients() {
+        type AD = burn::backend::Autodiff<TB>;
+        let device = Default::default();
+        let (b, n, d) = (3, 9, 8);
+        let rows = [2..5, 3..7, 0..0];
+        let mask: Vec<bool> = rows.iter().flat_map(|r| (0..n).map(move |j| r.contains(&j))).collect();
+        for pooler in [PoolerKind::SelfAttn, PoolerKind::Mean, PoolerKind::Max, PoolerKind::Last] {
+            let config = PromptGeneratorConfig { own_projections: true, pooler, ..PromptGeneratorConfig::new(ProjectionsConfig::new(d, 4), 2) };
+            let g = config.init::<AD>(&device);
+            let h = Tensor::<AD, 3>::random([b, n, d], Distribution::Normal(0.0, 1.0), &device);
+            let mask = Tensor::<AD, 2, Bool>::from_data(TensorData::new(mask.clone(), [b, n]), &device);
+            // Positions 2..7 hold every instruction row: that is what the generator reads.
+            assert_eq!(instruction_span(h.clone(), mask.clone()).0.dims(), [b, 5, d]);
+            let narrowed = g.forward(h.clone(), mask.clone(), None);
+            let p = g.projections.as_ref().unwrap();
+            let full = p.up.forward(g.activation.forward(g.pooler.forward(p.down.forward(h), mask)));
+            let (got, want) = (host(narrowed.clone().inner()), host(full.clone().inner()));
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!((x - y).abs() < 1e-6, "{pooler:?}: element {i}: {x} vs {y}");
+            }
+            let w = Tensor::<AD, 3>::random(full.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let (gn, gf) = ((narrowed * w.clone()).sum().backward(), (full * w).sum().backward());
+            let mut params = vec![p.down.weight.clone(), p.up.weight.clone()];
+            if let Some(q) = &g.pooler.queries {
+                params.push(q.clone());
+            }
+            for param in params {
+                let (x, y) = (host(param.grad(&gn).unwrap()), host(param.grad(&gf).unwrap()));
+                let scale = y.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+                assert!(x.iter().zip(&y).all(|(x, y)| (x - y).abs() <= 1e-5 * scale), "{pooler:?}: gradients differ");
             }
         }
     }
