@@ -105,6 +105,19 @@ fn primitive<I: Backend>(values: Vec<f32>, shape: &[usize]) -> I::FloatTensorPri
     host::primitive_from_vec(values, shape).expect("a CPU backend's tensor from a vector")
 }
 
+/// `f` over `primitive`'s row-major values, in place where the tensor holds the only reference to
+/// a row-major buffer, else over a copy that then replaces it (`shape` is the tensor's). Returns
+/// `f`'s result and whether it ran in place; `None` where the values cannot be read.
+fn update_values<I: Backend, R>(primitive: &mut I::FloatTensorPrimitive, shape: &[usize], mut f: impl FnMut(&mut [f32]) -> R) -> Option<(R, bool)> {
+    if let Some(result) = host::with_unique_values_mut(primitive, &mut f) {
+        return Some((result, true));
+    }
+    let mut copy = values::<I>(primitive)?;
+    let result = f(&mut copy);
+    *primitive = self::primitive::<I>(copy, shape);
+    Some((result, false))
+}
+
 /// A gradient arriving in a backward pass, as row-major values (a buffer of its own, for
 /// callers that write the input's gradient over it).
 fn gradient<I: Backend>(grad: &I::FloatTensorPrimitive) -> Vec<f32> {
@@ -517,54 +530,49 @@ struct TokenNll {
 }
 
 /// The loss's gradient for a unit upstream, `[n, vocab]`.
-struct UnitGradient<I: Backend>(I::FloatTensorPrimitive);
+struct UnitGradient<I: Backend> {
+    values: I::FloatTensorPrimitive,
+    shape: [usize; 2],
+}
 
 impl<I: Backend> Clone for UnitGradient<I> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self { values: self.values.clone(), shape: self.shape }
     }
 }
 
 impl<I: Backend> std::fmt::Debug for UnitGradient<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("UnitGradient").finish()
+        f.debug_struct("UnitGradient").field("shape", &self.shape).finish_non_exhaustive()
+    }
+}
+
+impl TokenNll {
+    /// The loss node's output, `[n]` NLLs; leaves the rows' argmax for the caller.
+    fn output<I: Backend>(&self, rows: fused::RowsNll) -> I::FloatTensorPrimitive {
+        self.argmax.set(rows.argmax).expect("each node's argmax is set once");
+        primitive::<I>(rows.nll, &[self.targets.len()])
     }
 }
 
 impl HostOp<1> for TokenNll {
     fn run<I: Backend>(self, [logits]: [AutodiffPrimitive<I>; 1]) -> Option<AutodiffPrimitive<I>> {
-        let n = self.targets.len();
-        let node = logits.node.clone();
-        let (rows, state) = match TokenNllBackward.prepare::<NoCheckpointing>([node]).compute_bound().stateful() {
+        match TokenNllBackward.prepare::<NoCheckpointing>([logits.node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
+                // The logits become the loss's gradient for a unit upstream, row by row.
                 let mut gradient = logits.primitive;
-                let in_place = host::with_unique_values_mut(&mut gradient, |values| fused::rows_nll_to_gradient(values, &self.targets));
-                let rows = match in_place {
-                    Some(rows) => {
-                        LOSSES_IN_PLACE.set(LOSSES_IN_PLACE.get() + 1);
-                        rows
-                    }
-                    None => {
-                        // Shared or not row-major: the gradient goes into a buffer of its own.
-                        let mut values = values::<I>(&gradient)?;
-                        let rows = fused::rows_nll_to_gradient(&mut values, &self.targets);
-                        gradient = primitive::<I>(values, &[n, self.vocab]);
-                        rows
-                    }
-                };
-                (rows, Some((prep, UnitGradient::<I>(gradient))))
+                let shape = [self.targets.len(), self.vocab];
+                let (rows, in_place) = update_values::<I, _>(&mut gradient, &shape, |values| fused::rows_nll_to_gradient(values, &self.targets))?;
+                if in_place {
+                    LOSSES_IN_PLACE.set(LOSSES_IN_PLACE.get() + 1);
+                }
+                Some(prep.finish(UnitGradient::<I> { values: gradient, shape }, self.output::<I>(rows)))
             }
             OpsKind::UnTracked(prep) => {
                 let rows = host::with_primitive_view(&logits.primitive, |view| fused::rows_nll(&view, &self.targets))?;
-                let y = primitive::<I>(rows.nll.clone(), &[n]);
-                self.argmax.set(rows.argmax).expect("each node's argmax is set once");
-                return Some(prep.finish(y));
+                Some(prep.finish(self.output::<I>(rows)))
             }
-        };
-        let y = primitive::<I>(rows.nll, &[n]);
-        self.argmax.set(rows.argmax).expect("each node's argmax is set once");
-        let (prep, state) = state.expect("tracked");
-        Some(prep.finish(state, y))
+        }
     }
 }
 
@@ -575,16 +583,11 @@ impl<I: Backend> Backward<I, 1> for TokenNllBackward {
     type State = UnitGradient<I>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let UnitGradient(mut unit) = ops.state;
+        let UnitGradient { values: mut unit, shape } = ops.state;
         unary::<I, _>(ops.parents, ops.node, grads, |grad| {
             let g = gradient::<I>(&grad);
-            if host::with_unique_values_mut(&mut unit, |rows| fused::scale_rows(rows, &g)).is_some() {
-                return unit;
-            }
-            let mut rows = values::<I>(&unit).expect("the gradient was written on the host");
-            fused::scale_rows(&mut rows, &g);
-            let vocab = rows.len() / g.len();
-            primitive::<I>(rows, &[g.len(), vocab])
+            update_values::<I, _>(&mut unit, &shape, |rows| fused::scale_rows(rows, &g)).expect("the gradient was written on the host");
+            unit
         });
     }
 }
