@@ -187,7 +187,7 @@ pub(crate) fn matmul_here(out: &mut [f32], a: MatRef<'_>, b: MatRef<'_>, accumul
 /// into bands over `threads` threads (a few bands each, so an uneven core still finishes in time).
 #[allow(clippy::too_many_arguments)]
 /// `out` points to room for `m * n` floats, written (never read) here.
-fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usize, n: usize, out: SendPtr<f32>, threads: usize) {
+pub(crate) fn dot_products(a: &[f32], lda: usize, m: usize, bt: &[f32], ldb: usize, k: usize, n: usize, out: SendPtr<f32>, threads: usize) {
     assert!(a.len() >= (m - 1) * lda + k && bt.len() >= (n - 1) * ldb + k);
     let kernel = Kernel::detect();
     let run = |j0: usize, j1: usize| {

@@ -14,6 +14,11 @@ use std::borrow::Cow;
 /// Queries per attention task: a block sees only the slots up to its last query, so a causal
 /// prefill skips most of the future, and short prompts still give every core work.
 pub(crate) const QUERY_BLOCK: usize = 16;
+/// Up to this many queries per task (decoding: one position's query heads of a KV head), the
+/// scores and weighted values are two passes over the keys and values (the dot-product kernel of
+/// one-row projections, on this thread, and [`simd::weighted_value_sums`]) instead of two general
+/// products, whose packing and dispatch cost more than the arithmetic at that size.
+const FEW_QUERIES: usize = 8;
 
 /// `x / sqrt(mean(x²) + eps) * gamma` over the last axis of `x`.
 pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, eps: f64) -> Option<Tensor<B, D>> {
@@ -356,15 +361,23 @@ pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape:
         }
         let mut probs = vec![0.0f32; queries * seen];
         let (keys, stride) = k.rows(row, kvh, seen);
-        let keys_t = MatRef::new(keys, hd, seen, 1, stride).expect("keys in bounds");
-        crate::cpu::matmul_here(&mut probs, MatRef::row_major(&qbuf, queries, hd).expect("queries in bounds"), keys_t, false);
+        if queries <= FEW_QUERIES {
+            crate::cpu::dot_products(&qbuf, hd, queries, keys, stride, hd, seen, SendPtr(probs.as_mut_ptr()), 1);
+        } else {
+            let keys_t = MatRef::new(keys, hd, seen, 1, stride).expect("keys in bounds");
+            crate::cpu::matmul_here(&mut probs, MatRef::row_major(&qbuf, queries, hd).expect("queries in bounds"), keys_t, false);
+        }
         for (query, scores) in probs.chunks_exact_mut(seen).enumerate() {
             shape.softmax_of_visible(scores, valid, row, i0 + query / groups);
         }
         let (values, value_stride) = v.rows(row, kvh, seen);
-        let values = MatRef::new(values, seen, hd, value_stride, 1).expect("values in bounds");
         let mut block = vec![0.0f32; queries * hd];
-        crate::cpu::matmul_here(&mut block, MatRef::row_major(&probs, queries, seen).expect("probabilities in bounds"), values, false);
+        if queries <= FEW_QUERIES {
+            simd::weighted_value_sums(&probs, values, value_stride, hd, &mut block);
+        } else {
+            let values = MatRef::new(values, seen, hd, value_stride, 1).expect("values in bounds");
+            crate::cpu::matmul_here(&mut block, MatRef::row_major(&probs, queries, seen).expect("probabilities in bounds"), values, false);
+        }
         for (i, heads_out) in (i0..i0 + n).zip(block.chunks_exact(width)) {
             // SAFETY: task (row, kvh, i0) alone writes these positions' heads of this KV head,
             // `width` adjacent values per position.

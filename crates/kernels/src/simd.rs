@@ -132,6 +132,28 @@ widest_simd! {
     }
 }
 
+widest_simd! {
+    /// Attention's weighted values for a few queries, reading each value row once:
+    /// `out[i] = Σ_j probs[i * n + j] · values[j]` for the `out.len() / hd` query rows and the
+    /// `n = probs.len() / rows` value rows (`stride` apart in `values`, `hd` wide). `out` is
+    /// overwritten. Decoding's three queries per KV head, where a general product's packing and
+    /// dispatch cost more than the arithmetic.
+    pub fn weighted_value_sums(probs: &[f32], values: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+        let m = out.len() / hd;
+        let n = probs.len() / m.max(1);
+        out.fill(0.0);
+        for j in 0..n {
+            let value = &values[j * stride..][..hd];
+            for (i, row) in out.chunks_exact_mut(hd).enumerate() {
+                let p = probs[i * n + j];
+                for (o, v) in row.iter_mut().zip(value) {
+                    *o += p * v;
+                }
+            }
+        }
+    }
+}
+
 /// The first index of `x` holding `value` (a row's argmax once its maximum is known): sixteen
 /// elements compared at a time, so the scan vectorises, then the hit located within them.
 pub fn first_index_of(x: &[f32], value: f32) -> Option<usize> {
@@ -177,6 +199,28 @@ mod tests {
             assert!((*p as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{p} vs {want}");
         }
         assert!(probs[1] == 0.0 && probs[4] == 0.0, "hidden slots weigh exactly 0");
+    }
+
+    /// Against f64 sums, for widths below, at and across the 16 lanes (3, 16, 20, 64), value
+    /// rows `stride` apart with unread floats between them (NaN, so a read of them would show),
+    /// and 1, 3 or 6 queries.
+    #[test]
+    fn weighted_value_sums_match_f64() {
+        let value = |i: usize| ((i * 7919 % 263) as f32 - 131.0) / 97.0;
+        for &(hd, m, n) in &[(3, 1, 5), (16, 6, 33), (20, 3, 17), (64, 6, 150), (64, 1, 1)] {
+            let stride = hd + 5;
+            let rows: Vec<f32> = (0..n * stride).map(|i| if i % stride < hd { value(i) } else { f32::NAN }).collect();
+            let probs: Vec<f32> = (0..m * n).map(|i| value(i + 5000).abs()).collect();
+            let mut out = vec![f32::NAN; m * hd];
+            weighted_value_sums(&probs, &rows, stride, hd, &mut out);
+            for i in 0..m {
+                for p in 0..hd {
+                    let want: f64 = (0..n).map(|j| probs[i * n + j] as f64 * rows[j * stride + p] as f64).sum();
+                    let got = out[i * hd + p] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "hd{hd} ({i}, {p}): {got} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]
