@@ -278,7 +278,7 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
     {
         return None;
     }
-    let all_valid: Vec<bool> = key_valid.clone().into_data().to_vec().ok()?;
+    let all_valid = crate::host::bool_values(key_valid)?;
     let valid: Vec<bool> = all_valid.chunks(capacity).flat_map(|row| row[..s].iter().copied()).collect();
     let shape = AttentionShape { b, t, heads, kv_heads, hd, s };
     if autodiff {
@@ -320,15 +320,11 @@ impl AttentionShape {
         let (seen, later) = scores.split_at_mut(slot + 1);
         later.fill(0.0);
         let valid = &valid[row * self.s..][..slot];
-        let mut max = seen[slot] * scale;
-        seen[slot] = max;
+        seen[slot] *= scale;
         for (score, &valid) in seen[..slot].iter_mut().zip(valid) {
             *score = if valid { *score * scale } else { f32::NEG_INFINITY };
-            max = max.max(*score);
         }
-        crate::simd::exp_shifted(seen, max);
-        let inverse = 1.0 / seen.iter().sum::<f32>();
-        seen.iter_mut().for_each(|p| *p *= inverse);
+        crate::simd::softmax_in_place(seen);
     }
 
     /// Whether a call is big enough to spread over the pool.

@@ -3,7 +3,7 @@
 //! The fused kernels ([`crate::fused`]) read these tensors in place; their autodiff wrappers
 //! read the inner tensors through the same functions.
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use burn_ndarray::NdArrayTensor;
 use std::any::{Any, TypeId};
@@ -117,6 +117,20 @@ fn span(shape: &[usize], strides: &[usize]) -> usize {
 /// `tensor`'s values in row-major order, read in place; `None` unless [`readable`].
 pub fn to_vec<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<Vec<f32>> {
     with_view(tensor, |v| v.to_row_major())
+}
+
+/// A bool tensor's values in row-major order, copied straight from ndarray's memory when it is
+/// laid out that way (burn's `into_data` walks a bool tensor element by element: reading the
+/// attention's valid flags that way took a sixth of decoding's attention at batch 8); through
+/// `into_data` on every other backend or layout.
+pub fn bool_values<B: Backend, const D: usize>(tensor: &Tensor<B, D, Bool>) -> Option<Vec<bool>> {
+    let primitive = tensor.clone().into_primitive();
+    if let Some(NdArrayTensor::Bool(storage)) = (&primitive as &dyn Any).downcast_ref::<NdArrayTensor>() {
+        if let Some(values) = storage.view().as_slice() {
+            return Some(values.to_vec());
+        }
+    }
+    Tensor::<B, D, Bool>::from_primitive(primitive).into_data().to_vec().ok()
 }
 
 /// `buffer` `[b, heads, capacity, hd]` (row-major) with slots `start..start + n` overwritten by
@@ -242,6 +256,22 @@ mod tests {
     use burn_flex::FlexTensor;
     use burn_ndarray::NdArrayTensor;
     use std::borrow::Cow;
+
+    /// The flags in row-major order whether read in place (row-major ndarray) or through
+    /// `into_data` (a transposed view; the flex backend), on a pattern that tells rows apart.
+    #[test]
+    fn bool_values_are_the_flags_row_major() {
+        use burn::tensor::{Bool, Tensor, TensorData};
+        fn check<B: burn::tensor::backend::Backend>() {
+            let flags: Vec<bool> = (0..12).map(|i| i % 3 == 0 || i == 7).collect();
+            let t = Tensor::<B, 2, Bool>::from_data(TensorData::new(flags.clone(), [3, 4]), &Default::default());
+            assert_eq!(super::bool_values(&t), Some(flags.clone()));
+            let transposed: Vec<bool> = (0..12).map(|i| flags[(i % 3) * 4 + i / 3]).collect();
+            assert_eq!(super::bool_values(&t.swap_dims(0, 1)), Some(transposed));
+        }
+        check::<burn_ndarray::NdArray>();
+        check::<burn_flex::Flex>();
+    }
 
     /// Written in place only when nothing else holds the buffer and it is laid out row-major.
     #[test]

@@ -89,15 +89,6 @@ widest_simd! {
 }
 
 widest_simd! {
-    /// `exp(x - max)` in place, and exactly 0 for `-inf` (a hidden slot): softmax's numerators.
-    pub fn exp_shifted(x: &mut [f32], max: f32) {
-        for v in x.iter_mut() {
-            *v = if *v == f32::NEG_INFINITY { 0.0 } else { exp(*v - max) };
-        }
-    }
-}
-
-widest_simd! {
     /// `stats ← [max x, Σ exp(x − max x)]` of a row of finite values: its log-sum-exp is
     /// `max + ln Σ` (the softmax denominator without overflow). Sixteen lanes of partial maxima
     /// and sums, so both loops vectorise.
@@ -133,24 +124,112 @@ widest_simd! {
 }
 
 widest_simd! {
-    /// Attention's weighted values for a few queries, reading each value row once:
-    /// `out[i] = Σ_j probs[i * n + j] · values[j]` for the `out.len() / hd` query rows and the
-    /// `n = probs.len() / rows` value rows (`stride` apart in `values`, `hd` wide). `out` is
-    /// overwritten. Decoding's three queries per KV head, where a general product's packing and
-    /// dispatch cost more than the arithmetic.
+    /// Attention's weighted values for a few queries, reading each value row once per block of
+    /// up to [`VALUE_ROWS`] queries: `out[i] = Σ_j probs[i * n + j] · values[j]` for the
+    /// `out.len() / hd` query rows and the `n = probs.len() / rows` value rows (`stride` apart in
+    /// `values`, `hd` wide). `out` is overwritten. Decoding's three queries per KV head, where a
+    /// general product's packing and dispatch cost more than the arithmetic. The sums of a
+    /// block's `VALUE_LANES` columns stay in registers across all `n` value rows (accumulating in
+    /// `out` itself made every multiply-add a store and a reload: a third of decoding's attention).
     pub fn weighted_value_sums(probs: &[f32], values: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
         let m = out.len() / hd;
         let n = probs.len() / m.max(1);
-        out.fill(0.0);
+        let mut i = 0;
+        while i < m {
+            let rows = (m - i).min(VALUE_ROWS);
+            match rows {
+                1 => value_block::<1>(probs, n, i, values, stride, hd, out),
+                2 => value_block::<2>(probs, n, i, values, stride, hd, out),
+                _ => value_block::<VALUE_ROWS>(probs, n, i, values, stride, hd, out),
+            }
+            i += rows;
+        }
+    }
+}
+
+/// Query rows whose sums [`weighted_value_sums`] keeps in registers at once: 3 × 32 columns is
+/// 6 AVX-512 or 12 AVX2 registers of accumulators.
+const VALUE_ROWS: usize = 3;
+
+/// Columns of a block of [`weighted_value_sums`].
+const VALUE_LANES: usize = 32;
+
+/// How many value rows ahead [`weighted_value_sums`] asks for the next rows' cache lines.
+const PREFETCH_ROWS: usize = 8;
+
+/// A hint to load the cache lines of `values[at..at + VALUE_LANES]` (nothing past the end).
+#[inline(always)]
+fn prefetch(values: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at + VALUE_LANES <= values.len() {
+        // SAFETY: in bounds (checked above); a prefetch has no other effect.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().add(at) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().add(at + 16) as *const i8);
+        }
+    }
+}
+
+/// Query rows `i0..i0 + R` of [`weighted_value_sums`]: `VALUE_LANES` columns at a time, then
+/// the last `hd % VALUE_LANES` columns one by one.
+#[inline(always)]
+fn value_block<const R: usize>(probs: &[f32], n: usize, i0: usize, values: &[f32], stride: usize, hd: usize, out: &mut [f32]) {
+    let probs: [&[f32]; R] = std::array::from_fn(|r| &probs[(i0 + r) * n..][..n]);
+    let mut c0 = 0;
+    while c0 + VALUE_LANES <= hd {
+        let mut sums = [[0.0f32; VALUE_LANES]; R];
         for j in 0..n {
-            let value = &values[j * stride..][..hd];
-            for (i, row) in out.chunks_exact_mut(hd).enumerate() {
-                let p = probs[i * n + j];
-                for (o, v) in row.iter_mut().zip(value) {
-                    *o += p * v;
+            prefetch(values, (j + PREFETCH_ROWS) * stride + c0);
+            let value: &[f32; VALUE_LANES] = values[j * stride + c0..][..VALUE_LANES].try_into().expect("VALUE_LANES values");
+            for (sums, probs) in sums.iter_mut().zip(&probs) {
+                let p = probs[j];
+                for (s, v) in sums.iter_mut().zip(value) {
+                    *s += p * v;
                 }
             }
         }
+        for (r, sums) in sums.iter().enumerate() {
+            out[(i0 + r) * hd + c0..][..VALUE_LANES].copy_from_slice(sums);
+        }
+        c0 += VALUE_LANES;
+    }
+    for c in c0..hd {
+        for (r, probs) in probs.iter().enumerate() {
+            out[(i0 + r) * hd + c] = (0..n).fold(0.0, |s, j| s + probs[j] * values[j * stride + c]);
+        }
+    }
+}
+
+widest_simd! {
+    /// `x ← softmax(x)` in place over a row whose hidden slots hold `-inf` (they get exactly 0)
+    /// and at least one finite value: sixteen lanes of partial maxima and sums, so every loop
+    /// vectorises (a serial sum is a chain of dependent additions).
+    pub fn softmax_in_place(x: &mut [f32]) {
+        const LANES: usize = 16;
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        let mut chunks = x.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (m, &v) in lane_max.iter_mut().zip(chunk) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let max = lane_max.iter().chain(chunks.remainder()).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        let mut lane_sum = [0.0f32; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (s, v) in lane_sum.iter_mut().zip(chunk) {
+                *v = if *v == f32::NEG_INFINITY { 0.0 } else { exp(*v - max) };
+                *s += *v;
+            }
+        }
+        let mut sum = 0.0;
+        for v in chunks.into_remainder() {
+            *v = if *v == f32::NEG_INFINITY { 0.0 } else { exp(*v - max) };
+            sum += *v;
+        }
+        let inverse = 1.0 / (lane_sum.iter().sum::<f32>() + sum);
+        x.iter_mut().for_each(|p| *p *= inverse);
     }
 }
 
@@ -187,27 +266,36 @@ mod tests {
         assert!(exp(1000.0).is_finite() && exp(0.0) == 1.0);
     }
 
-    /// Every SIMD version agrees with the scalar formula (each CPU runs its widest one here).
+    /// Against f64 on rows shorter than, equal to and across the 16 lanes, hidden slots (`-inf`)
+    /// in the lanes and in the remainder, the maximum in the remainder.
     #[test]
-    fn softmax_numerators_match_the_formula() {
-        let scores = [0.5f32, f32::NEG_INFINITY, -3.0, 2.0, f32::NEG_INFINITY, 1.25];
-        let max = 2.0;
-        let mut probs = scores;
-        exp_shifted(&mut probs, max);
-        for (p, s) in probs.iter().zip(&scores) {
-            let want = if *s == f32::NEG_INFINITY { 0.0 } else { ((*s - max) as f64).exp() };
-            assert!((*p as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{p} vs {want}");
+    fn softmax_in_place_matches_f64_and_zeroes_hidden_slots() {
+        for len in [1usize, 6, 16, 37] {
+            let scores: Vec<f32> = (0..len)
+                .map(|i| if i % 5 == 1 { f32::NEG_INFINITY } else { ((i * 7919) % 101) as f32 * 0.13 - 6.0 + if i == 35 { 9.0 } else { 0.0 } })
+                .collect();
+            let max = scores.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let total: f64 = scores.iter().map(|&v| (v as f64 - max).exp()).sum();
+            let mut probs = scores.clone();
+            softmax_in_place(&mut probs);
+            for (p, s) in probs.iter().zip(&scores) {
+                let want = (*s as f64 - max).exp() / total;
+                assert!((*p as f64 - want).abs() <= 1e-6 * want.max(1e-30), "len {len}: {p} vs {want}");
+                if *s == f32::NEG_INFINITY {
+                    assert_eq!(*p, 0.0, "hidden slots weigh exactly 0");
+                }
+            }
         }
-        assert!(probs[1] == 0.0 && probs[4] == 0.0, "hidden slots weigh exactly 0");
     }
 
-    /// Against f64 sums, for widths below, at and across the 16 lanes (3, 16, 20, 64), value
+    /// Against f64 sums, for widths below, at and across 16 and 32 columns (3 to 96), value
     /// rows `stride` apart with unread floats between them (NaN, so a read of them would show),
-    /// and 1, 3 or 6 queries.
+    /// and 1 to 6 queries (blocks of 3, 2 and 1), widths of one and several 32-column blocks with
+    /// or without a remainder.
     #[test]
     fn weighted_value_sums_match_f64() {
         let value = |i: usize| ((i * 7919 % 263) as f32 - 131.0) / 97.0;
-        for &(hd, m, n) in &[(3, 1, 5), (16, 6, 33), (20, 3, 17), (64, 6, 150), (64, 1, 1)] {
+        for &(hd, m, n) in &[(3, 1, 5), (16, 6, 33), (20, 3, 17), (64, 6, 150), (64, 1, 1), (64, 2, 40), (96, 4, 9), (40, 5, 3)] {
             let stride = hd + 5;
             let rows: Vec<f32> = (0..n * stride).map(|i| if i % stride < hd { value(i) } else { f32::NAN }).collect();
             let probs: Vec<f32> = (0..m * n).map(|i| value(i + 5000).abs()).collect();
