@@ -342,8 +342,9 @@ pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape:
     let ptr = SendPtr(out.as_mut_ptr());
     // One task per (row, KV head, block of queries): the block's `groups * n` queries (position
     // by position, a position's heads side by side as they lie in `q`) get their scores against
-    // the slots they can see (up to the block's last query) in one product, a softmax over the
-    // visible slots, and the weighted values in a second product.
+    // the slots they can see (up to the block's last query), a softmax over the visible slots,
+    // and the weighted values: two general products, or for a few queries ([`FEW_QUERIES`]) the
+    // dot-product kernel and one pass over the value rows.
     let task = |(row, kvh, i0): (usize, usize, usize)| {
         #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its raw-pointer field
         let ptr = ptr;
@@ -356,21 +357,22 @@ pub(crate) fn attention_values(q: &[f32], k: &Kv, v: &Kv, valid: &[bool], shape:
             qbuf.extend_from_slice(&q[at(i)..][..width]);
         }
         let mut probs = vec![0.0f32; queries * seen];
-        let (keys, stride) = k.rows(row, kvh, seen);
-        if queries <= FEW_QUERIES {
-            crate::cpu::dot_products(&qbuf, hd, queries, keys, stride, hd, seen, SendPtr(probs.as_mut_ptr()), 1);
-        } else {
-            let keys_t = MatRef::new(keys, hd, seen, 1, stride).expect("keys in bounds");
-            crate::cpu::matmul_here(&mut probs, MatRef::row_major(&qbuf, queries, hd).expect("queries in bounds"), keys_t, false);
-        }
-        for (query, scores) in probs.chunks_exact_mut(seen).enumerate() {
-            shape.softmax_of_visible(scores, valid, row, i0 + query / groups);
-        }
-        let (values, value_stride) = v.rows(row, kvh, seen);
         let mut block = vec![0.0f32; queries * hd];
+        let (keys, key_stride) = k.rows(row, kvh, seen);
+        let (values, value_stride) = v.rows(row, kvh, seen);
+        let softmax = |probs: &mut [f32]| {
+            for (query, scores) in probs.chunks_exact_mut(seen).enumerate() {
+                shape.softmax_of_visible(scores, valid, row, i0 + query / groups);
+            }
+        };
         if queries <= FEW_QUERIES {
+            crate::cpu::dot_products(&qbuf, hd, queries, keys, key_stride, hd, seen, SendPtr(probs.as_mut_ptr()), 1);
+            softmax(&mut probs);
             simd::weighted_value_sums(&probs, values, value_stride, hd, &mut block);
         } else {
+            let keys_t = MatRef::new(keys, hd, seen, 1, key_stride).expect("keys in bounds");
+            crate::cpu::matmul_here(&mut probs, MatRef::row_major(&qbuf, queries, hd).expect("queries in bounds"), keys_t, false);
+            softmax(&mut probs);
             let values = MatRef::new(values, seen, hd, value_stride, 1).expect("values in bounds");
             crate::cpu::matmul_here(&mut block, MatRef::row_major(&probs, queries, seen).expect("probabilities in bounds"), values, false);
         }
