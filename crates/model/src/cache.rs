@@ -184,7 +184,7 @@ impl<B: Backend> KvCache<B> {
 /// Leading slots invalid in every row of `valid` (`[rows, slots]`).
 fn leading_unused_slots<B: Backend>(valid: &Tensor<B, 2, Bool>) -> usize {
     let [rows, slots] = valid.dims();
-    let flags: Vec<bool> = valid.clone().into_data().to_vec().unwrap_or_default();
+    let flags = iapt_kernels::host::bool_values(valid).unwrap_or_default();
     if flags.len() != rows * slots {
         return 0;
     }

@@ -143,7 +143,7 @@ fn instruction_span<B: Backend>(hidden: Tensor<B, 3>, instruction: Tensor<B, 2, 
         return (hidden, instruction);
     }
     let [_, n] = instruction.dims();
-    let Ok(mask) = instruction.to_data().to_vec::<bool>() else { return (hidden, instruction) };
+    let Some(mask) = iapt_kernels::host::bool_values(&instruction) else { return (hidden, instruction) };
     let used = |j: &usize| mask.iter().skip(*j).step_by(n.max(1)).any(|&m| m);
     let (Some(lo), Some(hi)) = ((0..n).find(used), (0..n).rev().find(used)) else { return (hidden, instruction) };
     if lo == 0 && hi == n - 1 {
