@@ -28,6 +28,10 @@ pub const WIDTH: usize = 32;
 /// fill 27 of the 32 vector registers.
 pub const ROWS: usize = 12;
 
+/// How many steps along `k` ahead the micro-kernel asks for its panel's next lines (16 steps:
+/// 2 KB).
+const PREFETCH_STEPS: usize = 16;
+
 /// A `[k, n]` weight as `n.div_ceil(WIDTH)` panels of `[k][WIDTH]` (the last one zero-padded).
 pub(crate) struct Panels {
     data: Vec<f32>,
@@ -164,7 +168,7 @@ pub(crate) fn matmul(a: MatRef<'_>, w: &Panels, out: pool::SendPtr<f32>, len: us
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ROWS, WIDTH};
+    use super::{PREFETCH_STEPS, ROWS, WIDTH};
     use std::arch::x86_64::*;
 
     /// `R` rows of `a` (from `a`, `lda` apart) times one panel into `tile` (`R x WIDTH`).
@@ -173,6 +177,10 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let w = panel.as_ptr();
         for p in 0..k {
+            // The panel streams from L2 (a 576-deep one is 72 KB); without this the loop waited
+            // on its first load in ~12% of a prefill's samples (perf annotate).
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((p + PREFETCH_STEPS) * WIDTH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add((p + PREFETCH_STEPS) * WIDTH + 16) as *const i8);
             let w0 = _mm512_loadu_ps(w.add(p * WIDTH));
             let w1 = _mm512_loadu_ps(w.add(p * WIDTH + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
