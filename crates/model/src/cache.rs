@@ -58,7 +58,7 @@ impl<B: Backend> LayerSlots<B> {
     fn placed(keys: Tensor<B, 4>, values: Tensor<B, 4>, valid: Tensor<B, 2, Bool>, capacity: usize) -> Self {
         let [b, heads, len, hd] = keys.dims();
         let device = keys.device();
-        let place = |t: Tensor<B, 4>| Tensor::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..len, 0..hd], t);
+        let place = |t: Tensor<B, 4>| iapt_kernels::host::zeros([b, heads, capacity, hd], &device).slice_assign([0..b, 0..heads, 0..len, 0..hd], t);
         let valid = Tensor::<B, 2, Bool>::full([b, capacity], false, &device).slice_assign([0..b, 0..len], valid);
         Self { filled: LayerKv { keys: place(keys), values: place(values), valid, len }, len }
     }
@@ -207,7 +207,7 @@ impl<B: Backend> LayerSlots<B> {
         let capacity = (len + SPARE_SLOTS).next_multiple_of(64);
         let device = a.filled.keys.device();
         let place = |pick: fn(&LayerKv<B>) -> &Tensor<B, 4>| {
-            let buffer = Tensor::zeros([rows, heads, capacity, hd], &device);
+            let buffer = iapt_kernels::host::zeros([rows, heads, capacity, hd], &device);
             let buffer = buffer.slice_assign([0..ra, 0..heads, len - a.len..len, 0..hd], pick(&a.filled).clone().narrow(2, 0, a.len));
             buffer.slice_assign([ra..rows, 0..heads, len - b.len..len, 0..hd], pick(&b.filled).clone().narrow(2, 0, b.len))
         };
