@@ -250,12 +250,13 @@ impl<I: Backend> Backward<I, 2> for SwigluBackward {
         let SwigluState { shape, gate, up } = ops.state;
         gate.read(|gate| {
             up.read(|up| {
-                // One input's gradient from the output's (a copy written over), over pieces of
-                // the flat tensors.
-                let pieces = |grad: I::FloatTensorPrimitive, f: &(dyn Fn(&mut [f32], usize) + Sync)| {
-                    let mut d = gradient::<I>(&grad);
-                    pool::for_each_chunk_mut(&mut d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| f(d, i * PIECE));
-                    primitive::<I>(d, &shape)
+                // One input's gradient written over the output's, over pieces of the flat
+                // tensors: the first input's over a copy (both share the output's gradient),
+                // the second's in place once the first let go of it.
+                let pieces = |mut grad: I::FloatTensorPrimitive, f: &(dyn Fn(&mut [f32], usize) + Sync)| {
+                    update_values::<I, _>(&mut grad, &shape, |d| pool::for_each_chunk_mut(d, PIECE, gate.len() >= PARALLEL_ELEMENTS, |i, d| f(d, i * PIECE)))
+                        .expect("a CPU backend's gradient is readable");
+                    grad
                 };
                 binary::<I, _, _>(
                     ops.parents,
