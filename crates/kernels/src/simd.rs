@@ -80,6 +80,18 @@ widest_simd! {
 }
 
 widest_simd! {
+    /// Both gradients through `silu(gate) · up` in one pass (one sigmoid per element): `d_up ←
+    /// d · silu(gate)`, then `d` as in [`silu_mul_gate_grad`], `d` holding the output's on entry.
+    pub fn silu_mul_grads(d: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32]) {
+        for (((d, du), g), u) in d.iter_mut().zip(d_up.iter_mut()).zip(gate).zip(up) {
+            let s = sigmoid(*g);
+            *du = *d * g * s;
+            *d = *d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
+widest_simd! {
     /// `d ← d · silu(gate)`: `up`'s gradient through `silu(gate) · up`.
     pub fn silu_mul_up_grad(d: &mut [f32], gate: &[f32]) {
         for (d, g) in d.iter_mut().zip(gate) {

@@ -91,6 +91,26 @@ fn swiglu_gradients<B: AutodiffBackend>() {
     let inputs = [tracked::<B, 3>([25, 4, 1000], 3.0), tracked::<B, 3>([25, 4, 1000], 1.0)];
     let strided = |x: &Tensor<B, 3>| x.clone().swap_dims(0, 1);
     compare(&inputs, |x| swiglu(&strided(&x[0]), &strided(&x[1])), |x| silu(strided(&x[0])) * strided(&x[1]), "swiglu, parallel and strided");
+    // Only one input takes gradients (the backward computes both in one pass when it can).
+    for tracked_input in 0..2 {
+        let device = Default::default();
+        let make = |i: usize, std: f64| {
+            let t = Tensor::<B, 3>::random([3, 4, 40], Distribution::Normal(0.0, std), &device);
+            if i == tracked_input {
+                t.require_grad()
+            } else {
+                t
+            }
+        };
+        let (gate, up) = (make(0, 3.0), make(1, 1.0));
+        let w = Tensor::<B, 3>::random([3, 4, 40], Distribution::Normal(0.0, 1.0), &device);
+        let got = weighted_sum(swiglu(&gate, &up).expect("the fused kernel"), &w).backward();
+        let want = weighted_sum(silu(gate.clone()) * up.clone(), &w).backward();
+        let x = [&gate, &up][tracked_input];
+        let what = format!("swiglu, only input {tracked_input} tracked");
+        assert_close(&host(&x.grad(&got).expect(&what)), &host(&x.grad(&want).unwrap()), 1e-3, &what);
+        assert!([&gate, &up][1 - tracked_input].grad(&got).is_none(), "{what}: the constant got a gradient");
+    }
 }
 
 fn rope_gradients<B: AutodiffBackend>() {
