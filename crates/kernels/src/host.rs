@@ -264,6 +264,9 @@ pub fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) 
 #[cfg(test)]
 mod tests {
     use super::{primitive_from_vec, with_unique_values_mut, HostView};
+    use burn_flex::FlexTensor;
+    use burn_ndarray::NdArrayTensor;
+    use std::borrow::Cow;
 
     /// The same tensor as burn's `zeros`: shape, dtype and values, on every CPU backend.
     #[test]
@@ -281,9 +284,6 @@ mod tests {
         check::<burn::backend::Autodiff<burn_ndarray::NdArray>>();
         check::<burn::backend::Autodiff<burn_flex::Flex>>();
     }
-    use burn_flex::FlexTensor;
-    use burn_ndarray::NdArrayTensor;
-    use std::borrow::Cow;
 
     /// The flags in row-major order whether read in place (row-major ndarray) or through
     /// `into_data` (a transposed view; the flex backend), on a pattern that tells rows apart.
