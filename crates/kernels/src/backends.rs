@@ -117,40 +117,41 @@ pub const ROW_PADDING: usize = 16;
 /// A frozen `[rows, cols]` weight from row-major `values`: on the CPU backends the kernels
 /// run, stored with rows [`ROW_PADDING`] floats longer than `cols` and viewed without the
 /// padding (the same values, shape and results for every op; only the products' speed
-/// differs); elsewhere a plain tensor.
+/// differs), from a 2 MB boundary in 2 MB pages where [`crate::huge_pages`] places it; elsewhere
+/// a plain tensor.
 pub fn frozen_weight<B: Backend>(values: Vec<f32>, rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
     assert_eq!(values.len(), rows * cols, "frozen_weight: {} values for [{rows}, {cols}]", values.len());
-    if !crate::enabled() || rows == 0 || cols == 0 {
+    if !crate::enabled() || !supported::<B>() || rows == 0 || cols == 0 {
         return Tensor::from_data(burn::tensor::TensorData::new(values, [rows, cols]), device);
     }
+    // Rows `stride` floats apart from `offset` on in `buffer` (2 MB pages: crate::huge_pages).
     let stride = cols + ROW_PADDING;
-    let mut padded = vec![0.0f32; rows * stride];
-    for (dst, src) in padded.chunks_exact_mut(stride).zip(values.chunks_exact(cols)) {
+    let len = rows * stride;
+    let (mut buffer, offset) = crate::huge_pages::buffer(len);
+    for (dst, src) in buffer[offset..offset + len].chunks_exact_mut(stride).zip(values.chunks_exact(cols)) {
         dst[..cols].copy_from_slice(src);
+        dst[cols..].fill(0.0);
     }
-    // burn-ndarray's slice copies the view it cuts, so its tensor is built on the sliced array
-    // itself; flex slices without copying.
+    drop(values);
+    // The tensor is a view of the buffer (no copy): burn-ndarray's slice would copy the view it
+    // cuts, so its tensor is built on the sliced array itself; flex's on a layout.
     let ndarray = TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<NdArrayTensor>();
     if ndarray || TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>() {
-        let array = ndarray::Array2::from_shape_vec((rows, stride), padded).expect("padded shape").into_shared();
+        let array = ndarray::Array1::from_vec(buffer).into_shared().slice_move(ndarray::s![offset..offset + len]);
+        let array = array.into_shape_with_order((rows, stride)).expect("a contiguous buffer of rows x stride floats");
         let inner = NdArrayTensor::from(array.slice_move(ndarray::s![.., ..cols]).into_dyn());
         register_panels(&inner);
         let primitive = if ndarray { cast(inner) } else { cast(AutodiffPrimitive::<NdArrayCpu>::new(inner)) };
         return Tensor::from_primitive(TensorPrimitive::Float(primitive.expect("the backend's own tensor type")));
     }
-    if supported::<B>() {
-        let weight = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(padded, [rows, stride]), device).slice([0..rows, 0..cols]);
-        let primitive = weight.clone().into_primitive().tensor();
-        if TypeId::of::<B>() == TypeId::of::<FlexAutodiff>() {
-            if let Some(p) = cast::<_, AutodiffPrimitive<Flex>>(primitive) {
-                register_panels(&p.primitive);
-            }
-        } else if let Some(p) = cast::<_, FlexTensor>(primitive) {
-            register_panels(&p);
-        }
-        return weight;
-    }
-    Tensor::from_data(burn::tensor::TensorData::new(values, [rows, cols]), device)
+    // Flex, or autodiff over it (`supported` above).
+    let whole = buffer.len();
+    let layout = burn_flex::Layout::new(burn::tensor::Shape::new([rows, cols]), vec![stride as isize, 1], offset);
+    let inner = FlexTensor::from_data(burn::tensor::TensorData::new(buffer, [whole])).with_layout(layout);
+    register_panels(&inner);
+    let flex = TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>();
+    let primitive = if flex { cast(inner) } else { cast(AutodiffPrimitive::<Flex>::new(inner)) };
+    Tensor::from_primitive(TensorPrimitive::Float(primitive.expect("the backend's own tensor type")))
 }
 
 /// Pack a frozen `[out, in]` weight (an inference backend's own tensor) into panels for the

@@ -27,6 +27,7 @@ pub mod cpu;
 pub mod fused;
 mod grad;
 pub mod host;
+mod huge_pages;
 pub mod low_rank;
 pub mod panels;
 pub mod pool;

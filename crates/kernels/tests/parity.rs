@@ -59,9 +59,8 @@ fn cases<B: Backend>(device: &B::Device) -> Vec<(Tensor<B, 2>, Tensor<B, 2>, Str
 
 /// `frozen_weight` holds the values it was given, in rows stored `ROW_PADDING` floats apart on
 /// the inference backends (on autodiff the same values; the inner tensor is the same kind).
-fn padded_weight_holds_its_values<B: Backend>() {
+fn padded_weight_holds_its_values<B: Backend>(rows: usize, cols: usize) {
     let device = B::Device::default();
-    let (rows, cols) = (5, 37);
     let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
     let w = frozen_weight::<B>(values.clone(), rows, cols, &device);
     assert_eq!(w.dims(), [rows, cols]);
@@ -77,13 +76,30 @@ fn padded_weight_holds_its_values<B: Backend>() {
 
 #[test]
 fn padded_weights_hold_their_values_on_every_cpu_backend() {
-    padded_weight_holds_its_values::<NdArray>();
-    padded_weight_holds_its_values::<Flex>();
-    padded_weight_holds_its_values::<Autodiff<NdArray>>();
-    padded_weight_holds_its_values::<Autodiff<Flex>>();
+    // Small, and large enough (1.2 MB) to be placed in 2 MB pages on Linux.
+    for (rows, cols) in [(5, 37), (600, 501)] {
+        padded_weight_holds_its_values::<NdArray>(rows, cols);
+        padded_weight_holds_its_values::<Flex>(rows, cols);
+        padded_weight_holds_its_values::<Autodiff<NdArray>>(rows, cols);
+        padded_weight_holds_its_values::<Autodiff<Flex>>(rows, cols);
+    }
     // The strides are checked where a view can be read: make sure that is the case for both.
     assert!(iapt_kernels::host::with_view(&frozen_weight::<NdArray>(vec![1.0; 4], 2, 2, &Default::default()), |v| v.strides.clone()).is_some());
     assert!(iapt_kernels::host::with_view(&frozen_weight::<Flex>(vec![1.0; 4], 2, 2, &Default::default()), |v| v.strides.clone()).is_some());
+}
+
+/// On Linux a weight of a megabyte or more starts on a 2 MB boundary (its huge pages), unless
+/// `IAPT_HUGE_PAGES=off`; smaller ones wherever the allocator put them.
+#[cfg(target_os = "linux")]
+#[test]
+fn large_frozen_weights_start_on_a_huge_page() {
+    let huge = !matches!(std::env::var("IAPT_HUGE_PAGES").as_deref(), Ok("off" | "0" | "false"));
+    let on_huge_page = |address: Option<usize>| address.expect("a weight readable in place").is_multiple_of(2 << 20);
+    let values = vec![0.25f32; 600 * 501];
+    let ndarray = frozen_weight::<NdArray>(values.clone(), 600, 501, &Default::default());
+    let flex = frozen_weight::<Flex>(values, 600, 501, &Default::default());
+    assert_eq!(on_huge_page(iapt_kernels::host::with_view(&ndarray, |v| v.data.as_ptr() as usize)), huge, "ndarray");
+    assert_eq!(on_huge_page(iapt_kernels::host::with_view(&flex, |v| v.data.as_ptr() as usize)), huge, "flex");
 }
 
 fn forward_matches<B: Backend>() {
