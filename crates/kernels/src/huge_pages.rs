@@ -15,10 +15,12 @@
 //! Linux the buffer is a plain one.
 
 /// A transparent huge page (x86-64 and arm64 with 4 KB base pages).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Weights from this size on are placed in huge pages: SmolLM2's attention and MLP projections
 /// (1.4–3.6 MB) and its embedding; its key and value projections (0.45 MB) are not.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const MIN_BYTES: usize = 1 << 20;
 
 /// A buffer with room for `len` floats from `offset` on (the rest is never read); on Linux, for
@@ -37,21 +39,28 @@ pub(crate) fn buffer(len: usize) -> (Vec<f32>, usize) {
 mod linux {
     use super::HUGE_PAGE;
 
+    /// The base page this placement is for: 2 MB pages are made of 4 KB ones (with 16 or 64 KB
+    /// base pages the huge page is larger, and the ranges below would not be whole pages).
     const PAGE: usize = 4096;
 
     pub(super) fn buffer(len: usize) -> (Vec<f32>, usize) {
+        // SAFETY: sysconf only reads a system setting.
+        if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != PAGE as libc::c_long {
+            return (vec![0.0; len], 0);
+        }
         let span = (len * 4).next_multiple_of(HUGE_PAGE);
         // Zeroed, so the allocator maps fresh pages for it where it can and nothing is touched.
-        let buffer = vec![0.0f32; (span + HUGE_PAGE) / 4];
-        let base = buffer.as_ptr() as usize;
+        let mut buffer = vec![0.0f32; (span + HUGE_PAGE) / 4];
+        let base = buffer.as_mut_ptr() as usize;
         let start = base.next_multiple_of(HUGE_PAGE);
         let (first, end) = (base.next_multiple_of(PAGE), (base + buffer.len() * 4) & !(PAGE - 1));
-        // SAFETY: both ranges are whole pages inside `buffer`'s allocation, which this function
-        // owns. MADV_DONTNEED releases any pages the allocator touched (memory it reused, which
-        // calloc clears by writing), so the buffer's slack holds no memory and its aligned span
-        // faults in afresh, as huge pages; pages read after it hold zeros (private anonymous
-        // memory) or, from an exotic allocator, whatever they held: any bit pattern is an f32,
-        // and the caller writes every float it reads. Failures only leave 4 KB pages.
+        // SAFETY: both ranges are whole base pages (4 KB, checked above) inside `buffer`'s
+        // allocation, which this function owns. MADV_DONTNEED releases any pages the allocator
+        // touched (memory it reused, which calloc clears by writing), so the buffer's slack
+        // holds no memory and its aligned span faults in afresh, as huge pages; pages read after
+        // it hold zeros (private anonymous memory) or, from an exotic allocator, whatever they
+        // held: any bit pattern is an f32, and the caller writes every float it reads. Failures
+        // only leave 4 KB pages.
         unsafe {
             libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
             libc::madvise(start as *mut libc::c_void, span, libc::MADV_HUGEPAGE);
@@ -72,7 +81,8 @@ mod tests {
         }
     }
 
-    #[cfg(target_os = "linux")]
+    /// x86-64 Linux always has 4 KB base pages, which this placement is for.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     #[test]
     fn large_buffers_start_on_a_huge_page_and_end_on_one() {
         for len in [MIN_BYTES / 4, HUGE_PAGE / 4, 3 * HUGE_PAGE / 4 + 5] {

@@ -88,18 +88,21 @@ fn padded_weights_hold_their_values_on_every_cpu_backend() {
     assert!(iapt_kernels::host::with_view(&frozen_weight::<Flex>(vec![1.0; 4], 2, 2, &Default::default()), |v| v.strides.clone()).is_some());
 }
 
-/// On Linux a weight of a megabyte or more starts on a 2 MB boundary (its huge pages), unless
-/// `IAPT_HUGE_PAGES=off`; smaller ones wherever the allocator put them.
-#[cfg(target_os = "linux")]
+/// On Linux with 4 KB base pages (always so on x86-64) a weight of a megabyte or more starts on a
+/// 2 MB boundary, the start of its huge pages.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn large_frozen_weights_start_on_a_huge_page() {
-    let huge = !matches!(std::env::var("IAPT_HUGE_PAGES").as_deref(), Ok("off" | "0" | "false"));
+    assert!(
+        !matches!(std::env::var("IAPT_HUGE_PAGES").as_deref(), Ok("off" | "0" | "false")),
+        "this test checks the 2 MB placement that IAPT_HUGE_PAGES=off turns off: run it without that setting"
+    );
     let on_huge_page = |address: Option<usize>| address.expect("a weight readable in place").is_multiple_of(2 << 20);
     let values = vec![0.25f32; 600 * 501];
     let ndarray = frozen_weight::<NdArray>(values.clone(), 600, 501, &Default::default());
     let flex = frozen_weight::<Flex>(values, 600, 501, &Default::default());
-    assert_eq!(on_huge_page(iapt_kernels::host::with_view(&ndarray, |v| v.data.as_ptr() as usize)), huge, "ndarray");
-    assert_eq!(on_huge_page(iapt_kernels::host::with_view(&flex, |v| v.data.as_ptr() as usize)), huge, "flex");
+    assert!(on_huge_page(iapt_kernels::host::with_view(&ndarray, |v| v.data.as_ptr() as usize)), "ndarray");
+    assert!(on_huge_page(iapt_kernels::host::with_view(&flex, |v| v.data.as_ptr() as usize)), "flex");
 }
 
 fn forward_matches<B: Backend>() {
