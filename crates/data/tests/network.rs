@@ -142,7 +142,11 @@ fn network_real_tokenizer_masks_builtin_tasks() {
     assert!(report.contains("[[") && report.contains("kept") && report.contains("fresh"));
     let report = iapt_data::show_task("siqa", &tok, Split::Dev, 1, EncodeConfig::default()).unwrap();
     eprintln!("{report}");
-    assert!(report.contains("Options:") && report.contains("choices [\"A\", \"B\", \"C\"]"), "{report}");
+    // Cloze-style: the question alone; the class is a letter, the choices the example's own three options.
+    assert!(report.contains("Question:") && !report.contains("Options:"), "{report}");
+    let label = report.lines().find(|l| l.starts_with("label ")).expect("a label line");
+    assert!(["label A ", "label B ", "label C "].iter().any(|p| label.starts_with(p)), "{label}");
+    assert!(label.matches("\", \"").count() == 2 && !label.contains("[\"A\""), "{label}");
     let report = iapt_data::show_task("gsm8k", &tok, Split::Dev, 1, EncodeConfig::default()).unwrap();
     eprintln!("{report}");
 }

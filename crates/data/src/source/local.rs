@@ -103,7 +103,7 @@ pub fn read_classification(path: &Path, labels: Option<&[String]>) -> Result<Vec
             Ok(RawExample {
                 place,
                 content: Content::Text { instruction: String::new(), input: input.trim().to_string() },
-                target: Target { class: Some(ClassTarget { label, choices: None }), text: None },
+                target: Target { class: Some(ClassTarget { label, choices: None, answers: None }), text: None },
             })
         })
         .collect()

@@ -23,6 +23,7 @@ use crate::error::DataError;
 use crate::error::Place;
 use iapt_model::ChatMessage;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -191,6 +192,10 @@ impl MatchRule {
 pub struct ClassTarget {
     pub label: String,
     pub choices: Option<Vec<String>>,
+    /// The example's own answer text for each label (a multiple-choice option's text under its
+    /// letter): what is trained on and scored in place of the task's verbalizer. `None`: the
+    /// verbalizer's text (or the label itself).
+    pub answers: Option<BTreeMap<String, String>>,
 }
 
 /// One example as read from a source.

@@ -55,7 +55,7 @@ fn read_csv(path: &Path, text: &str) -> Result<Vec<RawExample>, DataError> {
         out.push(RawExample {
             place,
             content: Content::Text { instruction: String::new(), input },
-            target: Target { class: Some(ClassTarget { label, choices: None }), text: None },
+            target: Target { class: Some(ClassTarget { label, choices: None, answers: None }), text: None },
         });
     }
     Ok(out)
