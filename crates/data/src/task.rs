@@ -370,7 +370,6 @@ pub fn label_counts(examples: &[Example]) -> BTreeMap<String, usize> {
     counts
 }
 
-/// The text duplicates are detected on, and ids hashed from.
 /// What makes an example itself (its id, and the key duplicates are found by): its content, and
 /// for a multiple-choice example its options too (one PIQA goal comes with different pairs of
 /// solutions, which are different questions).
@@ -385,6 +384,7 @@ fn example_key(r: &RawExample) -> String {
     }
 }
 
+/// An example's content as one text: [`example_key`] without the options.
 fn content_key(content: &Content) -> String {
     match content {
         Content::Text { instruction, input } if instruction.is_empty() => input.clone(),
