@@ -254,5 +254,16 @@ fn compare_trains_two_methods_and_tabulates_them() {
     let (again, log) = compare();
     assert_eq!(log.matches("finished earlier").count(), 2, "{log}");
     assert_eq!(again, markdown, "a rerun tabulates the same runs");
+
+    // A finished run whose recorded examples are not what its settings make now (a task
+    // redefined under the same name) is refused, not tabulated.
+    let inputs = out_dir.join("lora/seed-0/inputs.json");
+    let mut recorded: Value = serde_json::from_slice(&std::fs::read(&inputs).unwrap()).unwrap();
+    recorded["splits"]["test"]["sha256"] = Value::from("0".repeat(64));
+    std::fs::write(&inputs, recorded.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_iapt")).args(["compare", "--config"]).arg(&file).arg("--out-dir").arg(&out_dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a run made from other examples was reused: {stderr}");
+    assert!(stderr.contains("lora/seed-0") && stderr.contains("the test split") && stderr.contains("other inputs"), "{stderr}");
     let _ = std::fs::remove_dir_all(&root);
 }

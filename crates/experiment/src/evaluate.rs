@@ -1,6 +1,6 @@
-//! Task accuracy of the backbone, with or without a tuner: rank classification over the label
-//! verbalisations, or greedy generation judged by the task's exact-match rule (GSM8K: the final
-//! number).
+//! Task accuracy of the backbone, with or without a tuner: rank classification over each
+//! example's choices (the label verbalisations, or a multiple-choice example's own options), or
+//! greedy generation judged by the task's exact-match rule (GSM8K: the final number).
 
 use crate::run_config::EvalMethod;
 use anyhow::{anyhow, Result};
@@ -186,7 +186,9 @@ fn rank_classify<B: Backend>(model: &Llama<B>, hook: &dyn ModelHook<B>, pad_id: 
                 Answer::Class { label, choices, .. } => (*label, choices),
                 Answer::Text(_) => unreachable!("rank evaluation is only resolved for classification"),
             };
-            Prediction { id: e.id.clone(), prediction: choices[best].clone(), correct: best == label, choice_log_likelihoods: Some(s) }
+            // By text: two options with the same text (five SIQa questions have them) score alike,
+            // and picking either is the right answer, as generation would judge it.
+            Prediction { id: e.id.clone(), prediction: choices[best].clone(), correct: choices[best] == choices[label], choice_log_likelihoods: Some(s) }
         })
         .collect()
 }
@@ -323,6 +325,29 @@ mod tests {
                 assert_eq!(p.correct, matches!(e.answer, Answer::Class { label, .. } if label == best));
             }
         }
+    }
+
+    /// Two options with the same text score alike, and picking either is the right answer (rank
+    /// evaluation would otherwise count the tie's other index as wrong).
+    #[test]
+    fn options_with_the_same_text_are_the_same_answer() {
+        let device = Default::default();
+        let model = Llama::<NdArray>::random(&LlamaConfig::tiny(), &device);
+        let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // The third option, six tokens long, is far less likely than the two-token twins.
+        let example = |label: usize| EncodedExample {
+            choice_ids: vec![vec![9, 2], vec![9, 2], vec![10, 11, 12, 13, 14, 2]],
+            answer: Answer::Class { label, names: texts(&["A", "B", "C"]), choices: texts(&["same", "same", "other"]) },
+            ..class_example(vec![5, 6, 7], 0, vec![vec![9, 2]])
+        };
+        for label in [0, 1] {
+            let p = &rank_classify(&model, &NoHook, 0, &[example(label)], 1)[0];
+            let s = p.choice_log_likelihoods.as_ref().unwrap();
+            assert!(s[0] == s[1] && s[0] > s[2], "{s:?}");
+            assert!(p.correct && p.prediction == "same", "label {label}: {p:?}");
+        }
+        let p = &rank_classify(&model, &NoHook, 0, &[example(2)], 1)[0];
+        assert!(!p.correct);
     }
 
     /// A word-level tokenizer over the tiny model's vocabulary: token `i` is the word `t{i}`.

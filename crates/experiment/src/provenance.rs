@@ -4,6 +4,7 @@
 //! those names and silently mix two runs in one directory. `inputs.json` records a fingerprint
 //! of each, and a run directory is reused only when they match.
 
+use crate::run_config::RunConfig;
 use crate::task::PreparedTask;
 use anyhow::{bail, Context, Result};
 use iapt_data::{EncodedExample, Split};
@@ -15,6 +16,13 @@ use std::path::Path;
 
 /// The file beside `config.toml` that holds a run's [`RunInputs`].
 pub const INPUTS_FILE: &str = "inputs.json";
+
+/// The splits a run of `config` trains and is evaluated on: train, dev, and `eval.split`.
+pub fn run_splits(config: &RunConfig) -> Vec<Split> {
+    let mut splits = vec![Split::Train, Split::Dev, config.eval.split];
+    splits.dedup();
+    splits
+}
 
 /// Fingerprints of a run's model and examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +94,17 @@ impl RunInputs {
             );
         }
         Ok(())
+    }
+
+    /// What `config` makes of its model and task now, as `iapt train` records it (the model's
+    /// architecture from the checkpoint's header; no weight is read).
+    pub fn of_config(config: &RunConfig) -> Result<Self> {
+        let model_path = crate::model_source::resolve_model(&config.model.name)?;
+        let tokenizer = iapt_model::load_tokenizer(&model_path)?;
+        let splits = run_splits(config);
+        let task = crate::task::prepare_task(&config.data, &tokenizer, &splits)?;
+        let architecture = iapt_model::read_checkpoint_config(&model_path).with_context(|| format!("reading {}", model_path.display()))?;
+        Self::of(&model_path, &architecture, &task, &splits)
     }
 
     /// Write `run_dir/inputs.json` atomically.

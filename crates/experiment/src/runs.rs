@@ -78,8 +78,7 @@ pub fn train<B: Backend>(config: &RunConfig, model_path: &Path, device: B::Devic
     // Everything that can be refused is checked before the run directory is written to.
     let tokenizer = iapt_model::load_tokenizer(model_path)?;
     let split = config.eval.split;
-    let mut splits = vec![Split::Train, Split::Dev, split];
-    splits.dedup();
+    let splits = crate::provenance::run_splits(config);
     let task = prepare_task(&config.data, &tokenizer, &splits)?;
     eprintln!("task {}: train {} / dev {} / {} {} examples", task.spec.name, task.train.len(), task.dev.len(), split.name(), task.split(split).len());
     let backbone = iapt_model::load_llama_as::<Autodiff<B>>(model_path, &device, config.model.dtype.float())?;
