@@ -102,27 +102,27 @@ fn multiple_choice_example(obj: &Map<String, Value>, place: &Place) -> Result<(S
     let question = json::non_empty(obj, "question", place, "question")?;
     let options = json::non_empty(obj, "options", place, "options")?;
     let answer = json::non_empty(obj, "answer", place, "answer")?;
-    let mut letters = Vec::new();
+    // Each option's text by its letter (the map's keys are the letters, in order).
     let mut texts = BTreeMap::new();
     for line in options.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let letter =
             option_letter(line).ok_or_else(|| DataError::field(place.clone(), "options", format!("line {line:?} does not start with `<letter>. `")))?;
-        if letters.contains(&letter) {
+        if texts.contains_key(&letter) {
             return Err(DataError::field(place.clone(), "options", format!("option {letter} appears twice")));
         }
         let text = line[letter.len() + 1..].trim();
         if text.is_empty() {
             return Err(DataError::field(place.clone(), "options", format!("option {letter} has no text")));
         }
-        texts.insert(letter.clone(), text.to_string());
-        letters.push(letter);
+        texts.insert(letter, text.to_string());
     }
-    if letters.len() < 2 {
-        return Err(DataError::field(place.clone(), "options", format!("expected at least 2 lettered options, found {}", letters.len())));
+    if texts.len() < 2 {
+        return Err(DataError::field(place.clone(), "options", format!("expected at least 2 lettered options, found {}", texts.len())));
     }
-    let label = option_letter(answer.trim())
-        .filter(|l| letters.contains(l))
-        .ok_or_else(|| DataError::field(place.clone(), "answer", format!("{answer:?} does not name one of the options {}", letters.join(", "))))?;
+    let label = option_letter(answer.trim()).filter(|l| texts.contains_key(l)).ok_or_else(|| {
+        let letters: Vec<&str> = texts.keys().map(String::as_str).collect();
+        DataError::field(place.clone(), "answer", format!("{answer:?} does not name one of the options {}", letters.join(", ")))
+    })?;
     let mut input = String::new();
     if let Some(p) = passage {
         input.push_str(p.trim());
