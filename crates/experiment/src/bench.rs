@@ -15,6 +15,8 @@ pub struct GenerateBench {
     pub threads: usize,
     /// Whether the frozen products ran on `iapt-kernels`.
     pub kernels: bool,
+    /// Read once at start (best of 5 passes over 1 GiB); each row's bound uses the readings
+    /// taken beside its own repeats ([`GenerateRow::read_bandwidth_gb_per_s`]).
     pub read_bandwidth_gb_per_s: f64,
     pub weight_bytes_per_decode_step: usize,
     pub results: Vec<GenerateRow>,
@@ -30,7 +32,18 @@ pub struct GenerateRow {
     /// Each model measured, by name: `bare`, and the adapter's tuner tag when there is one.
     #[serde(flatten)]
     pub models: BTreeMap<String, GenerateSpeed>,
+    /// The memory's read bandwidth before the first repeat and after each one (best of
+    /// [`PROBE_PASSES`] passes each): repeat `r` ran between readings `r` and `r + 1`.
+    #[serde(default)]
+    pub read_bandwidth_gb_per_s: Vec<f64>,
+    /// The batch-1 bound times the batch, from the mean of the readings beside the repeats.
     pub decode_bandwidth_bound_tokens_per_s: f64,
+    /// Beside the same readings, the speed of streaming the matrices a decode step reads where
+    /// they lie (one job summing all of them; on the CPU backends whose tensors are read in
+    /// place): the bound for these weights in their own memory, which on a virtual machine can
+    /// be faster or slower than a fresh buffer's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights_read_gb_per_s: Vec<f64>,
     /// With an adapter: its decode steps/s ÷ the bare model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuned_decode_speed_vs_bare: Option<f64>,
@@ -46,7 +59,13 @@ pub struct GenerateSpeed {
     pub decode_tokens_per_s: f64,
     pub prefill_ms: f64,
     pub decode_ms_per_step: f64,
+    /// Decode steps run ÷ the steps the bound allows in the same time, each repeat's time
+    /// weighed by the bound read beside it (the mean of the readings before and after).
     pub decode_fraction_of_bandwidth_bound: f64,
+    /// The same against [`GenerateRow::weights_read_gb_per_s`]: decode steps ÷ the passes over
+    /// the matrices that streaming them alone makes in the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_fraction_of_weights_read: Option<f64>,
     /// With `--profile`: milliseconds per kind of work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<GenerateProfile>,
@@ -72,10 +91,12 @@ pub(crate) fn prompts(vocab: usize, rows: usize, len: usize, salt: usize) -> Vec
 /// it, interleaved with the bare runs so machine noise hits both alike, and the decode-speed and
 /// prefill-time ratios to the bare model are reported.
 ///
-/// It first measures this machine's memory read bandwidth: one decode step reads every weight,
-/// so `bandwidth / bytes of weights` bounds decode steps/s, and each row reports the bound and
-/// the fraction of it reached. With `profile`, each row also splits prefill and a decode step
-/// into kinds of work ([`iapt_model::profile::Part`]).
+/// It measures this machine's memory read bandwidth, at start and between repeats: one decode
+/// step reads every weight, so `bandwidth / bytes of weights` bounds decode steps/s, and each row
+/// reports the bound and the fraction of it reached, against the readings beside its repeats
+/// (the hosts this is measured on move their bandwidth by half within minutes). With
+/// `profile`, each row also splits prefill and a decode step into kinds of work
+/// ([`iapt_model::profile::Part`]).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_generate<B: Backend>(
     model: &Llama<B>,
@@ -87,10 +108,18 @@ pub fn bench_generate<B: Backend>(
     profile: bool,
 ) -> Result<GenerateBench> {
     let vocab = model.config().vocab_size;
-    let bandwidth = iapt_kernels::bandwidth::read_bandwidth(1 << 30, 5);
+    let probe = iapt_kernels::bandwidth::BandwidthProbe::new(1 << 30);
+    let bandwidth = probe.read(5);
+    let matrices = model.decode_matrices();
+    let weights_probe = iapt_kernels::bandwidth::MatrixProbe::new(&matrices);
+    // Both readings beside a repeat: the weights first, so the probe's 1 GiB then leaves none of
+    // them in cache for the next run.
+    let read = |weights: &mut Vec<f64>, readings: &mut Vec<f64>| {
+        weights.extend(weights_probe.as_ref().map(|w| w.read(PROBE_PASSES)));
+        readings.push(probe.read(PROBE_PASSES));
+    };
     // Bytes per weight as stored (f32, or half precision with `--dtype`).
     let weight_bytes = model.projection(0, iapt_model::Projection::Q).weight.val().dtype().size() * model.config().weights_read_per_step();
-    let steps_bound = bandwidth / weight_bytes as f64;
     iapt_model::profile::enable(profile);
     // No stop tokens: every run decodes exactly `new_tokens` steps.
     let config = GenerationConfig { max_new_tokens: new_tokens, sampling: SamplingConfig::default(), stop_tokens: vec![] };
@@ -100,29 +129,41 @@ pub fn bench_generate<B: Backend>(
         hooks.extend(tuned);
         let mut totals = vec![(0.0f64, 0.0f64, 0usize); hooks.len()];
         let mut parts = vec![(PartTotals::default(), PartTotals::default()); hooks.len()];
+        // Per model, the decode seconds of each repeat, weighed by the bound read beside it.
+        let mut decode_seconds = vec![Vec::with_capacity(repeats); hooks.len()];
         for (_, hook) in &hooks {
             let _warmup = generate(model, &prompts(vocab, batch, prompt_len, 0), 0, &config, *hook);
         }
+        let (mut readings, mut weights_readings) = (Vec::new(), Vec::new());
+        read(&mut weights_readings, &mut readings);
         for rep in 0..repeats {
             for (i, (_, hook)) in hooks.iter().enumerate() {
                 let out = generate(model, &prompts(vocab, batch, prompt_len, rep + 1), 0, &config, *hook);
                 totals[i].0 += out.prefill_seconds;
                 totals[i].1 += out.decode_seconds;
                 totals[i].2 += out.decode_steps;
+                decode_seconds[i].push(out.decode_seconds);
                 if let Some((prefill, decode)) = out.parts {
                     parts[i].0.add(&prefill, out.prefill_seconds);
                     parts[i].1.add(&decode, out.decode_seconds);
                 }
             }
+            read(&mut weights_readings, &mut readings);
         }
+        let bounds = steps_bounds(&readings, weight_bytes);
+        let weights_bounds = weights_probe.as_ref().map(|w| steps_bounds(&weights_readings, w.bytes()));
+        // Steps run ÷ the steps `bounds` allow in each repeat's seconds.
+        let fraction = |steps: usize, seconds: &[f64], bounds: &[f64]| steps as f64 / seconds.iter().zip(bounds).map(|(s, bound)| s * bound).sum::<f64>();
         let mut models = BTreeMap::new();
-        for (((name, _), (prefill_s, decode_s, steps)), (prefill_parts, decode_parts)) in hooks.iter().zip(&totals).zip(&parts) {
+        for ((((name, _), (prefill_s, decode_s, steps)), (prefill_parts, decode_parts)), seconds) in hooks.iter().zip(&totals).zip(&parts).zip(&decode_seconds)
+        {
             let speed = GenerateSpeed {
                 prefill_tokens_per_s: (batch * prompt_len * repeats) as f64 / prefill_s,
                 decode_tokens_per_s: (batch * steps) as f64 / decode_s,
                 prefill_ms: 1000.0 * prefill_s / repeats as f64,
                 decode_ms_per_step: 1000.0 * decode_s / (*steps).max(1) as f64,
-                decode_fraction_of_bandwidth_bound: (*steps as f64 / decode_s) / steps_bound,
+                decode_fraction_of_bandwidth_bound: fraction(*steps, seconds, &bounds),
+                decode_fraction_of_weights_read: weights_bounds.as_ref().map(|b| fraction(*steps, seconds, b)),
                 profile: profile.then(|| GenerateProfile {
                     prefill_ms: prefill_parts.report(repeats as f64),
                     decode_ms_per_step: decode_parts.report((*steps).max(1) as f64),
@@ -138,7 +179,9 @@ pub fn bench_generate<B: Backend>(
             new_tokens,
             repeats,
             models,
-            decode_bandwidth_bound_tokens_per_s: batch as f64 * steps_bound,
+            read_bandwidth_gb_per_s: readings.iter().map(|r| r / 1e9).collect(),
+            decode_bandwidth_bound_tokens_per_s: batch as f64 * bounds.iter().sum::<f64>() / bounds.len().max(1) as f64,
+            weights_read_gb_per_s: weights_readings.iter().map(|r| r / 1e9).collect(),
             tuned_decode_speed_vs_bare: tuned.map(|_| rate(&totals[1]) / rate(&totals[0])),
             tuned_prefill_time_vs_bare: tuned.map(|_| totals[1].0 / totals[0].0),
         });
@@ -153,6 +196,15 @@ pub fn bench_generate<B: Backend>(
         results,
     })
 }
+
+/// Batch-1 decode steps/s the bandwidth allowed during each repeat: repeat `r` ran between
+/// `readings[r]` and `readings[r + 1]` (bytes/s), so its bound is their mean ÷ the bytes a step reads.
+fn steps_bounds(readings: &[f64], weight_bytes: usize) -> Vec<f64> {
+    readings.windows(2).map(|w| (w[0] + w[1]) / 2.0 / weight_bytes as f64).collect()
+}
+
+/// Passes over the probe's buffer per reading beside the repeats (best of them): ~0.1 s.
+const PROBE_PASSES: usize = 3;
 
 pub(crate) fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -457,6 +509,14 @@ mod tests {
         assert_eq!(padding_fraction(&[], &[]), 0.0);
     }
 
+    /// Each repeat's bound comes from the readings on either side of it: 100 bytes a step, read
+    /// at 1000, 3000, 2000 bytes/s around two repeats, allow 20 and 25 steps/s.
+    #[test]
+    fn each_repeat_is_bounded_by_the_readings_beside_it() {
+        assert_eq!(steps_bounds(&[1000.0, 3000.0, 2000.0], 100), vec![20.0, 25.0]);
+        assert!(steps_bounds(&[1000.0], 100).is_empty());
+    }
+
     /// `--model random:<preset>` runs the benchmarks on a random model of that shape; an
     /// unknown shape is refused naming the known ones.
     #[test]
@@ -474,6 +534,15 @@ mod tests {
         let model = load_bench_backbone::<Cpu>("random:tiny", &device, WeightDtype::F32).unwrap();
         let generated = bench_generate(&model, 4, 3, &[1, 2], 1, None, false).unwrap();
         assert_eq!(generated.results.len(), 2);
+        for row in &generated.results {
+            // A reading before the one repeat and one after it.
+            assert_eq!(row.read_bandwidth_gb_per_s.len(), 2, "{row:?}");
+            assert!(row.read_bandwidth_gb_per_s.iter().all(|&r| r > 0.0) && row.decode_bandwidth_bound_tokens_per_s > 0.0, "{row:?}");
+            let fraction = row.models["bare"].decode_fraction_of_bandwidth_bound;
+            assert!(fraction.is_finite() && fraction > 0.0, "{row:?}");
+            // ndarray's weights are read in place, so the stream over them is measured too.
+            assert!(row.weights_read_gb_per_s.len() == 2 && row.models["bare"].decode_fraction_of_weights_read.is_some_and(|f| f > 0.0), "{row:?}");
+        }
         let err = load_bench_backbone::<Cpu>("random:llama9", &device, WeightDtype::F32).err().unwrap().to_string();
         assert!(err.contains("unknown shape `llama9`") && err.contains("llama2-7b"), "{err}");
         let err = load_bench_backbone::<Cpu>("random:tiny", &device, WeightDtype::Bf16).err().unwrap().to_string();

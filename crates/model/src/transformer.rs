@@ -374,6 +374,17 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The matrices one decode step reads whole: every layer's projections and the LM head (the
+    /// embedding table when tied), as stored.
+    pub fn decode_matrices(&self) -> Vec<Tensor<B, 2>> {
+        let projections = (0..self.layers.len()).flat_map(|layer| Projection::ALL.map(|p| self.projection(layer, p).weight.val()));
+        let head = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.embed_tokens.weight.val(),
+        };
+        projections.chain([head]).collect()
+    }
+
     /// The token embedding table `[vocab, d]` (also the LM head when tied).
     pub fn embedding_table(&self) -> Tensor<B, 2> {
         self.embed_tokens.weight.val().cast(self.compute_dtype())
