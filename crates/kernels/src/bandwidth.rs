@@ -30,13 +30,7 @@ impl BandwidthProbe {
 
     /// Bytes per second, the best of `passes` passes over the buffer.
     pub fn read(&self, passes: usize) -> f64 {
-        let mut best = f64::INFINITY;
-        for _ in 0..passes.max(1) {
-            let start = Instant::now();
-            std::hint::black_box(self.pass());
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        (self.data.len() * 4) as f64 / best
+        best_rate((self.data.len() * 4) as f64, passes, || self.pass())
     }
 
     /// One sum of the whole buffer, in a few chunks per thread.
@@ -45,6 +39,17 @@ impl BandwidthProbe {
         let chunk = self.data.len().div_ceil(threads * 8).max(1);
         self.data.par_chunks(chunk).map(sum).sum::<f32>()
     }
+}
+
+/// `bytes` ÷ the fastest of `passes` runs of `pass`.
+fn best_rate(bytes: f64, passes: usize, pass: impl Fn() -> f32) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..passes.max(1) {
+        let start = Instant::now();
+        std::hint::black_box(pass());
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    bytes / best
 }
 
 /// A sum with 64 independent lanes, compiled for the widest SIMD found at run time, so the loop
@@ -121,13 +126,7 @@ impl<'a, B: Backend> MatrixProbe<'a, B> {
     /// Bytes per second, the best of `passes` passes, each summing every value once in one job
     /// of the kernels' pool whose threads each take a contiguous share of every matrix's rows.
     pub fn read(&self, passes: usize) -> f64 {
-        let mut best = f64::INFINITY;
-        for _ in 0..passes.max(1) {
-            let start = Instant::now();
-            std::hint::black_box(self.pass());
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        self.bytes() as f64 / best
+        best_rate(self.bytes() as f64, passes, || self.pass())
     }
 
     fn pass(&self) -> f32 {
