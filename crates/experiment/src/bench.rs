@@ -36,12 +36,13 @@ pub struct GenerateRow {
     /// [`PROBE_PASSES`] passes each): repeat `r` ran between readings `r` and `r + 1`.
     #[serde(default)]
     pub read_bandwidth_gb_per_s: Vec<f64>,
-    /// The batch-1 bound times the batch, from the mean of the readings beside the repeats.
+    /// The batch-1 bound times the batch: the mean of the repeats' bounds (each from the two
+    /// readings beside its repeat).
     pub decode_bandwidth_bound_tokens_per_s: f64,
     /// Beside the same readings, the speed of streaming the matrices a decode step reads where
-    /// they lie (one job summing all of them; on the CPU backends whose tensors are read in
-    /// place): the bound for these weights in their own memory, which on a virtual machine can
-    /// be faster or slower than a fresh buffer's.
+    /// they lie (one pool job summing all of them, matrix by matrix; on the CPU backends whose
+    /// tensors are read in place): the bound for these weights in their own memory, streamed as
+    /// decoding streams them, which on a virtual machine can differ from a fresh buffer's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights_read_gb_per_s: Vec<f64>,
     /// With an adapter: its decode steps/s ÷ the bare model's.
@@ -107,6 +108,7 @@ pub fn bench_generate<B: Backend>(
     tuned: Option<(&str, &dyn ModelHook<B>)>,
     profile: bool,
 ) -> Result<GenerateBench> {
+    anyhow::ensure!(repeats > 0, "bench generate: --repeats must be at least 1 (it was 0)");
     let vocab = model.config().vocab_size;
     let probe = iapt_kernels::bandwidth::BandwidthProbe::new(1 << 30);
     let bandwidth = probe.read(5);
@@ -129,7 +131,7 @@ pub fn bench_generate<B: Backend>(
         hooks.extend(tuned);
         let mut totals = vec![(0.0f64, 0.0f64, 0usize); hooks.len()];
         let mut parts = vec![(PartTotals::default(), PartTotals::default()); hooks.len()];
-        // Per model, the decode seconds of each repeat, weighed by the bound read beside it.
+        // Per model, the decode seconds of each repeat (weighed below by the bound read beside it).
         let mut decode_seconds = vec![Vec::with_capacity(repeats); hooks.len()];
         for (_, hook) in &hooks {
             let _warmup = generate(model, &prompts(vocab, batch, prompt_len, 0), 0, &config, *hook);
@@ -203,7 +205,8 @@ fn steps_bounds(readings: &[f64], weight_bytes: usize) -> Vec<f64> {
     readings.windows(2).map(|w| (w[0] + w[1]) / 2.0 / weight_bytes as f64).collect()
 }
 
-/// Passes over the probe's buffer per reading beside the repeats (best of them): ~0.1 s.
+/// Passes per reading beside the repeats (best of them), over the probe's 1 GiB (~0.1 s) and
+/// over the model's matrices (each pass as long as a batch-1 decode step, at best).
 const PROBE_PASSES: usize = 3;
 
 pub(crate) fn threads() -> usize {
@@ -534,6 +537,8 @@ mod tests {
         let model = load_bench_backbone::<Cpu>("random:tiny", &device, WeightDtype::F32).unwrap();
         let generated = bench_generate(&model, 4, 3, &[1, 2], 1, None, false).unwrap();
         assert_eq!(generated.results.len(), 2);
+        let err = bench_generate(&model, 4, 3, &[1], 0, None, false).err().unwrap().to_string();
+        assert!(err.contains("--repeats must be at least 1"), "{err}");
         for row in &generated.results {
             // A reading before the one repeat and one after it.
             assert_eq!(row.read_bandwidth_gb_per_s.len(), 2, "{row:?}");

@@ -1,8 +1,10 @@
 //! This machine's memory read bandwidth, the bound on decoding one token at a time: every weight
-//! is read once per step, so tokens/s cannot exceed bandwidth ÷ bytes of weights.
+//! is read once per step, so tokens/s cannot exceed bandwidth ÷ bytes of weights. Two readings:
+//! a fresh buffer's ([`BandwidthProbe`]), and the model's own weight matrices where they lie
+//! ([`MatrixProbe`]).
 
-use crate::host::{with_view, HostView};
-use burn::tensor::{backend::Backend, Tensor};
+use crate::host::{with_primitive_view, HostView};
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -102,20 +104,30 @@ fn sum_lanes<'a>(runs: impl Iterator<Item = &'a [f32]>) -> f32 {
 }
 
 /// Matrices to be read where they lie, the bandwidth bound's other reading: how fast exactly
-/// these weights, in their own memory and pages, can be streamed (a fresh buffer's pages may sit
-/// in faster or slower memory than the weights' on a virtual machine).
-pub struct MatrixProbe<'a, B: Backend> {
+/// these weights, in their own memory and pages, can be streamed matrix by matrix on the
+/// kernels' pool, as a decode step streams them (on a virtual machine a fresh buffer can read
+/// faster or slower than the weights' own memory).
+pub struct MatrixProbe<B: Backend> {
     rows: Vec<StoredRows>,
-    /// What keeps the memory `rows` point into alive.
-    _tensors: &'a [Tensor<B, 2>],
+    /// The tensors `rows` point into, held so their memory lives as long as the probe (a view
+    /// of a clone would be a copy for storage that cannot be shared).
+    _held: Vec<B::FloatTensorPrimitive>,
 }
 
-impl<'a, B: Backend> MatrixProbe<'a, B> {
-    /// `None` where a tensor cannot be read in place (other backends, dtypes) or has no
-    /// contiguous axis.
-    pub fn new(tensors: &'a [Tensor<B, 2>]) -> Option<Self> {
-        let rows = tensors.iter().map(|t| with_view(t, |v| StoredRows::of(&v)).flatten()).collect::<Option<Vec<_>>>()?;
-        Some(Self { rows, _tensors: tensors })
+impl<B: Backend> MatrixProbe<B> {
+    /// `None` where a tensor cannot be read in place (other backends, quantized or other
+    /// dtypes) or has no contiguous axis. Empty matrices are left out.
+    pub fn new(tensors: &[Tensor<B, 2>]) -> Option<Self> {
+        let held = tensors
+            .iter()
+            .map(|t| match t.clone().into_primitive() {
+                TensorPrimitive::Float(primitive) => Some(primitive),
+                TensorPrimitive::QFloat(_) => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        // Views of the held tensors themselves, which stay where they are on the heap.
+        let rows = held.iter().map(|p| with_primitive_view(p, |v| StoredRows::of(&v)).flatten()).collect::<Option<Vec<_>>>()?;
+        Some(Self { rows: rows.into_iter().filter(|r| r.rows * r.len > 0).collect(), _held: held })
     }
 
     /// The bytes of values one pass reads.
@@ -124,7 +136,8 @@ impl<'a, B: Backend> MatrixProbe<'a, B> {
     }
 
     /// Bytes per second, the best of `passes` passes, each summing every value once in one job
-    /// of the kernels' pool whose threads each take a contiguous share of every matrix's rows.
+    /// of the kernels' pool, one task per member of its team, each a contiguous share of every
+    /// matrix's rows (a job started while another thread's runs on the caller alone).
     pub fn read(&self, passes: usize) -> f64 {
         best_rate(self.bytes() as f64, passes, || self.pass())
     }
@@ -135,8 +148,8 @@ impl<'a, B: Backend> MatrixProbe<'a, B> {
         let sums: Vec<AtomicU32> = (0..threads).map(|_| AtomicU32::new(0)).collect();
         crate::pool::run(threads, &|t| {
             let runs = self.rows.iter().flat_map(|m| {
-                // SAFETY: `StoredRows::of` took these runs from a view of a tensor that
-                // `_tensors` keeps alive as long as `self`.
+                // SAFETY: `StoredRows::of` took these runs from views of the tensors `_held`
+                // keeps alive as long as `self`; the rows of a non-empty matrix lie in its view.
                 (m.rows * t / threads..m.rows * (t + 1) / threads).map(|r| unsafe { std::slice::from_raw_parts(m.first.add(r * m.stride), m.len) })
             });
             sums[t].store(sum_runs(runs).to_bits(), Relaxed);
@@ -153,13 +166,16 @@ struct StoredRows {
     stride: usize,
 }
 
-// SAFETY: the pointer is only read, while the tensor it points into is alive (`MatrixProbe`).
+// SAFETY: the pointer is only read, while the tensor it points into is held (`MatrixProbe`).
 unsafe impl Sync for StoredRows {}
 
 impl StoredRows {
     fn of(view: &HostView<'_>) -> Option<Self> {
         let ([a, b], [sa, sb]) = (<[usize; 2]>::try_from(view.shape.as_slice()).ok()?, <[usize; 2]>::try_from(view.strides.as_slice()).ok()?);
-        let (rows, len, stride) = if sb == 1 || b == 1 {
+        let (rows, len, stride) = if a == 0 || b == 0 {
+            // Nothing to read, whatever strides an empty view has.
+            (0, 0, 0)
+        } else if sb == 1 || b == 1 {
             (a, b, sa)
         } else if sa == 1 || a == 1 {
             (b, a, sb)
@@ -177,7 +193,7 @@ mod tests {
 
     /// A pass reads every value of every matrix once, whatever its layout: a frozen weight
     /// (rows padded in memory), its transposed view, and a plain tensor; the padding is neither
-    /// counted nor summed.
+    /// counted nor summed, and an empty matrix is left out.
     #[test]
     fn a_pass_over_matrices_reads_each_value_once() {
         let device = Default::default();
@@ -185,7 +201,8 @@ mod tests {
         let values: Vec<f32> = (1..=rows * cols).map(|v| v as f32).collect();
         let frozen = crate::frozen_weight::<Cpu>(values.clone(), rows, cols, &device);
         let plain = Tensor::<Cpu, 2>::from_data(burn::tensor::TensorData::new(vec![2.0f32; 6], [2, 3]), &device);
-        let matrices = [frozen.clone(), frozen.transpose(), plain];
+        let empty = Tensor::<Cpu, 2>::from_data(burn::tensor::TensorData::new(Vec::<f32>::new(), [3, 0]), &device);
+        let matrices = [frozen.clone(), frozen.transpose(), plain, empty];
         let probe = MatrixProbe::new(&matrices).expect("ndarray tensors are read in place");
         assert_eq!(probe.bytes(), (2 * rows * cols + 6) * 4);
         let total: f32 = 2.0 * values.iter().sum::<f32>() + 12.0;
