@@ -143,18 +143,18 @@ impl<B: Backend> MatrixProbe<B> {
     }
 
     fn pass(&self) -> f32 {
-        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
         let threads = crate::pool::team_size();
-        let sums: Vec<AtomicU32> = (0..threads).map(|_| AtomicU32::new(0)).collect();
-        crate::pool::run(threads, &|t| {
+        // One task per share, each writing its sum into its own element.
+        let mut sums = vec![0.0f32; threads];
+        crate::pool::for_each_chunk_mut(&mut sums, 1, true, |t, sum| {
             let runs = self.rows.iter().flat_map(|m| {
                 // SAFETY: `StoredRows::of` took these runs from views of the tensors `_held`
                 // keeps alive as long as `self`; the rows of a non-empty matrix lie in its view.
                 (m.rows * t / threads..m.rows * (t + 1) / threads).map(|r| unsafe { std::slice::from_raw_parts(m.first.add(r * m.stride), m.len) })
             });
-            sums[t].store(sum_runs(runs).to_bits(), Relaxed);
+            sum[0] = sum_runs(runs);
         });
-        sums.iter().map(|s| f32::from_bits(s.load(Relaxed))).sum()
+        sums.iter().sum()
     }
 }
 
