@@ -113,6 +113,15 @@ impl<'a, B: Backend> MixedHook<'a, B> {
 }
 
 impl<B: Backend> ModelHook<B> for MixedHook<'_, B> {
+    /// Whether any row's adapter adds a delta here: a batch of prefix-style adapters (and bare
+    /// rows) has none, and its decode steps run the model's host path.
+    fn adds_delta(&self, layer: usize, projection: Projection) -> bool {
+        match self.stack {
+            Some(stack) => stack.factors.contains_key(&(layer, projection)),
+            None => self.groups.iter().any(|g| g.hook.adds_delta(layer, projection)),
+        }
+    }
+
     fn projection_delta(&self, layer: usize, projection: Projection, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         if let Some(stack) = self.stack {
             let (a, b) = stack.factors.get(&(layer, projection))?;

@@ -3,8 +3,8 @@
 //! a fresh buffer's ([`BandwidthProbe`]), and the model's own weight matrices where they lie
 //! ([`MatrixProbe`]).
 
-use crate::host::{with_primitive_view, HostView};
-use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+use crate::host::{HeldMatrices, HostView};
+use burn::tensor::{backend::Backend, Tensor};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -109,24 +109,16 @@ fn sum_lanes<'a>(runs: impl Iterator<Item = &'a [f32]>) -> f32 {
 /// faster or slower than the weights' own memory).
 pub struct MatrixProbe<B: Backend> {
     rows: Vec<StoredRows>,
-    /// The tensors `rows` point into, held so their memory lives as long as the probe (a view
-    /// of a clone would be a copy for storage that cannot be shared).
-    _held: Vec<B::FloatTensorPrimitive>,
+    /// The tensors `rows` point into, held as long as the probe.
+    _held: HeldMatrices<B>,
 }
 
 impl<B: Backend> MatrixProbe<B> {
     /// `None` where a tensor cannot be read in place (other backends, quantized or other
     /// dtypes) or has no contiguous axis. Empty matrices are left out.
     pub fn new(tensors: &[Tensor<B, 2>]) -> Option<Self> {
-        let held = tensors
-            .iter()
-            .map(|t| match t.clone().into_primitive() {
-                TensorPrimitive::Float(primitive) => Some(primitive),
-                TensorPrimitive::QFloat(_) => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        // Views of the held tensors themselves, which stay where they are on the heap.
-        let rows = held.iter().map(|p| with_primitive_view(p, |v| StoredRows::of(&v)).flatten()).collect::<Option<Vec<_>>>()?;
+        let held = HeldMatrices::new(tensors)?;
+        let rows = (0..held.len()).map(|i| StoredRows::of(&held.view(i))).collect::<Option<Vec<_>>>()?;
         Some(Self { rows: rows.into_iter().filter(|r| r.rows * r.len > 0).collect(), _held: held })
     }
 

@@ -141,6 +141,46 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
     out
 }
 
+/// `a · w` for every `w` of `weights`, as row-major vectors: for a few rows and weights stored
+/// output-major (the frozen layout), every product's bands of columns go to one job of the
+/// pool, so the products a layer runs on one input (q, k and v; gate and up) wake the team and
+/// wait for it once instead of once each; otherwise one [`matmul`] after another.
+pub fn matmul_sharing_input(a: MatRef<'_>, weights: &[MatRef<'_>]) -> Vec<Vec<f32>> {
+    let (m, k) = (a.rows, a.cols);
+    let threads = pool::team_size();
+    let one_job = m > 0 && m <= FEW_ROWS && k > 0 && threads > 1 && weights.iter().all(|w| w.rows == k && w.cols > 0 && w.row_stride == 1);
+    if !one_job {
+        return weights.iter().map(|&w| matmul(a, w)).collect();
+    }
+    let (a_data, lda) = a.contiguous_rows();
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| Vec::with_capacity(m * w.cols)).collect();
+    // (product, first column, end column): each product in `threads * 4` bands, as `dot_products`
+    // splits one.
+    let mut bands = Vec::new();
+    for (p, w) in weights.iter().enumerate() {
+        let n = w.cols;
+        let width = n.div_ceil(threads * 4).next_multiple_of(NR);
+        bands.extend((0..n).step_by(width).map(|j0| (p, j0, (j0 + width).min(n))));
+    }
+    let ptrs: Vec<SendPtr<f32>> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    let kernel = Kernel::detect();
+    for w in weights {
+        assert!(a_data.len() >= (m - 1) * lda + k && w.data.len() >= (w.cols - 1) * w.col_stride + k);
+    }
+    pool::run(bands.len(), &|i| {
+        let (p, j0, j1) = bands[i];
+        let w = &weights[p];
+        // SAFETY: the asserts above bound every index a band reads; bands write disjoint columns
+        // of their product's m x n output, which has room for them.
+        unsafe { kernel.band(a_data.as_ptr(), lda, m, w.data.as_ptr(), w.col_stride, k, j0, j1, ptrs[p].0, w.cols) }
+    });
+    for (out, w) in outs.iter_mut().zip(weights) {
+        // SAFETY: the bands above wrote all m x n elements.
+        unsafe { out.set_len(m * w.cols) };
+    }
+    outs
+}
+
 /// `out ← a · b`, or `out += a · b` with `accumulate`, `out` row-major `[a.rows, b.cols]`, on
 /// the calling thread with `gemm`: for callers that already split their work over the pool
 /// (attention's blocks of queries).
@@ -557,6 +597,34 @@ mod tests {
             let at: Vec<f32> = (0..k).flat_map(|p| (0..m).map(move |i| (i, p))).map(|(i, p)| a[i * k + p]).collect();
             let strided = matmul(MatRef::new(&at, m, k, 1, m).unwrap(), MatRef::new(&bt, k, n, 1, k).unwrap());
             assert_close(&strided, &want, k, &format!("[{m},{k}]x[{k},{n}] strided a"));
+        }
+    }
+
+    /// Products sharing an input, in one job or one after another, are each the naive product:
+    /// output-major weights with padded rows (the frozen layout), odd sizes, 1 to 17 rows (17
+    /// goes product by product), and a row-major weight among them (also product by product).
+    #[test]
+    fn products_sharing_an_input_match_the_naive_products() {
+        for &(m, k) in &[(1, 1), (1, 64), (3, 17), (8, 33), (16, 70), (17, 31)] {
+            let a = values(m * k, (m * 7 + k) as u64);
+            let widths = [5, 64, 129];
+            let bs: Vec<Vec<f32>> = widths.iter().map(|&n| values(k * n, (n * 13 + k) as u64)).collect();
+            // Each weight stored [n, k] with 3 floats of padding after every row.
+            let stride = k + 3;
+            let stored: Vec<Vec<f32>> = widths
+                .iter()
+                .zip(&bs)
+                .map(|(&n, b)| (0..n).flat_map(|j| (0..stride).map(move |p| (j, p))).map(|(j, p)| if p < k { b[p * n + j] } else { f32::NAN }).collect())
+                .collect();
+            let frozen: Vec<MatRef> = widths.iter().zip(&stored).map(|(&n, bt)| MatRef::new(bt, k, n, 1, stride).unwrap()).collect();
+            let a_ref = MatRef::row_major(&a, m, k).unwrap();
+            for (p, out) in matmul_sharing_input(a_ref, &frozen).iter().enumerate() {
+                assert_close(out, &reference(&a, &bs[p], m, k, widths[p]), k, &format!("[{m},{k}]x[{k},{}] in one job", widths[p]));
+            }
+            let mixed = [frozen[0], MatRef::row_major(&bs[1], k, widths[1]).unwrap()];
+            for (p, out) in matmul_sharing_input(a_ref, &mixed).iter().enumerate() {
+                assert_close(out, &reference(&a, &bs[p], m, k, widths[p]), k, &format!("[{m},{k}]x[{k},{}] mixed layouts", widths[p]));
+            }
         }
     }
 

@@ -36,7 +36,7 @@ pub fn rms_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 
 }
 
 /// [`rms_norm`] of the rows of `x` (row-major, rows of `gamma.len()`).
-pub(crate) fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+pub fn rms_norm_rows(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
     let d = gamma.len();
     let mut out = vec![0.0f32; x.len()];
     pool::for_each_chunk_mut(&mut out, d, x.len() >= PARALLEL_ELEMENTS, |i, out| {
@@ -73,7 +73,7 @@ pub fn swiglu<B: Backend, const D: usize>(gate: &Tensor<B, D>, up: &Tensor<B, D>
 pub(crate) const PIECE: usize = 4096;
 
 /// [`swiglu`] of row-major values, written over `gate`.
-pub(crate) fn swiglu_values(mut gate: Vec<f32>, up: &[f32]) -> Vec<f32> {
+pub fn swiglu_values(mut gate: Vec<f32>, up: &[f32]) -> Vec<f32> {
     pool::for_each_chunk_mut(&mut gate, PIECE, up.len() >= PARALLEL_ELEMENTS, |i, gate| crate::simd::silu_mul(gate, &up[i * PIECE..]));
     gate
 }
@@ -96,6 +96,11 @@ pub fn rope<B: Backend>(x: &Tensor<B, 4>, cos: &Tensor<B, 4>, signed_sin: &Tenso
     let sin: Vec<f32> = with_view(signed_sin, |s| s.to_row_major())?;
     let out = with_view(x, |x| rotate(&x.row_major(), &cos, &sin, hd, Rotation::Forward))?;
     from_vec(out, x.dims())
+}
+
+/// [`rope`] of row-major `x` `[positions, heads, hd]` with `cos` / `signed_sin` `[positions, hd]`.
+pub fn rope_rows(x: &[f32], cos: &[f32], signed_sin: &[f32], hd: usize) -> Vec<f32> {
+    rotate(x, cos, signed_sin, hd, Rotation::Forward)
 }
 
 /// Which way [`rotate`] turns: the embedding itself, or its transpose (the input's gradient).
@@ -278,17 +283,41 @@ pub fn attention<B: Backend>(q: &Tensor<B, 4>, keys: &Tensor<B, 4>, values: &Ten
     {
         return None;
     }
-    let all_valid = crate::host::bool_values(key_valid)?;
-    let valid: Vec<bool> = all_valid.chunks(capacity).flat_map(|row| row[..s].iter().copied()).collect();
-    let shape = AttentionShape { b, t, heads, kv_heads, hd, s };
     if autodiff {
-        return crate::grad::attention(q, keys, values, valid, shape);
+        let valid = visible_flags(key_valid, s)?;
+        return crate::grad::attention(q, keys, values, valid, AttentionShape { b, t, heads, kv_heads, hd, s });
     }
-    let out = with_view(q, |q| {
-        let q = q.row_major();
-        with_view(keys, |k| with_view(values, |v| Some(attention_values(&q, &Kv::new(k)?, &Kv::new(v)?, &valid, &shape))))
-    })????;
+    let out = with_view(q, |q| attention_rows(&q.row_major(), [b, t, heads, hd], keys, values, key_valid, s))??;
     from_vec(out, [b, t, heads * hd])
+}
+
+/// The first `s` of each row's `[b, capacity]` valid flags, row after row.
+fn visible_flags<B: Backend>(key_valid: &Tensor<B, 2, Bool>, s: usize) -> Option<Vec<bool>> {
+    let capacity = key_valid.dims()[1];
+    let all_valid = crate::host::bool_values(key_valid)?;
+    Some(all_valid.chunks(capacity).flat_map(|row| row[..s].iter().copied()).collect())
+}
+
+/// [`attention`] of row-major queries `q` `[b, t, heads, hd]` (`shape`) already on the host, for
+/// an inference backend's keys, values and flags read in place: `[b, t, heads * hd]`. `None`
+/// where those cannot be read in place or the shapes do not fit.
+pub fn attention_rows<B: Backend>(
+    q: &[f32],
+    shape: [usize; 4],
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+    key_valid: &Tensor<B, 2, Bool>,
+    s: usize,
+) -> Option<Vec<f32>> {
+    let [b, t, heads, hd] = shape;
+    let [kb, kv_heads, capacity, khd] = keys.dims();
+    let fits = q.len() == b * t * heads * hd && kb == b && khd == hd && values.dims() == keys.dims() && key_valid.dims() == [b, capacity];
+    if !fits || kv_heads == 0 || heads % kv_heads != 0 || t > s || s > capacity || !crate::host::readable::<B>() {
+        return None;
+    }
+    let valid = visible_flags(key_valid, s)?;
+    let shape = AttentionShape { b, t, heads, kv_heads, hd, s };
+    with_view(keys, |k| with_view(values, |v| Some(attention_values(q, &Kv::new(k)?, &Kv::new(v)?, &valid, &shape))))??
 }
 
 /// The sizes of one attention call: `t` queries of `heads` heads over the first `s` slots of

@@ -137,12 +137,21 @@ pub fn bool_values<B: Backend, const D: usize>(tensor: &Tensor<B, D, Bool>) -> O
 /// `new` `[b, heads, n, hd]`, in place: the KV cache's decode write. `None` (and the buffer
 /// handed back untouched) unless `B` is [`readable`] and nothing else holds the buffer.
 pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    let [b, heads, capacity, hd] = buffer.dims();
+    let [b, heads, _, hd] = buffer.dims();
     let [nb, nheads, n, nhd] = new.dims();
-    if !readable::<B>() || [nb, nheads, nhd] != [b, heads, hd] || start + n > capacity {
+    if !readable::<B>() || [nb, nheads, nhd] != [b, heads, hd] {
         return Err(buffer);
     }
     let Some(values) = to_vec(new) else { return Err(buffer) };
+    write_slot_values(buffer, start, n, &values)
+}
+
+/// [`write_slots`] from host values `[b, heads, n, hd]` (row-major).
+pub fn write_slot_values<B: Backend>(buffer: Tensor<B, 4>, start: usize, n: usize, values: &[f32]) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [b, heads, capacity, hd] = buffer.dims();
+    if !readable::<B>() || start + n > capacity || values.len() != b * heads * n * hd {
+        return Err(buffer);
+    }
     let write = |dst: &mut [f32]| {
         for (row, src) in values.chunks_exact(n * hd).enumerate() {
             let offset = (row * capacity + start) * hd;
@@ -156,6 +165,29 @@ pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<
         Ok(buffer)
     } else {
         Err(buffer)
+    }
+}
+
+/// `flags` `[rows, columns]` with column `column` set true in every row, in place for a
+/// burn-ndarray tensor nothing else holds (the KV cache's decode step marks its new slot valid);
+/// `Err` gives it back untouched otherwise.
+pub fn set_column<B: Backend>(flags: Tensor<B, 2, Bool>, column: usize) -> Result<Tensor<B, 2, Bool>, Tensor<B, 2, Bool>> {
+    let [_, columns] = flags.dims();
+    let mut primitive = flags.into_primitive();
+    let mut written = false;
+    if let Some(NdArrayTensor::Bool(storage)) = (&mut primitive as &mut dyn Any).downcast_mut::<NdArrayTensor>() {
+        if column < columns && storage.is_unique() && storage.view().is_standard_layout() {
+            if let Some(values) = storage.ensure_owned().as_slice_mut() {
+                values.iter_mut().skip(column).step_by(columns).for_each(|v| *v = true);
+                written = true;
+            }
+        }
+    }
+    let flags = Tensor::from_primitive(primitive);
+    if written {
+        Ok(flags)
+    } else {
+        Err(flags)
     }
 }
 
@@ -261,6 +293,79 @@ pub fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) 
     Tensor::from_data(TensorData::new(vec![0.0f32; shape.iter().product()], shape), device)
 }
 
+/// 2-D f32 tensors held with views of their memory, for code that reads the same matrices many
+/// times without going through a closure per read (a decode step's weights, the weights' probe).
+/// The tensors are held, not borrowed: a view of a clone would be a copy for storage that cannot
+/// be shared, so the pointers stay valid exactly as long as `self`.
+pub struct HeldMatrices<B: Backend> {
+    views: Vec<HeldView>,
+    _held: Vec<B::FloatTensorPrimitive>,
+}
+
+/// Where a held matrix lies: `span` floats from `first`, `shape` and `strides` as [`HostView`]'s.
+struct HeldView {
+    first: *const f32,
+    span: usize,
+    shape: [usize; 2],
+    strides: [usize; 2],
+}
+
+// SAFETY: the pointers are only read, while the tensors they point into are held.
+unsafe impl Send for HeldView {}
+unsafe impl Sync for HeldView {}
+
+impl<B: Backend> HeldMatrices<B> {
+    /// `None` unless every tensor can be read in place ([`readable`] backends, f32, non-negative
+    /// strides): quantized or half-precision weights go elsewhere.
+    pub fn new(tensors: &[Tensor<B, 2>]) -> Option<Self> {
+        if !readable::<B>() {
+            return None;
+        }
+        let held = tensors
+            .iter()
+            .map(|t| match t.clone().into_primitive() {
+                TensorPrimitive::Float(primitive) => Some(primitive),
+                TensorPrimitive::QFloat(_) => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        // Views of the held tensors themselves, which stay where they are on the heap.
+        let views = held
+            .iter()
+            .map(|p| {
+                with_primitive_view(p, |v| {
+                    let (shape, strides) = (<[usize; 2]>::try_from(v.shape.as_slice()).ok()?, <[usize; 2]>::try_from(v.strides.as_slice()).ok()?);
+                    Some(HeldView { first: v.data.as_ptr(), span: v.data.len(), shape, strides })
+                })
+                .flatten()
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { views, _held: held })
+    }
+
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// Matrix `i` as the tensor shows it.
+    pub fn view(&self, i: usize) -> HostView<'_> {
+        let v = &self.views[i];
+        // SAFETY: `span` floats from `first` lie in the memory of a tensor `_held` keeps alive.
+        let data = unsafe { std::slice::from_raw_parts(v.first, v.span) };
+        HostView { data, shape: v.shape.to_vec(), strides: v.strides.to_vec() }
+    }
+
+    /// Matrix `i` for the products ([`crate::cpu`]).
+    pub fn matrix(&self, i: usize) -> crate::cpu::MatRef<'_> {
+        let v = &self.views[i];
+        let view = self.view(i);
+        crate::cpu::MatRef::new(view.data, v.shape[0], v.shape[1], v.strides[0], v.strides[1]).expect("a view's elements lie in its span")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{primitive_from_vec, with_unique_values_mut, HostView};
@@ -319,6 +424,42 @@ mod tests {
         let shared = flex.clone();
         assert_eq!(with_unique_values_mut(&mut flex, |v| v.len()), None, "a shared flex buffer is left alone");
         drop(shared);
+    }
+
+    /// A column of flags is set in place on a burn-ndarray tensor nothing else holds; a shared
+    /// one (or another backend's) comes back untouched for the caller's `slice_assign`.
+    #[test]
+    fn a_column_is_set_in_place_only_when_unique() {
+        use burn::tensor::{Bool, Tensor, TensorData};
+        type Nd = burn_ndarray::NdArray;
+        let flags = |device: &_| Tensor::<Nd, 2, Bool>::from_data(TensorData::new(vec![false; 8], [2, 4]), device);
+        let set = super::set_column(flags(&Default::default()), 2).expect("a unique ndarray tensor");
+        assert_eq!(super::bool_values(&set).unwrap(), vec![false, false, true, false, false, false, true, false]);
+        let held = flags(&Default::default());
+        let other = held.clone();
+        let back = super::set_column(held, 1).expect_err("a shared buffer is left alone");
+        assert!(super::bool_values(&back).unwrap().iter().chain(&super::bool_values(&other).unwrap()).all(|&v| !v));
+        assert!(super::set_column(flags(&Default::default()), 4).is_err(), "a column past the end");
+        let flex = Tensor::<burn_flex::Flex, 2, Bool>::from_data(TensorData::new(vec![false; 8], [2, 4]), &Default::default());
+        assert!(super::set_column(flex, 0).is_err());
+    }
+
+    /// Matrices held are viewed where they lie, as many times as asked, after the tensors they
+    /// came from are dropped; a backend that cannot be read in place gets `None`.
+    #[test]
+    fn held_matrices_view_the_tensors_memory() {
+        use burn::tensor::{Tensor, TensorData};
+        type Nd = burn_ndarray::NdArray;
+        let values: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let t = Tensor::<Nd, 2>::from_data(TensorData::new(values.clone(), [2, 3]), &Default::default());
+        let held = super::HeldMatrices::new(&[t.clone(), t.transpose()]).unwrap();
+        assert_eq!(held.len(), 2);
+        assert_eq!(held.view(0).to_row_major(), values);
+        assert_eq!(held.view(1).to_row_major(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        let m = held.matrix(1);
+        assert_eq!((m.rows(), m.cols(), m.get(2, 1)), (3, 2, 5.0));
+        let tracked = Tensor::<burn::backend::Autodiff<Nd>, 2>::from_data(TensorData::new(values, [2, 3]), &Default::default());
+        assert!(super::HeldMatrices::new(&[tracked]).is_none(), "an autodiff tensor is not read in place");
     }
 
     /// A row-major view is read in place; any other layout is copied into row-major order.

@@ -107,6 +107,6 @@ fn enabled() -> bool {
 }
 
 /// Whether the environment variable `name` says `off` (or `0`, `false`).
-fn switched_off(name: &str) -> bool {
+pub fn switched_off(name: &str) -> bool {
     matches!(std::env::var(name).as_deref(), Ok("off" | "0" | "false"))
 }

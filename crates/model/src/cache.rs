@@ -129,6 +129,33 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
+impl<B: Backend> KvCache<B> {
+    /// A decode step's [`KvCache::append`] from host values: one valid slot per row, keys and
+    /// values `[b, kv_heads, hd]` row-major, written into `layer`'s buffers in place where nothing
+    /// else holds them (through `slice_assign` otherwise). `layer` must hold a prefill.
+    pub(crate) fn append_host_slot(&mut self, layer: usize, keys: &[f32], values: &[f32]) -> LayerKv<B> {
+        let mut slots = self.layers[layer].take().expect("a decode step appends to a prefilled layer");
+        slots.reserve(slots.len + 1);
+        let slot = slots.len;
+        let [b, heads, _, hd] = slots.filled.keys.dims();
+        let device = slots.filled.keys.device();
+        let write = |buffer: Tensor<B, 4>, new: &[f32]| {
+            iapt_kernels::host::write_slot_values(buffer, slot, 1, new).unwrap_or_else(|buffer| {
+                let new = Tensor::<B, 4>::from_data(TensorData::new(new.to_vec(), [b, heads, 1, hd]), &device);
+                buffer.slice_assign([0..b, 0..heads, slot..slot + 1, 0..hd], new)
+            })
+        };
+        let kv = slots.filled;
+        let valid = iapt_kernels::host::set_column(kv.valid, slot)
+            .unwrap_or_else(|valid| valid.slice_assign([0..b, slot..slot + 1], Tensor::<B, 2, Bool>::full([b, 1], true, &device)));
+        let filled = LayerKv { keys: write(kv.keys, keys), values: write(kv.values, values), valid, len: slot + 1 };
+        let slots = LayerSlots { filled, len: slot + 1 };
+        let buffers = slots.filled.clone();
+        self.layers[layer] = Some(slots);
+        buffers
+    }
+}
+
 /// Slots a rebuilt buffer keeps spare beyond its filled ones, so the next decode steps write
 /// in place before a growth copies.
 const SPARE_SLOTS: usize = 32;

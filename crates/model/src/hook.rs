@@ -114,4 +114,8 @@ pub trait TrainableTuner {
 /// The bare model: no tuner.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHook;
-impl<B: Backend> ModelHook<B> for NoHook {}
+impl<B: Backend> ModelHook<B> for NoHook {
+    fn adds_delta(&self, _layer: usize, _projection: Projection) -> bool {
+        false
+    }
+}

@@ -440,6 +440,9 @@ impl<B: Backend> Llama<B> {
     /// hook's offset, and the hook's prefixes enter the cache. Otherwise the tokens continue each
     /// row from its cached position.
     pub fn forward(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>) -> Tensor<B, 3> {
+        if let Some(hidden) = self.decode_on_host(&batch, cache, hook) {
+            return hidden;
+        }
         let config = self.config();
         let device = batch.ids.device();
         let [b, _] = batch.ids.dims();

@@ -114,17 +114,17 @@ struct FixedSoftTokens {
     calls: Cell<usize>,
 }
 
-impl ModelHook<TB> for FixedSoftTokens {
+impl<B: burn::tensor::backend::Backend> ModelHook<B> for FixedSoftTokens {
     fn position_offset(&self) -> usize {
         self.tokens.iter().flatten().map(Vec::len).max().unwrap_or(0)
     }
-    fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, TB>) -> Option<LayerPrefix<TB>> {
+    fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
         self.calls.set(self.calls.get() + 1);
         let soft = self.tokens[layer].as_ref()?;
         let b = input.hidden.dims()[0];
         let (n, d) = (soft.len(), soft[0].len());
         let flat: Vec<f32> = soft.iter().flatten().copied().collect();
-        let t = Tensor::<TB, 2>::from_data(TensorData::new(flat, [n, d]), &input.hidden.device());
+        let t = Tensor::<B, 2>::from_data(TensorData::new(flat, [n, d]), &input.hidden.device());
         Some(LayerPrefix::Hidden { tokens: t.unsqueeze::<3>().expand([b, n, d]), rope: true, normalize: true })
     }
 }
@@ -235,4 +235,70 @@ fn joined_and_retained_rows_decode_as_they_do_alone() {
             tokens[r] = (tokens[r] * 7 + 3) % 97;
         }
     }
+}
+
+/// A hook with every default: it says it may add projection deltas (it never does), so the
+/// steps it runs take the tensor path.
+struct TensorPath;
+impl<B: burn::tensor::backend::Backend> ModelHook<B> for TensorPath {}
+
+/// [`FixedSoftTokens`] saying it adds no deltas, as IAPT does: its decode steps run on host memory.
+struct PrefixOnly(FixedSoftTokens);
+impl<B: burn::tensor::backend::Backend> ModelHook<B> for PrefixOnly {
+    fn position_offset(&self) -> usize {
+        ModelHook::<B>::position_offset(&self.0)
+    }
+    fn layer_prefix(&self, layer: usize, input: &LayerInput<'_, B>) -> Option<LayerPrefix<B>> {
+        self.0.layer_prefix(layer, input)
+    }
+    fn adds_delta(&self, _layer: usize, _projection: iapt_model::Projection) -> bool {
+        false
+    }
+}
+
+/// Logits of a decode step of `tokens` on `B`, and whether it ran on host memory.
+fn step_on<B: burn::tensor::backend::Backend>(model: &Llama<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>, tokens: &[u32]) -> (Vec<f32>, bool) {
+    let before = iapt_model::host_decode_steps();
+    let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &model.device());
+    let logits = model.logits(model.forward(TokenBatch::dense(ids), cache, hook));
+    (logits.into_data().convert::<f32>().to_vec().unwrap(), iapt_model::host_decode_steps() == before + 1)
+}
+
+/// The decode step on host memory computes what the tensor path does, on both CPU backends that
+/// run it: weights in the layout loading gives them (so q/k/v and gate/up run as one job each),
+/// tied and untied heads, left-padded rows of different lengths, a KV prefix in the cache, 70
+/// steps (the cache's buffers grow once) from one prefill, the tensor path on a clone of it.
+fn host_decode_equals_the_tensor_path_on<B: burn::tensor::backend::Backend>() {
+    for tied in [false, true] {
+        let random = tiny(9, tied);
+        let model: Llama<B> = iapt_model::llama_from_weights(random.config(), random.to_weights(), &Default::default()).unwrap();
+        let d = model.config().hidden_size;
+        let soft: Vec<Vec<f32>> = (0..4).map(|i| (0..d).map(|j| ((i * 5 + j) % 9) as f32 / 9.0 - 0.5).collect()).collect();
+        let rows = [SEQ.to_vec(), SEQ[2..5].to_vec(), vec![40, 41]];
+        let batch = TokenBatch::padded(&rows, 0, Padding::Left, &model.device());
+        let prefix = FixedSoftTokens { tokens: vec![Some(soft.clone()), Some(soft)], calls: Cell::new(0) };
+        let hook = PrefixOnly(prefix);
+        let hook: &dyn ModelHook<B> = &hook;
+        let mut host = KvCache::new(model.num_layers());
+        model.forward(batch, &mut host, hook);
+        let mut tensor = host.clone();
+        let mut tokens = vec![11u32, 12, 13];
+        for i in 0..70 {
+            let (want, on_host) = step_on(&model, &mut tensor, &TensorPath, &tokens);
+            assert!(!on_host, "the tensor path's step ran on host memory");
+            let (got, on_host) = step_on(&model, &mut host, hook, &tokens);
+            assert!(on_host, "step {i}: the host step did not run");
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff <= 1e-5 * scale, "tied={tied}, step {i}: host and tensor decode differ by {diff} (logits up to {scale})");
+            tokens = tokens.iter().map(|t| (t * 7 + 3) % 97).collect();
+        }
+    }
+}
+
+#[test]
+fn host_decode_equals_the_tensor_path() {
+    host_decode_equals_the_tensor_path_on::<TB>();
+    host_decode_equals_the_tensor_path_on::<burn::backend::Flex<f32, i32>>();
 }
