@@ -5,7 +5,7 @@ use crate::mixed::{LowRankStack, MixedHook};
 use crate::request::{Event, FinishReason, Request, Sink, SubmitError, Usage};
 use crate::text::{Detokenizer, TextStream};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use iapt_model::{KvCache, Llama, ModelHook, NextLogits, NoHook, Padding, Sampler, TokenBatch};
+use iapt_model::{HostDecoder, KvCache, Llama, ModelHook, NextLogits, NoHook, Padding, Sampler, TokenBatch};
 use iapt_tuners::Tuner;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -194,8 +194,10 @@ impl Engine {
         let context = model.config().max_position_embeddings;
         let handle = EngineHandle { commands, shared: shared.clone(), context, max_waiting: options.max_waiting };
         let store = AdapterStore::new(model.config().clone(), model.device(), options.max_resident_adapters);
+        let decoder = HostDecoder::new(&model);
         let scheduler = Scheduler {
             model,
+            decoder,
             detokenizer,
             pad_id,
             store,
@@ -335,6 +337,8 @@ impl<B: Backend> Row<B> {
 
 struct Scheduler<B: Backend> {
     model: Llama<B>,
+    /// `model`'s weights held for decode steps on host memory (CPU inference backends).
+    decoder: Option<HostDecoder<B>>,
     detokenizer: Box<dyn Detokenizer>,
     pad_id: u32,
     store: AdapterStore<B>,
@@ -479,7 +483,7 @@ impl<B: Backend> Scheduler<B> {
                 self.stack_stale = false;
             }
             let hook = MixedHook::new(&hooks, self.stack.as_ref(), &device);
-            let hidden = self.model.forward(TokenBatch::dense(ids), cache, &hook);
+            let hidden = self.model.forward_with(TokenBatch::dense(ids), cache, &hook, self.decoder.as_ref());
             NextLogits::of(&self.model, hidden)
         };
         self.shared.decode_steps.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 use crate::batch::{Padding, TokenBatch};
 use crate::cache::KvCache;
 use crate::hook::ModelHook;
+use crate::host_decode::HostDecoder;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::transformer::Llama;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
@@ -57,6 +58,7 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], pad_id: u32,
 
     let start = Instant::now();
     let mut steps = 0;
+    let decoder = HostDecoder::new(model);
     loop {
         for (row, &t) in next.iter().enumerate() {
             if !done[row] {
@@ -69,7 +71,7 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], pad_id: u32,
         }
         let ids = next.iter().map(|&t| t as i64).collect::<Vec<_>>();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, 1]), &device);
-        let hidden = model.forward(TokenBatch::dense(ids), &mut cache, hook);
+        let hidden = model.forward_with(TokenBatch::dense(ids), &mut cache, hook, decoder.as_ref());
         next = pick(model, hidden, &mut sampler);
         steps += 1;
     }

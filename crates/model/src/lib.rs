@@ -26,7 +26,7 @@ pub use config::LlamaConfig;
 pub use error::LoadError;
 pub use generate::{generate, Generation, GenerationConfig, NextLogits, PartSeconds};
 pub use hook::{LayerInput, LayerPrefix, LowRankFactors, ModelHook, NoHook, Projection, TrainableTuner};
-pub use host_decode::host_decode_steps;
+pub use host_decode::{host_decode_steps, HostDecoder};
 pub use load::{check_weight_dtype, dtype_name, llama_from_weights, llama_from_weights_as, load_llama, load_llama_as, read_checkpoint, read_checkpoint_config};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::{load_tokenizer, ChatMessage, Tokenizer};

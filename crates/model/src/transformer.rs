@@ -4,6 +4,7 @@ use crate::batch::TokenBatch;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
+use crate::host_decode::HostDecoder;
 use crate::profile::{timed, Part};
 use crate::rope::{inverse_frequencies, RopeAngles};
 use crate::weights::{HostTensor, WeightMap};
@@ -440,7 +441,14 @@ impl<B: Backend> Llama<B> {
     /// hook's offset, and the hook's prefixes enter the cache. Otherwise the tokens continue each
     /// row from its cached position.
     pub fn forward(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>) -> Tensor<B, 3> {
-        if let Some(hidden) = self.decode_on_host(&batch, cache, hook) {
+        self.forward_with(batch, cache, hook, None)
+    }
+
+    /// [`Llama::forward`], where a decode step that can run on host memory uses `decoder`, built
+    /// once for this model by a generation loop ([`HostDecoder::new`]); without one, each such
+    /// step gathers the weights itself.
+    pub fn forward_with(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>, decoder: Option<&HostDecoder<B>>) -> Tensor<B, 3> {
+        if let Some(hidden) = self.decode_on_host(&batch, cache, hook, decoder) {
             return hidden;
         }
         let config = self.config();

@@ -3,7 +3,7 @@
 mod reference;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use iapt_model::{KvCache, Llama, LlamaConfig, NoHook, Padding, TokenBatch};
+use iapt_model::{HostDecoder, KvCache, Llama, LlamaConfig, NoHook, Padding, TokenBatch};
 use iapt_model::{LayerInput, LayerPrefix, ModelHook};
 use reference::{max_diff, reference_logits, TB};
 use std::cell::Cell;
@@ -257,22 +257,34 @@ impl<B: burn::tensor::backend::Backend> ModelHook<B> for PrefixOnly {
 }
 
 /// Logits of a decode step of `tokens` on `B`, and whether it ran on host memory.
-fn step_on<B: burn::tensor::backend::Backend>(model: &Llama<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>, tokens: &[u32]) -> (Vec<f32>, bool) {
+fn step_on<B: burn::tensor::backend::Backend>(
+    model: &Llama<B>,
+    cache: &mut KvCache<B>,
+    hook: &dyn ModelHook<B>,
+    tokens: &[u32],
+    decoder: Option<&HostDecoder<B>>,
+) -> (Vec<f32>, bool) {
     let before = iapt_model::host_decode_steps();
     let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &model.device());
-    let logits = model.logits(model.forward(TokenBatch::dense(ids), cache, hook));
+    let logits = model.logits(model.forward_with(TokenBatch::dense(ids), cache, hook, decoder));
     (logits.into_data().convert::<f32>().to_vec().unwrap(), iapt_model::host_decode_steps() == before + 1)
 }
 
 /// The decode step on host memory computes what the tensor path does, on both CPU backends that
 /// run it: weights in the layout loading gives them (so q/k/v and gate/up run as one job each),
 /// tied and untied heads, left-padded rows of different lengths, a KV prefix in the cache, 70
-/// steps (the cache's buffers grow once) from one prefill, the tensor path on a clone of it.
+/// steps (the cache's buffers grow once) from one prefill, the tensor path on a clone of it; the
+/// host steps gather the weights themselves, take a decoder built for the model, or are handed
+/// one built for another model (which they must not use).
 fn host_decode_equals_the_tensor_path_on<B: burn::tensor::backend::Backend>() {
     for tied in [false, true] {
         let random = tiny(9, tied);
         let model: Llama<B> = iapt_model::llama_from_weights(random.config(), random.to_weights(), &Default::default()).unwrap();
+        let other = tiny(10, tied);
+        let other: Llama<B> = iapt_model::llama_from_weights(other.config(), other.to_weights(), &Default::default()).unwrap();
+        let own = HostDecoder::new(&model).expect("a CPU inference backend with f32 weights");
+        let foreign = HostDecoder::new(&other).unwrap();
         let d = model.config().hidden_size;
         let soft: Vec<Vec<f32>> = (0..4).map(|i| (0..d).map(|j| ((i * 5 + j) % 9) as f32 / 9.0 - 0.5).collect()).collect();
         let rows = [SEQ.to_vec(), SEQ[2..5].to_vec(), vec![40, 41]];
@@ -280,19 +292,21 @@ fn host_decode_equals_the_tensor_path_on<B: burn::tensor::backend::Backend>() {
         let prefix = FixedSoftTokens { tokens: vec![Some(soft.clone()), Some(soft)], calls: Cell::new(0) };
         let hook = PrefixOnly(prefix);
         let hook: &dyn ModelHook<B> = &hook;
-        let mut host = KvCache::new(model.num_layers());
-        model.forward(batch, &mut host, hook);
-        let mut tensor = host.clone();
-        let mut tokens = vec![11u32, 12, 13];
-        for i in 0..70 {
-            let (want, on_host) = step_on(&model, &mut tensor, &TensorPath, &tokens);
-            assert!(!on_host, "the tensor path's step ran on host memory");
-            let (got, on_host) = step_on(&model, &mut host, hook, &tokens);
-            assert!(on_host, "step {i}: the host step did not run");
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            assert!(diff <= 1e-5 * scale, "tied={tied}, step {i}: host and tensor decode differ by {diff} (logits up to {scale})");
-            tokens = tokens.iter().map(|t| (t * 7 + 3) % 97).collect();
+        let mut prefilled = KvCache::new(model.num_layers());
+        model.forward(batch, &mut prefilled, hook);
+        for (decoder, which) in [(None, "its own gathering"), (Some(&own), "the model's decoder"), (Some(&foreign), "another model's decoder")] {
+            let (mut host, mut tensor) = (prefilled.clone(), prefilled.clone());
+            let mut tokens = vec![11u32, 12, 13];
+            for i in 0..70 {
+                let (want, on_host) = step_on(&model, &mut tensor, &TensorPath, &tokens, None);
+                assert!(!on_host, "the tensor path's step ran on host memory");
+                let (got, on_host) = step_on(&model, &mut host, hook, &tokens, decoder);
+                assert!(on_host, "step {i}: the host step did not run");
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(diff <= 1e-5 * scale, "tied={tied}, {which}, step {i}: host and tensor decode differ by {diff} (logits up to {scale})");
+                tokens = tokens.iter().map(|t| (t * 7 + 3) % 97).collect();
+            }
         }
     }
 }
