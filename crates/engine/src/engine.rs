@@ -337,8 +337,8 @@ impl<B: Backend> Row<B> {
 
 struct Scheduler<B: Backend> {
     model: Llama<B>,
-    /// `model`'s weights held for decode steps on host memory (CPU inference backends).
-    decoder: Option<HostDecoder<B>>,
+    /// `model`, with its weights gathered for decode steps on host memory (CPU inference backends).
+    decoder: HostDecoder<B>,
     detokenizer: Box<dyn Detokenizer>,
     pad_id: u32,
     store: AdapterStore<B>,
@@ -483,7 +483,7 @@ impl<B: Backend> Scheduler<B> {
                 self.stack_stale = false;
             }
             let hook = MixedHook::new(&hooks, self.stack.as_ref(), &device);
-            let hidden = self.model.forward_with(TokenBatch::dense(ids), cache, &hook, self.decoder.as_ref());
+            let hidden = self.decoder.forward(TokenBatch::dense(ids), cache, &hook);
             NextLogits::of(&self.model, hidden)
         };
         self.shared.decode_steps.fetch_add(1, Ordering::Relaxed);

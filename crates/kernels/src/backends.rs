@@ -89,6 +89,13 @@ pub fn supported<B: Backend>() -> bool {
         || TypeId::of::<B>() == TypeId::of::<FlexAutodiff>()
 }
 
+/// Whether `B` looks rows of a [`frozen_weight`] up in place: burn-ndarray's `select` (burn's
+/// `embedding`) copies only the rows it picks, and so does its autodiff wrapper; flex's first
+/// makes the whole strided tensor contiguous, a copy of all of it per lookup.
+pub fn looks_up_frozen_rows_in_place<B: Backend>() -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<NdArrayTensor>() || TypeId::of::<B>() == TypeId::of::<NdArrayAutodiff>()
+}
+
 /// `x · w` on the kernels when `B` is one of the supported backends and the tensors suit them.
 pub fn matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     let x = x.into_primitive().tensor();

@@ -137,9 +137,9 @@ pub fn bool_values<B: Backend, const D: usize>(tensor: &Tensor<B, D, Bool>) -> O
 /// `new` `[b, heads, n, hd]`, in place: the KV cache's decode write. `None` (and the buffer
 /// handed back untouched) unless `B` is [`readable`] and nothing else holds the buffer.
 pub fn write_slots<B: Backend>(buffer: Tensor<B, 4>, start: usize, new: &Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    let [b, heads, _, hd] = buffer.dims();
+    let [b, heads, capacity, hd] = buffer.dims();
     let [nb, nheads, n, nhd] = new.dims();
-    if !readable::<B>() || [nb, nheads, nhd] != [b, heads, hd] {
+    if !readable::<B>() || [nb, nheads, nhd] != [b, heads, hd] || start + n > capacity {
         return Err(buffer);
     }
     let Some(values) = to_vec(new) else { return Err(buffer) };

@@ -33,7 +33,7 @@ pub mod panels;
 pub mod pool;
 mod simd;
 
-pub use backends::{frozen_weight, ROW_PADDING};
+pub use backends::{frozen_weight, looks_up_frozen_rows_in_place, ROW_PADDING};
 use burn::tensor::{backend::Backend, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -130,6 +130,12 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl<B: Backend> KvCache<B> {
+    /// The shape of `layer`'s key (and value) buffers, `[batch, kv_heads, capacity, head_dim]`;
+    /// `None` before prefill reached it.
+    pub(crate) fn buffer_dims(&self, layer: usize) -> Option<[usize; 4]> {
+        self.layers[layer].as_ref().map(|slots| slots.filled.keys.dims())
+    }
+
     /// A decode step's [`KvCache::append`] from host values: one valid slot per row, keys and
     /// values `[b, kv_heads, hd]` row-major, written into `layer`'s buffers in place where nothing
     /// else holds them (through `slice_assign` otherwise). `layer` must hold a prefill.

@@ -71,7 +71,7 @@ pub fn generate<B: Backend>(model: &Llama<B>, prompts: &[Vec<u32>], pad_id: u32,
         }
         let ids = next.iter().map(|&t| t as i64).collect::<Vec<_>>();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, 1]), &device);
-        let hidden = model.forward_with(TokenBatch::dense(ids), &mut cache, hook, decoder.as_ref());
+        let hidden = decoder.forward(TokenBatch::dense(ids), &mut cache, hook);
         next = pick(model, hidden, &mut sampler);
         steps += 1;
     }

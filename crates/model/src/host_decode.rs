@@ -38,80 +38,97 @@ fn enabled() -> bool {
 /// Matrices held per layer: the seven projections in [`Projection::ALL`]'s order.
 const PER_LAYER: usize = Projection::ALL.len();
 
-/// A model's weights held for its decode steps on host memory: the projections and the
-/// embedding table viewed where they lie, the norms' gains copied. Gathering them costs ~0.15 ms
-/// (a tenth of a step's small work), so a generation loop builds one and passes it to every step
-/// ([`Llama::forward_with`]); built for one model, it is used only with the model whose embedding
-/// table it holds.
+/// A model ready for a generation loop's decode steps: on the CPU inference backends its
+/// weights are gathered once here (the projections and the embedding table viewed where they
+/// lie, the norms' gains copied: ~0.15 ms, a tenth of a step's small work, if done per step).
+/// It holds its own handle on the model (a clone shares the weights), so the weights it gathered
+/// are always the ones it decodes with.
 pub struct HostDecoder<B: Backend> {
-    weights: HeldMatrices<B>,
-    /// Input and post-attention gains of every layer, then the final norm's.
-    gains: Vec<Vec<f32>>,
-    /// Where the embedding table starts (an address): which model this is for.
-    table: usize,
+    model: Llama<B>,
+    weights: Option<HostWeights<B>>,
 }
 
 impl<B: Backend> HostDecoder<B> {
+    pub fn new(model: &Llama<B>) -> Self {
+        Self { model: model.clone(), weights: HostWeights::new(model) }
+    }
+
+    /// [`Llama::forward`] of the model: decode steps that can run on host memory do, with the
+    /// weights gathered here.
+    pub fn forward(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>) -> Tensor<B, 3> {
+        self.model.forward_with(batch, cache, hook, self.weights.as_ref())
+    }
+}
+
+/// What a decode step on host memory reads besides the KV cache.
+pub(crate) struct HostWeights<B: Backend> {
+    weights: HeldMatrices<B>,
+    /// Input and post-attention gains of every layer, then the final norm's.
+    gains: Vec<Vec<f32>>,
+}
+
+impl<B: Backend> HostWeights<B> {
     /// `None` where decode steps cannot run on host memory: a backend other than the CPU
-    /// inference ones, weights other than f32, or `IAPT_HOST_DECODE=off`.
-    pub fn new(model: &Llama<B>) -> Option<Self> {
+    /// inference ones, weights other than f32, a projection with a bias, or
+    /// `IAPT_HOST_DECODE=off`.
+    fn new(model: &Llama<B>) -> Option<Self> {
         if !(iapt_kernels::accelerated::<B>() && iapt_kernels::host::readable::<B>() && enabled()) {
             return None;
         }
-        let mut matrices: Vec<Tensor<B, 2>> = (0..model.layers.len()).flat_map(|l| Projection::ALL.map(|p| model.projection(l, p).weight.val())).collect();
+        let layers = model.layers.len();
+        if (0..layers).any(|l| Projection::ALL.iter().any(|&p| model.projection(l, p).bias.is_some())) {
+            return None;
+        }
+        let mut matrices: Vec<Tensor<B, 2>> = (0..layers).flat_map(|l| Projection::ALL.map(|p| model.projection(l, p).weight.val())).collect();
         matrices.push(model.embed_tokens.weight.val());
         // f32 weights read in place only (half-precision and quantized ones take the tensor path).
         let weights = HeldMatrices::new(&matrices)?;
-        let table = weights.view(weights.len() - 1);
         let c = &model.config;
-        if table.shape != [c.vocab_size, c.hidden_size] {
+        if weights.view(weights.len() - 1).shape != [c.vocab_size, c.hidden_size] {
             return None;
         }
-        let table = table.data.as_ptr() as usize;
-        let mut gains = Vec::with_capacity(2 * model.layers.len() + 1);
+        let mut gains = Vec::with_capacity(2 * layers + 1);
         for layer in &model.layers {
             gains.push(to_vec(&layer.input_layernorm.gamma.val())?);
             gains.push(to_vec(&layer.post_attention_layernorm.gamma.val())?);
         }
         gains.push(to_vec(&model.norm.gamma.val())?);
-        Some(Self { weights, gains, table })
-    }
-
-    /// Whether this holds `model`'s weights (its embedding table).
-    fn is_for(&self, model: &Llama<B>) -> bool {
-        iapt_kernels::host::with_view(&model.embed_tokens.weight.val(), |v| v.data.as_ptr() as usize) == Some(self.table)
+        Some(Self { weights, gains })
     }
 }
 
 impl<B: Backend> Llama<B> {
     /// [`Llama::forward`] of a decode step (`batch` one dense token per row), computed on host
-    /// memory with `decoder` (one built here when not given); `None`, with `cache` untouched,
-    /// where that does not apply.
+    /// memory with `held`, this model's weights (gathered here when not given); `None`, with
+    /// `cache` untouched, where that does not apply.
     pub(crate) fn decode_on_host(
         &self,
         batch: &TokenBatch<B>,
         cache: &mut KvCache<B>,
         hook: &dyn ModelHook<B>,
-        decoder: Option<&HostDecoder<B>>,
+        held: Option<&HostWeights<B>>,
     ) -> Option<Tensor<B, 3>> {
         let [b, t] = batch.ids.dims();
         let layers = self.layers.len();
-        if t != 1 || cache.rows() != b || (0..layers).any(|l| cache.layer_is_empty(l)) {
+        let c = &self.config;
+        let (heads, kv_heads, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        // Every layer's buffers `[b, kv_heads, capacity, hd]` with a prefill in them.
+        let fits = |l: usize| cache.buffer_dims(l).is_some_and(|[rows, h, _, d]| [rows, h, d] == [b, kv_heads, hd]);
+        if t != 1 || cache.rows() != b || !(0..layers).all(fits) {
             return None;
         }
         if (0..layers).any(|l| Projection::ALL.iter().any(|&p| hook.adds_delta(l, p))) || !bool_values(&batch.valid)?.iter().all(|&v| v) {
             return None;
         }
         let built;
-        let decoder = match decoder {
-            Some(decoder) if decoder.is_for(self) => decoder,
-            _ => {
-                built = HostDecoder::new(self)?;
+        let decoder = match held {
+            Some(held) => held,
+            None => {
+                built = HostWeights::new(self)?;
                 &built
             }
         };
         let (weights, gains) = (&decoder.weights, &decoder.gains);
-        let c = &self.config;
         let d = c.hidden_size;
         let table = weights.view(layers * PER_LAYER);
         let ids: Vec<i64> = batch.ids.clone().into_data().convert::<i64>().to_vec().ok()?;
@@ -124,7 +141,6 @@ impl<B: Backend> Llama<B> {
 
         // Nothing above changed the cache; from here on the step is committed.
         cache.next_position = Some(next + 1);
-        let (heads, hd) = (c.num_heads, c.head_dim);
         let (cos, sin) = timed(Part::NormsRope, || rope_tables(&positions, &inverse_frequencies(hd, c.rope_theta)));
         let mut x: Vec<f32> =
             ids.iter().flat_map(|&id| (0..d).map(move |j| (id as usize, j))).map(|(r, j)| table.data[r * table.strides[0] + j * table.strides[1]]).collect();

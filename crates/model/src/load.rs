@@ -125,7 +125,8 @@ fn build_llama<B: Backend>(config: &LlamaConfig, mut weights: WeightMap, device:
     let (d, kv, qd, ff) = (c.hidden_size, c.kv_dim(), c.num_heads * c.head_dim, c.intermediate_size);
     let norm = |t: HostTensor| RmsNorm { gamma: param(t, device), epsilon: c.rms_norm_eps };
 
-    let embed_tokens = Embedding { weight: table(weights.take("model.embed_tokens.weight", &[c.vocab_size, d])?, device).map(|w| w.cast(dtype)) };
+    let table = table(weights.take("model.embed_tokens.weight", &[c.vocab_size, d])?, c.tie_word_embeddings, device);
+    let embed_tokens = Embedding { weight: table.map(|w| w.cast(dtype)) };
     let lm_head = match c.tie_word_embeddings {
         true => None,
         false => Some(linear(weights.take("lm_head.weight", &[c.vocab_size, d])?, device)),
@@ -162,12 +163,14 @@ fn param<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Param
     Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), device))
 }
 
-/// The embedding table `[vocab, d]`. On the backends `iapt-kernels` accelerates it is stored as
-/// a frozen weight (`frozen_weight`: rows a little apart, from a 2 MB boundary in 2 MB pages),
-/// because a tied LM head streams all of it at every decode step (a fifth of SmolLM2's bytes per
-/// token) and reads it as an `[out, in]` weight; looking rows up is the same either way.
-fn table<B: Backend>(t: HostTensor, device: &B::Device) -> Param<Tensor<B, 2>> {
-    if iapt_kernels::accelerated::<B>() {
+/// The embedding table `[vocab, d]`. When it is also the LM head (tied), on burn-ndarray (and its
+/// autodiff) it is stored as a frozen weight (`frozen_weight`: rows a little apart, from a 2 MB
+/// boundary in 2 MB pages, packed into panels for many-row heads), because the head streams all
+/// of it at every decode step (a fifth of SmolLM2's bytes per token) as an `[out, in]` weight,
+/// and that backend's lookups read such a table in place. Otherwise (an untied table is only
+/// looked up; flex's lookups would copy a padded table whole) a plain tensor.
+fn table<B: Backend>(t: HostTensor, tied: bool, device: &B::Device) -> Param<Tensor<B, 2>> {
+    if tied && iapt_kernels::accelerated::<B>() && iapt_kernels::looks_up_frozen_rows_in_place::<B>() {
         return Param::from_tensor(iapt_kernels::frozen_weight(t.data, t.shape[0], t.shape[1], device));
     }
     param(t, device)

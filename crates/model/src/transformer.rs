@@ -4,7 +4,7 @@ use crate::batch::TokenBatch;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::hook::{LayerInput, LayerPrefix, ModelHook, Projection};
-use crate::host_decode::HostDecoder;
+use crate::host_decode::HostWeights;
 use crate::profile::{timed, Part};
 use crate::rope::{inverse_frequencies, RopeAngles};
 use crate::weights::{HostTensor, WeightMap};
@@ -444,11 +444,10 @@ impl<B: Backend> Llama<B> {
         self.forward_with(batch, cache, hook, None)
     }
 
-    /// [`Llama::forward`], where a decode step that can run on host memory uses `decoder`, built
-    /// once for this model by a generation loop ([`HostDecoder::new`]); without one, each such
-    /// step gathers the weights itself.
-    pub fn forward_with(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>, decoder: Option<&HostDecoder<B>>) -> Tensor<B, 3> {
-        if let Some(hidden) = self.decode_on_host(&batch, cache, hook, decoder) {
+    /// [`Llama::forward`], where a decode step that can run on host memory reads `held`, this
+    /// model's weights gathered once by a [`crate::HostDecoder`] (or gathers them itself).
+    pub(crate) fn forward_with(&self, batch: TokenBatch<B>, cache: &mut KvCache<B>, hook: &dyn ModelHook<B>, held: Option<&HostWeights<B>>) -> Tensor<B, 3> {
+        if let Some(hidden) = self.decode_on_host(&batch, cache, hook, held) {
             return hidden;
         }
         let config = self.config();
