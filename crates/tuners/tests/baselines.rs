@@ -281,7 +281,10 @@ fn merged_lora_equals_unmerged_lora() {
         let unmerged = padded_logits(&model, &lora);
         let d = max_abs(&padded_logits(&merged, &NoHook), &unmerged);
         let scale = unmerged.iter().flatten().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(d < 1e-5 * scale.max(1.0), "merged and unmerged LoRA differ by {d} (logits up to {scale})");
+        // The merged weights are `W + s·A·B` rounded to f32 once per element: across random
+        // draws the logits moved by up to 1.2e-5 of their scale (a wrong merge moves them by far
+        // more than the 1e-3 checked below).
+        assert!(d < 3e-5 * scale.max(1.0), "merged and unmerged LoRA differ by {d} (logits up to {scale})");
         assert!(max_abs(&padded_logits(&merged, &NoHook), &padded_logits(&model, &NoHook)) > 1e-3, "merge had no effect");
     }
 }
